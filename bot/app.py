@@ -1,0 +1,204 @@
+"""The Discord bot: wiring discord.py to the studio, and `python -m bot run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+from storage.base import Job, Turn
+
+from bot.core.errors import BotError
+from bot.core.studio import Limits, Studio
+from bot.services import Services, open_services
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.imagine", "cogs.buttons", "cogs.admin", "cogs.help")
+
+
+def configure_discord_urls(api_base_url: str, gateway_url: str | None) -> None:
+    """Point discord.py's REST routes (and the interaction webhooks) and gateway at the given URLs."""
+    discord.http.Route.BASE = api_base_url.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class ImagineTree(app_commands.CommandTree["ImagineBot"]):
+    """The command tree: one place where command errors become a short, localized message."""
+
+    async def on_error(
+        self, interaction: discord.Interaction[ImagineBot], error: app_commands.AppCommandError
+    ) -> None:
+        from cogs._ui import reply_error
+
+        original = getattr(error, "original", error)
+        if isinstance(original, BotError):
+            await reply_error(interaction, original.localized(str(interaction.locale)))
+            return
+        if isinstance(error, app_commands.CheckFailure):
+            await reply_error(interaction, None, key="discord.not_allowed")
+            return
+        log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
+        await reply_error(interaction, None, key="discord.internal_error")
+
+
+class ImagineBot(commands.Bot):
+    """The bot: receives its services through the constructor; cogs are thin glue over the studio."""
+
+    def __init__(
+        self,
+        *,
+        services: Services,
+        gateway_url: str | None = None,
+        dev_guild_id: int | None = None,
+        **options: Any,
+    ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=ImagineTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+            **options,
+        )
+        settings = services.settings
+        self.services = services
+        self.settings = settings
+        self.gateway_url = gateway_url
+        self.dev_guild_id = dev_guild_id
+        self.studio = Studio(
+            store=services.store,
+            runner=services.runner,
+            prices=services.prices,
+            defaults=services.default_options,
+            engine=settings.engine,
+            limits=Limits(
+                global_concurrency=settings.global_concurrency,
+                user_concurrency=settings.user_concurrency,
+                user_daily_usd=settings.user_daily_usd,
+                user_daily_images=settings.user_daily_images,
+                guild_monthly_usd=settings.guild_monthly_usd,
+                guild_monthly_images=settings.guild_monthly_images,
+            ),
+            sink_factory=self.make_sink,
+            fetcher=self,
+        )
+        self._recovered = False
+
+    async def setup_hook(self) -> None:
+        """Load the cogs, register persistent buttons, and sync the commands."""
+        from cogs._translator import ImagineTranslator
+
+        await self.tree.set_translator(ImagineTranslator())
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        if self.dev_guild_id:
+            guild = discord.Object(id=self.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        """Keep resumes on the configured gateway; report and resume jobs from before a restart."""
+        if self.gateway_url and self.ws is not None:
+            self.ws.gateway = yarl.URL(self.gateway_url)
+        log.info("ready as %s in %d server(s)", self.user, len(self.guilds))
+        if not self._recovered:
+            self._recovered = True
+            interrupted, queued = await self.studio.recover()
+            if interrupted or queued:
+                log.info("recovered %d interrupted and %d queued job(s)", len(interrupted), len(queued))
+
+    async def on_resumed(self) -> None:
+        """RESUME replaces the socket: keep it on the configured gateway."""
+        if self.gateway_url and self.ws is not None:
+            self.ws.gateway = yarl.URL(self.gateway_url)
+
+    async def make_sink(self, job: Job) -> Any:
+        """The Discord sink that shows `job` in its channel."""
+        from cogs._sink import DiscordTurnSink
+
+        return await DiscordTurnSink.for_job(self, job)
+
+    async def resolve_channel(self, channel_id: int) -> Any:
+        """A channel or thread by id, from the cache or from Discord."""
+        channel = self.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.fetch_channel(channel_id)
+            except discord.HTTPException:
+                return None
+        return channel
+
+    async def fetch_turn_image(self, turn: Turn) -> bytes | None:
+        """The final image of `turn`, read back from its Discord message."""
+        if turn.message_id is None:
+            return None
+        channel = await self.resolve_channel(turn.channel_id)
+        if channel is None:
+            return None
+        try:
+            message = await channel.fetch_message(turn.message_id)
+        except discord.HTTPException:
+            return None
+        for attachment in message.attachments:
+            if (attachment.content_type or "").startswith("image/"):
+                return await attachment.read()
+        return None
+
+    async def close(self) -> None:
+        """Stop the studio first, so running jobs are left to be reported as interrupted."""
+        await self.studio.close()
+        await super().close()
+
+
+async def run_bot(settings: Settings) -> int:
+    """Run the bot until it is stopped (Ctrl-C or SIGTERM)."""
+    if settings.discord_token is None:
+        log.error("DISCORD_TOKEN is not set; see .env.example")
+        print("error: DISCORD_TOKEN is not set (see .env.example)")
+        return 2
+    configure_discord_urls(settings.discord_api_base_url, settings.discord_gateway_url)
+    try:
+        services_cm = open_services(settings)
+        services = await services_cm.__aenter__()
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    try:
+        bot = ImagineBot(
+            services=services,
+            gateway_url=settings.discord_gateway_url,
+            dev_guild_id=settings.discord_dev_guild_id,
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with bot:
+            runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                stopper.cancel()
+                exc = runner.exception()
+                if exc is not None:
+                    log.error("the bot stopped: %r", exc)
+                    return 1
+                return 0
+            log.info("stopping")
+            await bot.close()
+            await asyncio.gather(runner, return_exceptions=True)
+        return 0
+    finally:
+        await services_cm.__aexit__(None, None, None)

@@ -1,0 +1,277 @@
+"""Headless commands: `generate` (one turn to files) and `doctor` (checks, in plain words)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.base import NewTurn, NewUsageEntry
+
+from bot.core import i18n, images
+from bot.core.errors import BadInput, FailureKind
+from bot.core.events import Completed, Failed, Partial, Started
+from bot.core.options import (
+    ENGINES,
+    ImageOptions,
+    InputImage,
+    TurnRequest,
+    validate_options,
+    validate_prompt,
+    validate_request,
+)
+from bot.services import Services, default_options, open_services
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_MODERATION = 3
+EXIT_API = 4
+CLI_USER_ID = 0
+
+
+def exit_code_for(kind: FailureKind) -> int:
+    """The documented exit code for a failure kind."""
+    if kind is FailureKind.MODERATION:
+        return EXIT_MODERATION
+    if kind is FailureKind.BAD_REQUEST:
+        return EXIT_BAD_INPUT
+    return EXIT_API
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `generate`."""
+    parser.add_argument("prompt", help="what to draw, or how to change the input image")
+    parser.add_argument("--out", required=True, type=Path, help="directory for the images")
+    parser.add_argument("--engine", choices=ENGINES, default=None)
+    parser.add_argument("--partials", type=int, default=None, help="partial images, 0-3")
+    parser.add_argument("--size", default=None, help="auto, 1024x1024, 1536x1024, 1024x1536 or WxH")
+    parser.add_argument("--quality", default=None, help="auto, low, medium, high (xhigh, max on 2.5+)")
+    parser.add_argument("--format", default=None, help="png, jpeg or webp")
+    parser.add_argument("--background", default=None, help="auto, opaque or transparent")
+    parser.add_argument("--compression", type=int, default=None, help="0-100, jpeg and webp only")
+    parser.add_argument("--moderation", default=None, help="auto or low")
+    parser.add_argument("--model", default=None, help="image model, e.g. gpt-image-2.6-sunburst")
+    parser.add_argument("--image", action="append", type=Path, default=[], help="reference image (repeatable)")
+    parser.add_argument("--mask", type=Path, default=None, help="mask for the first --image")
+    parser.add_argument("--previous-response-id", default=None, help="continue this response")
+
+
+@dataclass
+class FileSink:
+    """Writes each partial and the final image to a directory as they arrive."""
+
+    out: Path
+    files: list[str] = field(default_factory=list)
+    write_latency: list[float] = field(default_factory=list)
+
+    async def write(self, name: str, data: bytes, arrived: float) -> Path:
+        path = self.out / name
+        await asyncio.to_thread(path.write_bytes, data)
+        self.write_latency.append(time.monotonic() - arrived)
+        self.files.append(str(path))
+        return path
+
+
+def _read_input(path: Path, settings: Settings) -> images.PreparedImage:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput("cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)) from exc
+    return images.prepare_input_image(
+        data, filename=path.name, max_bytes=settings.max_input_bytes, max_pixels=settings.max_input_pixels
+    )
+
+
+async def _stored_image(services: Services, response_id: str) -> tuple[InputImage, str] | None:
+    """The image and prompt of a turn this machine made, when its file is still on disk."""
+    turn = await services.store.get_turn_by_response(response_id)
+    if turn is None or not turn.image_url:
+        return None
+    path = Path(turn.image_url)
+    if not path.is_file():
+        return None
+    prepared = await asyncio.to_thread(_read_input, path, services.settings)
+    return images.as_input(prepared), turn.prompt
+
+
+async def generate(args: argparse.Namespace, settings: Settings) -> int:
+    """One headless turn: partials and the final written to `--out`, a JSON summary printed."""
+    overrides = {
+        "size": args.size,
+        "quality": args.quality,
+        "format": args.format,
+        "background": args.background,
+        "compression": args.compression,
+        "moderation": args.moderation,
+        "partials": args.partials,
+        "model": args.model,
+    }
+    engine = args.engine or settings.engine
+    options = default_options(settings).merged(overrides)
+    try:
+        prompt = validate_prompt(args.prompt)
+        validate_options(options)
+        prepared = [await asyncio.to_thread(_read_input, p, settings) for p in args.image]
+        mask: bytes | None = None
+        if args.mask is not None:
+            if not prepared:
+                raise BadInput("bad.mask_without_image")
+            mask_bytes = await asyncio.to_thread(_read_bytes, args.mask)
+            mask = await asyncio.to_thread(
+                images.prepare_mask,
+                mask_bytes,
+                prepared[0],
+                max_bytes=settings.max_input_bytes,
+                max_pixels=settings.max_input_pixels,
+            )
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        services_cm = open_services(settings)
+        services = await services_cm.__aenter__()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return await _generate(services, args, prompt, options, engine, prepared, mask)
+    finally:
+        await services_cm.__aexit__(None, None, None)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInput("cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)) from exc
+
+
+async def _generate(
+    services: Services,
+    args: argparse.Namespace,
+    prompt: str,
+    options: ImageOptions,
+    engine: str,
+    prepared: list[images.PreparedImage],
+    mask: bytes | None,
+) -> int:
+    previous: str | None = args.previous_response_id
+    parent: tuple[InputImage, str] | None = None
+    if previous and engine == "images":
+        parent = await _stored_image(services, previous)
+        if parent is None:
+            print(
+                "error: "
+                + BadInput("cli.unknown_previous_image", response_id=previous).localized("en"),
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+    request = TurnRequest(
+        prompt=prompt,
+        options=options,
+        images=tuple(images.as_input(p) for p in prepared),
+        mask=mask,
+        previous_response_id=previous if engine == "responses" else None,
+        parent_image=parent[0] if parent else None,
+        parent_prompt=parent[1] if parent else None,
+        user_hash=hashlib.sha256(b"cli").hexdigest(),
+    )
+    try:
+        validate_request(request)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def reseed() -> tuple[InputImage, str] | None:
+        return await _stored_image(services, previous) if previous else None
+
+    sink = FileSink(args.out)
+    notes: list[str] = [note for p in prepared if (note := p.note)]
+    async for event in services.runner.run(request, engine=engine, reseed=reseed):
+        arrived = time.monotonic()
+        if isinstance(event, Started) and event.reseeded:
+            notes.append("note.reseeded")
+        elif isinstance(event, Partial):
+            await sink.write(f"partial-{event.index}.{event.format}", event.image, arrived)
+        elif isinstance(event, Completed):
+            path = await sink.write(f"image.{event.format}", event.image, arrived)
+            await _record(services, event, request, path)
+            summary = {
+                "response_id": event.response_id,
+                "revised_prompt": event.revised_prompt,
+                "usage": event.usage.as_dict(),
+                "cost_usd": event.cost,
+                "files": sink.files,
+                "text": event.text,
+                "engine": engine,
+                "model": event.model,
+                "seconds": round(event.seconds, 3),
+                "notes": [images_note(n) for n in notes],
+                "write_ms": [round(s * 1000, 3) for s in sink.write_latency],
+            }
+            print(json.dumps(summary, ensure_ascii=False))
+            return EXIT_OK
+        elif isinstance(event, Failed):
+            print(f"error ({event.kind.value}): {event.message}", file=sys.stderr)
+            if event.detail:
+                log.info("failure detail: %s", event.detail)
+            return exit_code_for(event.kind)
+    print("error: the turn ended without a result", file=sys.stderr)
+    return EXIT_API
+
+
+def images_note(key: str) -> str:
+    """A note key rendered in English."""
+    return i18n.t("en", key) if i18n.has_key(key) else key
+
+
+async def _record(services: Services, done: Completed, request: TurnRequest, path: Path) -> None:
+    """Remember the turn (so it can be continued) and charge its usage."""
+    await services.store.add_turn(
+        NewTurn(
+            channel_id=0,
+            guild_id=None,
+            user_id=CLI_USER_ID,
+            message_id=None,
+            response_id=done.response_id,
+            parent_response_id=request.previous_response_id,
+            prompt=request.prompt,
+            revised_prompt=done.revised_prompt,
+            options=request.options.as_dict(),
+            engine=done.engine,
+            model=done.model,
+            usage=dict(done.usage.as_dict()),
+            cost_usd=done.cost,
+            status="done",
+            image_url=str(path.resolve()),
+        )
+    )
+    await services.store.record_usage(
+        NewUsageEntry(
+            at=time.time(),
+            guild_id=None,
+            user_id=CLI_USER_ID,
+            channel_id=None,
+            response_id=done.response_id,
+            model=done.model,
+            engine=done.engine,
+            images=1,
+            input_tokens=done.usage.input_tokens,
+            output_tokens=done.usage.output_tokens,
+            image_input_tokens=done.usage.image_input_tokens,
+            image_output_tokens=done.usage.image_output_tokens,
+            cost_usd=done.cost,
+        )
+    )
+

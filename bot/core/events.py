@@ -1,0 +1,105 @@
+"""The typed events a turn yields to whoever shows it (the Discord sink, the CLI sink)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bot.core import i18n
+from bot.core.errors import FailureKind
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a turn consumed: the mainline model's and the image model's."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_input_text_tokens: int = 0
+    image_output_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """A JSON-ready dict."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "image_input_tokens": self.image_input_tokens,
+            "image_input_text_tokens": self.image_input_text_tokens,
+            "image_output_tokens": self.image_output_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The turn waits: `position` jobs are ahead of it (1 = next)."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The request was sent."""
+
+    engine: str
+    model: str
+    reseeded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A coarse preview of the image (index 0 is the first)."""
+
+    index: int
+    image: bytes
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The final image and what it cost."""
+
+    image: bytes
+    format: str
+    response_id: str | None
+    revised_prompt: str | None
+    usage: Usage
+    cost: float
+    text: str | None = None
+    size: str | None = None
+    quality: str | None = None
+    model: str = ""
+    engine: str = ""
+    seconds: float = 0.0
+    reseeded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The turn ended without an image; `message_key` + `params` localize the reason."""
+
+    kind: FailureKind
+    message_key: str
+    params: dict[str, object] = field(default_factory=dict)
+    detail: str | None = None
+    retry_after: float | None = None
+    usage: Usage | None = None
+
+    @property
+    def message(self) -> str:
+        """The reason in English."""
+        return i18n.t("en", self.message_key, **self.params)
+
+    def localized(self, locale: str | None) -> str:
+        """The reason in `locale`."""
+        return i18n.t(locale, self.message_key, **self.params)
+
+
+TurnEvent = Queued | Started | Partial | Completed | Failed
+
+
+class TurnFailure(Exception):
+    """Raised by a backend call outside a stream (e.g. a file upload); carries the Failed event."""
+
+    def __init__(self, failed: Failed) -> None:
+        super().__init__(failed.detail or failed.message_key)
+        self.failed = failed

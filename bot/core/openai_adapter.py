@@ -1,0 +1,496 @@
+"""The only module that knows the `openai` package: one streamed turn in, core events out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from bot.core.errors import FailureKind
+from bot.core.events import Completed, Failed, Partial, TurnFailure, Usage
+from bot.core.images import to_data_url
+from bot.core.options import InputImage, TurnRequest
+
+log = logging.getLogger(__name__)
+
+MODERATION_CODES = frozenset(
+    {
+        "moderation_blocked",
+        "content_policy_violation",
+        "image_content_policy_violation",
+        "bio_policy",
+        "misalignment_policy_violation",
+    }
+)
+INPUT_CODES = frozenset(
+    {
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "invalid_image_mode",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "invalid_prompt",
+        "invalid_value",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How to reach OpenAI."""
+
+    api_key: str
+    base_url: str | None = None
+    timeout: float = 180.0
+    max_retries: int = 2
+    mainline_model: str = "gpt-5.5"
+    stall_seconds: float = 120.0
+
+
+def _moderation_failed(details: Any, detail: str | None) -> Failed:
+    stage = "unknown"
+    categories: list[str] = []
+    if isinstance(details, dict):
+        stage = str(details.get("moderation_stage") or "unknown")
+        categories = [str(c) for c in details.get("categories") or []]
+    elif details is not None:
+        stage = str(getattr(details, "moderation_stage", None) or "unknown")
+        categories = [str(c) for c in getattr(details, "categories", None) or []]
+    return Failed(
+        FailureKind.MODERATION,
+        f"fail.moderation_{stage}" if stage in ("input", "output") else "fail.moderation_unknown",
+        {"categories": ", ".join(categories) or "-"},
+        detail=detail,
+    )
+
+
+def classify_code(code: str | None, message: str, details: Any = None) -> Failed:
+    """A Failed for an error `code` found in a stream, a failed response or a failed item."""
+    if code in MODERATION_CODES or details is not None:
+        return _moderation_failed(details, message)
+    if code == "previous_response_not_found":
+        return Failed(FailureKind.CONTEXT_EXPIRED, "fail.context_expired", detail=message)
+    if code == "rate_limit_exceeded":
+        return Failed(FailureKind.RATE_LIMITED, "fail.rate_limited", detail=message)
+    if code == "insufficient_quota":
+        return Failed(FailureKind.QUOTA, "fail.quota", detail=message)
+    if code in INPUT_CODES:
+        return Failed(
+            FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message
+        )
+    return Failed(FailureKind.TRANSIENT, "fail.transient", detail=f"{code}: {message}")
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+def classify_exception(exc: BaseException) -> Failed:
+    """A Failed for an exception raised by the SDK (before or during a stream)."""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        code = exc.code or body.get("code")
+        message = str(body.get("message") or exc.message)
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return Failed(FailureKind.AUTH, "fail.auth", detail=message)
+        if isinstance(exc, openai.RateLimitError):
+            if code == "insufficient_quota" or body.get("type") == "insufficient_quota":
+                return Failed(FailureKind.QUOTA, "fail.quota", detail=message)
+            return Failed(
+                FailureKind.RATE_LIMITED,
+                "fail.rate_limited",
+                detail=message,
+                retry_after=_retry_after(exc),
+            )
+        if isinstance(exc, openai.BadRequestError):
+            failed = classify_code(code, message, body.get("moderation_details"))
+            if failed.kind is FailureKind.TRANSIENT:
+                return Failed(
+                    FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message
+                )
+            return failed
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            return Failed(FailureKind.TRANSIENT, "fail.transient", detail=message)
+        return Failed(FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message)
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return Failed(FailureKind.TRANSIENT, "fail.timeout", detail=type(exc).__name__)
+    if isinstance(exc, openai.APIConnectionError):
+        return Failed(FailureKind.TRANSIENT, "fail.connection", detail=str(exc))
+    if isinstance(exc, openai.APIError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return classify_code(exc.code, exc.message, body.get("moderation_details"))
+    return Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc))
+
+
+def _b64decode(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+async def _decode(data: str) -> bytes:
+    # Final images are megabytes of base64: decode them off the event loop.
+    if len(data) < 64_000:
+        return _b64decode(data)
+    return await asyncio.to_thread(_b64decode, data)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _usage_from_response(response: Any) -> Usage:
+    usage = _get(response, "usage")
+    image_gen = _get(_get(response, "tool_usage"), "image_gen")
+    details = _get(image_gen, "input_tokens_details")
+    return Usage(
+        input_tokens=int(_get(usage, "input_tokens", 0) or 0),
+        output_tokens=int(_get(usage, "output_tokens", 0) or 0),
+        image_input_tokens=int(_get(details, "image_tokens", 0) or 0),
+        image_input_text_tokens=int(_get(details, "text_tokens", 0) or 0),
+        image_output_tokens=int(_get(image_gen, "output_tokens", 0) or 0),
+    )
+
+
+def _usage_from_images(usage: Any) -> Usage:
+    details = _get(usage, "input_tokens_details")
+    return Usage(
+        image_input_tokens=int(_get(details, "image_tokens", 0) or 0),
+        image_input_text_tokens=int(_get(details, "text_tokens", 0) or 0),
+        image_output_tokens=int(_get(usage, "output_tokens", 0) or 0),
+    )
+
+
+def _text_of(output: Any) -> str | None:
+    parts: list[str] = []
+    for item in output or []:
+        if _get(item, "type") == "message":
+            for content in _get(item, "content") or []:
+                if _get(content, "type") == "output_text" and _get(content, "text"):
+                    parts.append(str(_get(content, "text")))
+    return "\n".join(parts) or None
+
+
+class OpenAIImageClient:
+    """Streams one image turn through the Responses API or the Image API."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        if not config.api_key:
+            raise ValueError("an OpenAI API key is required")
+        self._config = config
+        self._client = AsyncOpenAI(
+            api_key=config.api_key,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.close()
+
+    async def upload_file(self, image: InputImage) -> str:
+        """Upload an image through the Files API; returns its file id."""
+        try:
+            created = await self._client.files.create(
+                file=(image.filename, image.data, image.mime), purpose="vision"
+            )
+        except openai.OpenAIError as exc:
+            raise TurnFailure(classify_exception(exc)) from exc
+        return created.id
+
+    async def check(self) -> str:
+        """Whether the API accepts the key: a short description, or raises on refusal."""
+        page = await self._client.models.list()
+        return f"{len(page.data)} models visible"
+
+    async def _events(self, stream: Any) -> AsyncIterator[Any]:
+        """Iterate an SDK stream, failing when nothing arrives for `stall_seconds`."""
+        iterator = stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self._config.stall_seconds):
+                    event = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            yield event
+
+    # --- Responses API -----------------------------------------------------------------
+
+    def _image_part(self, image: InputImage, file_ids: dict[str, str]) -> dict[str, Any]:
+        file_id = file_ids.get(image.sha256)
+        if file_id:
+            return {"type": "input_image", "file_id": file_id, "detail": "auto"}
+        return {"type": "input_image", "image_url": to_data_url(image.data, image.mime), "detail": "auto"}
+
+    def responses_params(
+        self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of `responses.create` for `request`."""
+        ids = file_ids or {}
+        opts = request.options
+        tool: dict[str, Any] = {
+            "type": "image_generation",
+            "model": opts.model,
+            "size": opts.size,
+            "quality": opts.quality,
+            "output_format": opts.format,
+            "background": opts.background,
+            "moderation": opts.moderation,
+            "partial_images": opts.partials,
+        }
+        if opts.compression is not None:
+            tool["output_compression"] = opts.compression
+        if opts.input_fidelity is not None:
+            tool["input_fidelity"] = opts.input_fidelity
+        if request.mask is not None:
+            tool["input_image_mask"] = {"image_url": to_data_url(request.mask, "image/png")}
+        images = list(request.images)
+        if request.parent_image is not None:
+            images.insert(0, request.parent_image)
+        content: list[dict[str, Any]] = [{"type": "input_text", "text": request.prompt}]
+        content += [self._image_part(image, ids) for image in images]
+        params: dict[str, Any] = {
+            "model": self._config.mainline_model,
+            "input": [{"role": "user", "content": content}],
+            "tools": [tool],
+            "tool_choice": {"type": "image_generation"},
+            "stream": True,
+        }
+        if request.previous_response_id:
+            params["previous_response_id"] = request.previous_response_id
+        if request.user_hash:
+            params["safety_identifier"] = request.user_hash
+        return params
+
+    async def stream_responses(
+        self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
+    ) -> AsyncIterator[Partial | Completed | Failed]:
+        """Run one turn through the Responses API with the image tool, yielding core events."""
+        started = time.monotonic()
+        opts = request.options
+        response_id: str | None = None
+        result: str | None = None
+        item: Any = None
+        text: str | None = None
+        try:
+            stream = await self._client.responses.create(
+                **self.responses_params(request, file_ids=file_ids)
+            )
+            async with stream:
+                async for event in self._events(stream):
+                    kind = event.type
+                    if kind in ("response.created", "response.in_progress"):
+                        response_id = event.response.id
+                    elif kind == "response.image_generation_call.partial_image":
+                        yield Partial(
+                            index=event.partial_image_index,
+                            image=await _decode(event.partial_image_b64),
+                            format=event.output_format or opts.format,
+                        )
+                    elif kind == "response.output_item.done":
+                        if event.item.type == "image_generation_call":
+                            item = event.item
+                            result = event.item.result or result
+                        elif event.item.type == "message":
+                            text = _text_of([event.item]) or text
+                    elif kind == "response.completed":
+                        response = event.response
+                        response_id = response.id
+                        for out in response.output or []:
+                            if out.type == "image_generation_call":
+                                item = out
+                                result = out.result or result
+                        text = _text_of(response.output) or text
+                        if result is None:
+                            yield self._no_image(item, text)
+                            return
+                        yield Completed(
+                            image=await _decode(result),
+                            format=_get(item, "output_format") or opts.format,
+                            response_id=response_id,
+                            revised_prompt=_get(item, "revised_prompt"),
+                            usage=_usage_from_response(response),
+                            cost=0.0,
+                            text=text,
+                            size=_get(item, "size"),
+                            quality=_get(item, "quality"),
+                            model=opts.model,
+                            engine="responses",
+                            seconds=time.monotonic() - started,
+                        )
+                        return
+                    elif kind == "response.failed":
+                        yield self._failed_response(event.response)
+                        return
+                    elif kind == "response.incomplete":
+                        reason = _get(_get(event.response, "incomplete_details"), "reason")
+                        if reason == "content_filter":
+                            yield _moderation_failed(None, "incomplete: content_filter")
+                        else:
+                            yield Failed(FailureKind.TRANSIENT, "fail.transient", detail=f"incomplete: {reason}")
+                        return
+                    elif kind == "error":
+                        yield classify_code(event.code, event.message)
+                        return
+        except (openai.OpenAIError, TimeoutError) as exc:
+            if result is not None:
+                # The image arrived before the stream broke: it counts.
+                log.warning("stream ended early after the final image: %r", exc)
+                yield self._completed_without_usage(result, item, response_id, text, request, started)
+                return
+            log.warning("turn failed: %r", exc)
+            yield classify_exception(exc)
+            return
+        if result is not None:
+            yield self._completed_without_usage(result, item, response_id, text, request, started)
+            return
+        yield Failed(FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without a result")
+
+    def _completed_without_usage(
+        self,
+        result: str,
+        item: Any,
+        response_id: str | None,
+        text: str | None,
+        request: TurnRequest,
+        started: float,
+    ) -> Completed:
+        return Completed(
+            image=base64.b64decode(result),
+            format=_get(item, "output_format") or request.options.format,
+            response_id=response_id,
+            revised_prompt=_get(item, "revised_prompt"),
+            usage=Usage(),
+            cost=0.0,
+            text=text,
+            size=_get(item, "size"),
+            quality=_get(item, "quality"),
+            model=request.options.model,
+            engine="responses",
+            seconds=time.monotonic() - started,
+        )
+
+    def _no_image(self, item: Any, text: str | None) -> Failed:
+        error = _get(item, "error")
+        if error is not None:
+            return classify_code(
+                _get(error, "code"), str(_get(error, "message", "")), _get(error, "moderation_details")
+            )
+        return Failed(
+            FailureKind.MODERATION,
+            "fail.no_image",
+            {"text": (text or "-")[:1500]},
+            detail="no image in a completed response",
+        )
+
+    def _failed_response(self, response: Any) -> Failed:
+        for out in _get(response, "output") or []:
+            error = _get(out, "error")
+            if _get(out, "type") == "image_generation_call" and error is not None:
+                return classify_code(
+                    _get(error, "code"), str(_get(error, "message", "")), _get(error, "moderation_details")
+                )
+        error = _get(response, "error")
+        return classify_code(_get(error, "code"), str(_get(error, "message", "response failed")))
+
+    # --- Image API ---------------------------------------------------------------------
+
+    def images_params(self, request: TurnRequest) -> tuple[str, dict[str, Any]]:
+        """Which Image API call (`generate` or `edit`) and its keyword arguments."""
+        opts = request.options
+        params: dict[str, Any] = {
+            "prompt": request.prompt,
+            "model": opts.model,
+            "size": opts.size,
+            "quality": opts.quality,
+            "output_format": opts.format,
+            "background": opts.background,
+            "partial_images": opts.partials,
+            "stream": True,
+            "n": 1,
+        }
+        if opts.compression is not None:
+            params["output_compression"] = opts.compression
+        if request.user_hash:
+            params["safety_identifier"] = request.user_hash
+        images = list(request.images)
+        if request.parent_image is not None:
+            images.insert(0, request.parent_image)
+        if not images:
+            params["moderation"] = opts.moderation
+            return "generate", params
+        files = [(image.filename, image.data, image.mime) for image in images]
+        params["image"] = files if len(files) > 1 else files[0]
+        if request.mask is not None:
+            params["mask"] = ("mask.png", request.mask, "image/png")
+        if opts.input_fidelity is not None:
+            params["input_fidelity"] = opts.input_fidelity
+        return "edit", params
+
+    async def stream_images(self, request: TurnRequest) -> AsyncIterator[Partial | Completed | Failed]:
+        """Run one turn through the Image API (generate, or edit with the inputs), yielding core events."""
+        started = time.monotonic()
+        opts = request.options
+        call, params = self.images_params(request)
+        try:
+            if call == "generate":
+                stream: Any = await self._client.images.generate(**params)
+            else:
+                stream = await self._client.images.edit(**params)
+            async with stream:
+                async for event in self._events(stream):
+                    kind = event.type
+                    if kind.endswith(".partial_image"):
+                        yield Partial(
+                            index=event.partial_image_index,
+                            image=await _decode(event.b64_json),
+                            format=event.output_format or opts.format,
+                        )
+                    elif kind.endswith(".completed"):
+                        yield Completed(
+                            image=await _decode(event.b64_json),
+                            format=event.output_format or opts.format,
+                            response_id=f"img_{uuid.uuid4().hex}",
+                            revised_prompt=None,
+                            usage=_usage_from_images(event.usage),
+                            cost=0.0,
+                            size=event.size,
+                            quality=event.quality,
+                            model=opts.model,
+                            engine="images",
+                            seconds=time.monotonic() - started,
+                        )
+                        return
+                    elif kind == "error":
+                        yield classify_code(_get(event, "code"), str(_get(event, "message", "")))
+                        return
+        except (openai.OpenAIError, TimeoutError) as exc:
+            log.warning("image API turn failed: %r", exc)
+            yield classify_exception(exc)
+            return
+        yield Failed(FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without an image")

@@ -1,0 +1,156 @@
+"""The turn runner: streams one conversation turn and yields typed events to a sink."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.core.costs import PriceTable, estimate_usage
+from bot.core.errors import FailureKind
+from bot.core.events import Completed, Failed, Partial, Started, TurnEvent, TurnFailure, Usage
+from bot.core.options import InputImage, TurnRequest
+
+log = logging.getLogger(__name__)
+
+ENGINE_EVENTS = Partial | Completed | Failed
+
+
+class ImageBackend(Protocol):
+    """What the runner needs from the OpenAI adapter."""
+
+    async def upload_file(self, image: InputImage) -> str: ...
+
+    def stream_responses(
+        self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
+    ) -> AsyncIterator[Partial | Completed | Failed]: ...
+
+    def stream_images(self, request: TurnRequest) -> AsyncIterator[Partial | Completed | Failed]: ...
+
+
+class FileCache(Protocol):
+    """Where uploaded Files API ids are remembered by content hash."""
+
+    async def get_uploaded_file(self, sha256: str) -> str | None: ...
+
+    async def put_uploaded_file(self, sha256: str, file_id: str, size: int) -> None: ...
+
+
+# Loads the image (and its prompt) to re-seed a turn whose conversation OpenAI has forgotten.
+ReseedSource = Callable[[], Awaitable[tuple[InputImage, str] | None]]
+
+RESEED_PROMPT = "Continue from the attached image, which was made from this prompt: {parent}\n\nNow: {prompt}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    """How the runner behaves around the API."""
+
+    use_files_api: bool = False
+    rate_limit_retries: int = 2
+    max_retry_wait: float = 30.0
+    default_retry_wait: float = 2.0
+
+
+class TurnRunner:
+    """Runs turns against one backend, with the same events for both engines."""
+
+    def __init__(
+        self,
+        backend: ImageBackend,
+        prices: PriceTable,
+        *,
+        files: FileCache | None = None,
+        config: RunnerConfig | None = None,
+    ) -> None:
+        self._backend = backend
+        self._prices = prices
+        self._files = files
+        self._config = config or RunnerConfig()
+
+    async def _file_ids(self, request: TurnRequest) -> dict[str, str]:
+        """Upload each input image once, reusing ids cached by content hash."""
+        if not self._config.use_files_api or self._files is None:
+            return {}
+        ids: dict[str, str] = {}
+        images = [*request.images, *([request.parent_image] if request.parent_image else [])]
+        for image in images:
+            cached = await self._files.get_uploaded_file(image.sha256)
+            if cached is None:
+                cached = await self._backend.upload_file(image)
+                await self._files.put_uploaded_file(image.sha256, cached, len(image.data))
+            ids[image.sha256] = cached
+        return ids
+
+    def _engine_stream(
+        self, request: TurnRequest, engine: str, file_ids: dict[str, str]
+    ) -> AsyncIterator[Partial | Completed | Failed]:
+        if engine == "images":
+            return self._backend.stream_images(request)
+        return self._backend.stream_responses(request, file_ids=file_ids)
+
+    def _priced(self, done: Completed, request: TurnRequest, engine: str, reseeded: bool) -> Completed:
+        usage = done.usage
+        if usage == Usage():
+            # The stream ended before the usage arrived: charge the estimate instead of nothing.
+            inputs = len(request.images) + (1 if request.parent_image else 0)
+            usage = estimate_usage(request.options, prompt=request.prompt, input_images=inputs, engine=engine)
+        cost = self._prices.cost(usage, model=request.options.model, engine=engine)
+        return dataclasses.replace(done, usage=usage, cost=cost, reseeded=reseeded)
+
+    async def run(
+        self, request: TurnRequest, *, engine: str = "responses", reseed: ReseedSource | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Stream one turn: Started, Partial*, then exactly one Completed or Failed."""
+        reseeded = False
+        attempt = 0
+        try:
+            file_ids = await self._file_ids(request)
+        except TurnFailure as exc:
+            yield exc.failed
+            return
+        yield Started(engine=engine, model=request.options.model)
+        while True:
+            partials = 0
+            retry: Failed | None = None
+            async for event in self._engine_stream(request, engine, file_ids):
+                if isinstance(event, Partial):
+                    partials += 1
+                    yield event
+                elif isinstance(event, Completed):
+                    yield self._priced(event, request, engine, reseeded)
+                    return
+                else:
+                    retry = event
+                    break
+            failed = retry or Failed(FailureKind.TRANSIENT, "fail.stream_cut")
+            if failed.kind is FailureKind.CONTEXT_EXPIRED and not reseeded:
+                source = await reseed() if reseed is not None else None
+                if source is not None:
+                    image, parent_prompt = source
+                    log.info("previous response %s is gone; re-seeding", request.previous_response_id)
+                    request = dataclasses.replace(
+                        request,
+                        previous_response_id=None,
+                        parent_image=image,
+                        parent_prompt=parent_prompt,
+                        prompt=RESEED_PROMPT.format(parent=parent_prompt, prompt=request.prompt),
+                    )
+                    reseeded = True
+                    yield Started(engine=engine, model=request.options.model, reseeded=True)
+                    continue
+            if (
+                failed.kind is FailureKind.RATE_LIMITED
+                and partials == 0
+                and attempt < self._config.rate_limit_retries
+            ):
+                attempt += 1
+                wait = min(failed.retry_after or self._config.default_retry_wait, self._config.max_retry_wait)
+                log.info("rate limited; retry %d in %.1fs", attempt, wait)
+                await asyncio.sleep(wait)
+                continue
+            yield failed
+            return

@@ -1,0 +1,93 @@
+"""`python -m bot doctor`: checks settings, the database and the tokens, in plain words."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.core.openai_adapter import OpenAIImageClient
+from bot.services import client_config
+from bot.settings import Settings
+from storage import open_store
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    text: str
+
+
+async def check_database(settings: Settings) -> CheckResult:
+    """The database opens and its schema is current."""
+    try:
+        store = await open_store(settings.database_url)
+    except Exception as exc:
+        return CheckResult("database", False, f"cannot open {settings.database_url}: {exc}")
+    await store.close()
+    return CheckResult("database", True, f"{settings.database_url} opens and is up to date")
+
+
+async def check_discord(settings: Settings) -> CheckResult:
+    """Discord accepts the bot token."""
+    if settings.discord_token is None:
+        return CheckResult("discord", False, "DISCORD_TOKEN is not set (needed to run the bot)")
+    url = settings.discord_api_base_url.rstrip("/") + "/users/@me"
+    headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+            session.get(url, headers=headers) as response,
+        ):
+            body = await response.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return CheckResult("discord", False, f"cannot reach {settings.discord_api_base_url}: {exc!r}")
+    if response.status == 401:
+        return CheckResult("discord", False, "Discord refused DISCORD_TOKEN (401): copy it again from the Developer Portal")
+    if response.status != 200:
+        return CheckResult("discord", False, f"Discord answered {response.status}")
+    try:
+        name = json.loads(body).get("username", "?")
+    except ValueError:
+        name = "?"
+    return CheckResult("discord", True, f"the token belongs to the bot user {name}")
+
+
+async def check_openai(settings: Settings) -> CheckResult:
+    """OpenAI accepts the API key."""
+    try:
+        client = OpenAIImageClient(client_config(settings))
+    except ValueError:
+        return CheckResult("openai", False, "OPENAI_API_KEY is not set (needed to make images)")
+    try:
+        text = await client.check()
+    except Exception as exc:
+        status = getattr(exc, "status_code", None)
+        if status == 401:
+            return CheckResult("openai", False, "OpenAI refused OPENAI_API_KEY (401)")
+        return CheckResult("openai", False, f"cannot use the OpenAI API: {type(exc).__name__}")
+    finally:
+        await client.close()
+    return CheckResult("openai", True, f"the API key works ({text})")
+
+
+async def run_checks(settings: Settings, *, out: Callable[[str], object] = print) -> int:
+    """Run every check, print one line each; 0 when all pass."""
+    checks: list[Callable[[Settings], Awaitable[CheckResult]]] = [
+        check_database,
+        check_discord,
+        check_openai,
+    ]
+    failures = 0
+    out(f"settings: engine={settings.engine}, image model={settings.image_model}")
+    for check in checks:
+        result = await check(settings)
+        failures += not result.ok
+        out(f"[{'ok' if result.ok else 'FAIL'}] {result.name}: {result.text}")
+    out("all good" if failures == 0 else f"{failures} problem(s) found")
+    return 0 if failures == 0 else 1

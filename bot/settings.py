@@ -1,0 +1,55 @@
+"""Settings read from the environment and `.env` (only `bot.__main__` builds them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot, with the defaults a new server gets."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
+
+    discord_token: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str | None = None
+    database_url: str = "sqlite:///data/bot.db"
+    discord_dev_guild_id: int | None = None
+
+    # Generation defaults (a server's /config and a member's /settings override them).
+    engine: Literal["responses", "images"] = "responses"
+    image_model: str = "gpt-image-2.6-sunburst"
+    mainline_model: str = "gpt-5.5"
+    default_size: str = "auto"
+    default_quality: str = "auto"
+    default_format: Literal["png", "jpeg", "webp"] = "png"
+    default_partials: int = Field(default=2, ge=0, le=3)
+    default_moderation: Literal["auto", "low"] = "auto"
+
+    # Client behaviour towards OpenAI.
+    openai_timeout_seconds: float = 180.0
+    openai_max_retries: int = 2
+    stream_stall_seconds: float = 120.0
+    use_files_api: bool = False
+
+    # Limits that protect the operator's bill and the machine.
+    max_input_bytes: int = 50 * 1024 * 1024
+    max_input_pixels: int = 40_000_000
+    global_concurrency: int = 4
+    user_concurrency: int = 1
+    user_daily_usd: float | None = None
+    user_daily_images: int | None = None
+    guild_monthly_usd: float | None = None
+    guild_monthly_images: int | None = None
+
+    # Prices in USD per 1M tokens; JSON in the environment overrides the published defaults.
+    prices_json: str | None = None
+
+    log_level: str = "INFO"

@@ -1,0 +1,201 @@
+"""Shows one job in Discord: a progress message edited in place with each partial, then the final."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+from storage.base import Job, Turn
+
+from bot.core import images
+from bot.core.events import Completed, Failed, Partial, Started
+from bot.core.studio import JobSpec
+from cogs._ui import clip, t
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+log = logging.getLogger(__name__)
+
+DM_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+def upload_limit(channel: Any) -> int:
+    """The largest file the bot may upload in `channel`."""
+    guild = getattr(channel, "guild", None)
+    return int(guild.filesize_limit) if guild is not None else DM_UPLOAD_LIMIT
+
+
+def footer(done: Completed, locale: str) -> str:
+    """The small line under a final image: size, quality, model, seconds, estimated cost."""
+    parts = [
+        done.size or "auto",
+        done.quality or "auto",
+        done.model,
+        t(locale, "discord.seconds", seconds=done.seconds),
+        t(locale, "discord.cost", cost=done.cost),
+    ]
+    return "-# " + " · ".join(parts)
+
+
+class DiscordTurnSink:
+    """One progress message per turn; partials replace each other (latest wins), the final replaces them."""
+
+    def __init__(self, bot: ImagineBot, job: Job, channel: Any) -> None:
+        self.bot = bot
+        self.job = job
+        self.channel = channel
+        self.locale = job.locale
+        self.spec = JobSpec.from_payload(job.payload)
+        self.message: discord.Message | None = None
+        self._message_lock = asyncio.Lock()
+        self._pending: Partial | None = None
+        self._uploader: asyncio.Task[None] | None = None
+        self._final = False
+        self.shown_partials: list[int] = []
+        self.skipped_partials: list[int] = []
+
+    @classmethod
+    async def for_job(cls, bot: ImagineBot, job: Job) -> DiscordTurnSink:
+        """The sink for `job`, in its channel."""
+        channel = await bot.resolve_channel(job.channel_id)
+        sink = cls(bot, job, channel)
+        if job.progress_message_id is not None and channel is not None:
+            sink.message = channel.get_partial_message(job.progress_message_id)
+        return sink
+
+    def _header(self) -> str:
+        who = f"<@{self.job.user_id}>"
+        return f"**{clip(self.spec.prompt, 300)}** — {who}"
+
+    async def _ensure_message(self, content: str) -> discord.Message | None:
+        """Create the progress message once, or update its text."""
+        if self.channel is None:
+            return None
+        async with self._message_lock:
+            if self.message is None:
+                self.message = await self.channel.send(content)
+                await self.bot.services.store.set_job_progress_message(self.job.id, self.message.id)
+            else:
+                await self._edit(content=content)
+        return self.message
+
+    async def _edit(self, **fields: Any) -> None:
+        """Edit the progress message; when Discord refuses (too old, deleted), post a new one."""
+        assert self.message is not None
+        try:
+            self.message = await self.message.edit(**fields)
+        except discord.HTTPException as exc:
+            if isinstance(exc, discord.Forbidden):
+                raise
+            log.info("editing progress message failed (%s); posting a new one", exc.code)
+            content = fields.pop("content", None)
+            files = fields.pop("attachments", [])
+            view = fields.pop("view", None)
+            kwargs: dict[str, Any] = {"content": content, "files": files}
+            if view is not None:
+                kwargs["view"] = view
+            self.message = await self.channel.send(**kwargs)
+
+    async def queued(self, position: int) -> None:
+        await self._ensure_message(self._header() + "\n" + t(self.locale, "discord.queued", position=position))
+
+    async def started(self, event: Started) -> None:
+        key = "discord.reseeding" if event.reseeded else "discord.drawing"
+        await self._ensure_message(self._header() + "\n" + t(self.locale, key))
+
+    async def partial(self, event: Partial) -> None:
+        if self._final:
+            return
+        if self._pending is not None:
+            self.skipped_partials.append(self._pending.index)
+        self._pending = event
+        if self._uploader is None or self._uploader.done():
+            self._uploader = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Upload the newest partial, then any newer one that arrived meanwhile."""
+        while self._pending is not None and not self._final:
+            event, self._pending = self._pending, None
+            content = self._header() + "\n" + t(
+                self.locale, "discord.partial", index=event.index + 1, total=max(1, self.spec_partials)
+            )
+            file = discord.File(io.BytesIO(event.image), filename=f"partial-{event.index}.{event.format}")
+            try:
+                if self.message is None:
+                    await self._ensure_message(content)
+                async with self._message_lock:
+                    await self._edit(content=content, attachments=[file])
+                self.shown_partials.append(event.index)
+            except discord.HTTPException as exc:
+                # A lost preview is not worth failing the turn over.
+                log.warning("could not show partial %d of job %s: %s", event.index, self.job.id, exc)
+
+    @property
+    def spec_partials(self) -> int:
+        return int(self.spec.options.get("partials") or 0)
+
+    async def completed(self, event: Completed, turn: Turn) -> tuple[int | None, str | None]:
+        from cogs.buttons import final_view
+
+        self._final = True
+        if self._pending is not None:
+            self.skipped_partials.append(self._pending.index)
+        self._pending = None
+        if self._uploader is not None:
+            # An upload in flight finishes first (it cannot be recalled); then the final replaces it.
+            await asyncio.gather(self._uploader, return_exceptions=True)
+        limit = upload_limit(self.channel)
+        fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, limit - 64 * 1024)
+        lines = [self._header()]
+        if event.text:
+            lines.append(clip(event.text, 800))
+        if event.reseeded:
+            lines.append(t(self.locale, "note.reseeded"))
+        if fitted.reencoded:
+            lines.append(
+                t(
+                    self.locale,
+                    "discord.reencoded",
+                    format=fitted.format,
+                    size=round(len(fitted.data) / 1024 / 1024, 1),
+                    limit=round(limit / 1024 / 1024, 1),
+                )
+            )
+        lines.append(footer(event, self.locale))
+        content = clip("\n".join(lines), 2000)
+        file = discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}")
+        view = final_view(turn.id, self.locale)
+        if self.message is None:
+            self.message = await self.channel.send(content, file=file, view=view)
+        else:
+            async with self._message_lock:
+                await self._edit(content=content, attachments=[file], view=view)
+        assert self.message is not None
+        url = self.message.attachments[0].url if self.message.attachments else None
+        self.bot.dispatch("turn_posted", self.job, turn, self.message, time.monotonic())
+        return self.message.id, url
+
+    async def failed(self, event: Failed, job: Job) -> None:
+        from cogs.buttons import retry_view
+
+        self._final = True
+        self._pending = None
+        if self._uploader is not None:
+            await asyncio.gather(self._uploader, return_exceptions=True)
+        if event.detail:
+            log.info("job %s failed (%s): %s", job.id, event.kind.value, event.detail)
+        content = clip(self._header() + "\n⚠️ " + event.localized(self.locale), 2000)
+        view = retry_view(job.id, self.locale)
+        if self.channel is None:
+            log.warning("job %s failed and its channel is gone", job.id)
+            return
+        if self.message is None:
+            self.message = await self.channel.send(content, view=view)
+        else:
+            async with self._message_lock:
+                await self._edit(content=content, attachments=[], view=view)

@@ -1,0 +1,143 @@
+"""Small helpers shared by the cogs: who is asking, reading attachments, replying with errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.core import i18n, images
+from bot.core.errors import BadInput
+from bot.core.options import InputImage
+from bot.core.studio import Requester
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+log = logging.getLogger(__name__)
+
+
+def t(locale: object, key: str, /, **params: object) -> str:
+    """The catalog sentence `key` in a Discord locale."""
+    return i18n.t(str(locale) if locale is not None else None, key, **params)
+
+
+def parent_channel_id(channel: Any) -> int | None:
+    """The parent of a thread, else None."""
+    return getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+
+
+def is_admin(user: discord.abc.User, channel: Any) -> bool:
+    """Whether `user` manages this server (or is in a DM)."""
+    if not isinstance(user, discord.Member):
+        return False
+    perms = channel.permissions_for(user) if hasattr(channel, "permissions_for") else user.guild_permissions
+    return bool(perms.manage_guild or perms.manage_messages or perms.administrator)
+
+
+async def locale_for(bot: ImagineBot, user_id: int, fallback: object) -> str:
+    """A member's chosen language, else the Discord locale given."""
+    chosen = (await bot.services.store.get_user_settings(user_id)).get("language")
+    return i18n.normalize_locale(str(chosen) if chosen else str(fallback) if fallback else None)
+
+
+async def requester_for_interaction(bot: ImagineBot, interaction: discord.Interaction[Any]) -> Requester:
+    """The requester behind an interaction."""
+    user = interaction.user
+    roles = tuple(r.id for r in getattr(user, "roles", []))
+    return Requester(
+        user_id=user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id or 0,
+        locale=await locale_for(bot, user.id, interaction.locale),
+        role_ids=roles,
+        is_admin=is_admin(user, interaction.channel) if interaction.channel else False,
+    )
+
+
+async def requester_for_message(bot: ImagineBot, message: discord.Message) -> Requester:
+    """The requester behind a message in a conversation (the server's language by default)."""
+    guild_locale = message.guild.preferred_locale if message.guild else None
+    return Requester(
+        user_id=message.author.id,
+        guild_id=message.guild.id if message.guild else None,
+        channel_id=message.channel.id,
+        locale=await locale_for(bot, message.author.id, guild_locale),
+        role_ids=tuple(r.id for r in getattr(message.author, "roles", [])),
+        is_admin=is_admin(message.author, message.channel),
+    )
+
+
+async def read_image(bot: ImagineBot, attachment: discord.Attachment) -> InputImage:
+    """An attachment as an input image: its size checked before download, decoded off the loop."""
+    settings = bot.settings
+    if attachment.size > settings.max_input_bytes:
+        raise BadInput(
+            "images.too_large_bytes",
+            size=round(attachment.size / 1024 / 1024, 1),
+            limit=round(settings.max_input_bytes / 1024 / 1024, 1),
+        )
+    return await prepare_bytes(bot, await attachment.read(), attachment.filename)
+
+
+async def prepare_bytes(bot: ImagineBot, data: bytes, filename: str) -> InputImage:
+    """Checked, normalized image bytes as an input image (decoded off the event loop)."""
+    settings = bot.settings
+    prepared = await asyncio.to_thread(
+        images.prepare_input_image,
+        data,
+        filename=filename,
+        max_bytes=settings.max_input_bytes,
+        max_pixels=settings.max_input_pixels,
+    )
+    return images.as_input(prepared)
+
+
+async def read_mask(bot: ImagineBot, attachment: discord.Attachment, image: InputImage) -> bytes:
+    """A mask attachment turned into the alpha mask the API wants, at `image`'s size."""
+    settings = bot.settings
+    if attachment.size > settings.max_input_bytes:
+        raise BadInput(
+            "images.too_large_bytes",
+            size=round(attachment.size / 1024 / 1024, 1),
+            limit=round(settings.max_input_bytes / 1024 / 1024, 1),
+        )
+    data = await attachment.read()
+    prepared = images.PreparedImage(
+        data=image.data,
+        mime=image.mime,
+        filename=image.filename,
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+        note=None,
+    )
+    return await asyncio.to_thread(
+        images.prepare_mask,
+        data,
+        prepared,
+        max_bytes=settings.max_input_bytes,
+        max_pixels=settings.max_input_pixels,
+    )
+
+
+async def reply_error(
+    interaction: discord.Interaction[Any], text: str | None, *, key: str | None = None
+) -> None:
+    """Tell the user what went wrong, privately, whether or not the interaction was answered."""
+    message = text if text is not None else t(interaction.locale, key or "discord.internal_error")
+    message = "⚠️ " + message[:1900]
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not send an error reply for interaction %s", interaction.id)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
