@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the settings are not valid: {exc}", file=sys.stderr)
         return 2
     secrets = [
-        s.get_secret_value() for s in (settings.discord_token, settings.openai_api_key) if s is not None
+        s.get_secret_value()
+        for s in (settings.discord_token, settings.openai_api_key)
+        if s is not None
     ]
     setup_logging(settings.log_level if command == "run" else "WARNING", secrets)
     if command == "generate":
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "demo":
         from bot.demo import run_demo
 
-        return asyncio.run(run_demo(args.out, settings))
+        code: int = asyncio.run(run_demo(args.out, settings))
+        return code
     from bot.app import run_bot
 
     return asyncio.run(run_bot(settings))

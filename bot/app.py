@@ -45,7 +45,9 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         if isinstance(error, app_commands.CheckFailure):
             await reply_error(interaction, None, key="discord.not_allowed")
             return
-        log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
+        log.error(
+            "command %s failed", interaction.command and interaction.command.name, exc_info=original
+        )
         await reply_error(interaction, None, key="discord.internal_error")
 
 
@@ -117,7 +119,9 @@ class ImagineBot(commands.Bot):
             self._recovered = True
             interrupted, queued = await self.studio.recover()
             if interrupted or queued:
-                log.info("recovered %d interrupted and %d queued job(s)", len(interrupted), len(queued))
+                log.info(
+                    "recovered %d interrupted and %d queued job(s)", len(interrupted), len(queued)
+                )
 
     async def on_resumed(self) -> None:
         """RESUME replaces the socket: keep it on the configured gateway."""
@@ -153,7 +157,8 @@ class ImagineBot(commands.Bot):
             return None
         for attachment in message.attachments:
             if (attachment.content_type or "").startswith("image/"):
-                return await attachment.read()
+                data: bytes = await attachment.read()
+                return data
         return None
 
     async def close(self) -> None:
@@ -191,9 +196,9 @@ async def run_bot(settings: Settings) -> int:
             done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if runner in done:
                 stopper.cancel()
-                exc = runner.exception()
-                if exc is not None:
-                    log.error("the bot stopped: %r", exc)
+                error = runner.exception()
+                if error is not None:
+                    log.error("the bot stopped: %r", error)
                     return 1
                 return 0
             log.info("stopping")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.base import NewTurn, NewUsageEntry
+from storage.base import NewTurn, NewUsageEntry, TurnStatus
 
 from bot.core import i18n, images
 from bot.core.errors import BadInput, FailureKind
@@ -54,13 +54,17 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default=None)
     parser.add_argument("--partials", type=int, default=None, help="partial images, 0-3")
     parser.add_argument("--size", default=None, help="auto, 1024x1024, 1536x1024, 1024x1536 or WxH")
-    parser.add_argument("--quality", default=None, help="auto, low, medium, high (xhigh, max on 2.5+)")
+    parser.add_argument(
+        "--quality", default=None, help="auto, low, medium, high (xhigh, max on 2.5+)"
+    )
     parser.add_argument("--format", default=None, help="png, jpeg or webp")
     parser.add_argument("--background", default=None, help="auto, opaque or transparent")
     parser.add_argument("--compression", type=int, default=None, help="0-100, jpeg and webp only")
     parser.add_argument("--moderation", default=None, help="auto or low")
     parser.add_argument("--model", default=None, help="image model, e.g. gpt-image-2.6-sunburst")
-    parser.add_argument("--image", action="append", type=Path, default=[], help="reference image (repeatable)")
+    parser.add_argument(
+        "--image", action="append", type=Path, default=[], help="reference image (repeatable)"
+    )
     parser.add_argument("--mask", type=Path, default=None, help="mask for the first --image")
     parser.add_argument("--previous-response-id", default=None, help="continue this response")
 
@@ -85,9 +89,14 @@ def _read_input(path: Path, settings: Settings) -> images.PreparedImage:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BadInput("cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)) from exc
+        raise BadInput(
+            "cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)
+        ) from exc
     return images.prepare_input_image(
-        data, filename=path.name, max_bytes=settings.max_input_bytes, max_pixels=settings.max_input_pixels
+        data,
+        filename=path.name,
+        max_bytes=settings.max_input_bytes,
+        max_pixels=settings.max_input_pixels,
     )
 
 
@@ -154,7 +163,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise BadInput("cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)) from exc
+        raise BadInput(
+            "cli.unreadable_file", path=str(path), reason=exc.strerror or str(exc)
+        ) from exc
 
 
 async def _generate(
@@ -253,13 +264,12 @@ async def _record(services: Services, done: Completed, request: TurnRequest, pat
             model=done.model,
             usage=dict(done.usage.as_dict()),
             cost_usd=done.cost,
-            status="done",
+            status=TurnStatus.COMPLETED,
             image_url=str(path.resolve()),
         )
     )
     await services.store.record_usage(
         NewUsageEntry(
-            at=time.time(),
             guild_id=None,
             user_id=CLI_USER_ID,
             channel_id=None,
@@ -274,4 +284,3 @@ async def _record(services: Services, done: Completed, request: TurnRequest, pat
             cost_usd=done.cost,
         )
     )
-

@@ -46,9 +46,15 @@ async def check_discord(settings: Settings) -> CheckResult:
         ):
             body = await response.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return CheckResult("discord", False, f"cannot reach {settings.discord_api_base_url}: {exc!r}")
+        return CheckResult(
+            "discord", False, f"cannot reach {settings.discord_api_base_url}: {exc!r}"
+        )
     if response.status == 401:
-        return CheckResult("discord", False, "Discord refused DISCORD_TOKEN (401): copy it again from the Developer Portal")
+        return CheckResult(
+            "discord",
+            False,
+            "Discord refused DISCORD_TOKEN (401): copy it again from the Developer Portal",
+        )
     if response.status != 200:
         return CheckResult("discord", False, f"Discord answered {response.status}")
     try:

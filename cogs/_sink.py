@@ -27,7 +27,9 @@ DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 def upload_limit(channel: Any) -> int:
     """The largest file the bot may upload in `channel`."""
     guild = getattr(channel, "guild", None)
-    return int(guild.filesize_limit) if guild is not None else DM_UPLOAD_LIMIT
+    if isinstance(guild, discord.Guild):
+        return guild.filesize_limit
+    return DM_UPLOAD_LIMIT
 
 
 def footer(done: Completed, locale: str) -> str:
@@ -102,7 +104,9 @@ class DiscordTurnSink:
             self.message = await self.channel.send(**kwargs)
 
     async def queued(self, position: int) -> None:
-        await self._ensure_message(self._header() + "\n" + t(self.locale, "discord.queued", position=position))
+        await self._ensure_message(
+            self._header() + "\n" + t(self.locale, "discord.queued", position=position)
+        )
 
     async def started(self, event: Started) -> None:
         key = "discord.reseeding" if event.reseeded else "discord.drawing"
@@ -121,10 +125,19 @@ class DiscordTurnSink:
         """Upload the newest partial, then any newer one that arrived meanwhile."""
         while self._pending is not None and not self._final:
             event, self._pending = self._pending, None
-            content = self._header() + "\n" + t(
-                self.locale, "discord.partial", index=event.index + 1, total=max(1, self.spec_partials)
+            content = (
+                self._header()
+                + "\n"
+                + t(
+                    self.locale,
+                    "discord.partial",
+                    index=event.index + 1,
+                    total=max(1, self.spec_partials),
+                )
             )
-            file = discord.File(io.BytesIO(event.image), filename=f"partial-{event.index}.{event.format}")
+            file = discord.File(
+                io.BytesIO(event.image), filename=f"partial-{event.index}.{event.format}"
+            )
             try:
                 if self.message is None:
                     await self._ensure_message(content)
@@ -133,11 +146,14 @@ class DiscordTurnSink:
                 self.shown_partials.append(event.index)
             except discord.HTTPException as exc:
                 # A lost preview is not worth failing the turn over.
-                log.warning("could not show partial %d of job %s: %s", event.index, self.job.id, exc)
+                log.warning(
+                    "could not show partial %d of job %s: %s", event.index, self.job.id, exc
+                )
 
     @property
     def spec_partials(self) -> int:
-        return int(self.spec.options.get("partials") or 0)
+        value = self.spec.options.get("partials")
+        return value if isinstance(value, int) else 0
 
     async def completed(self, event: Completed, turn: Turn) -> tuple[int | None, str | None]:
         from cogs.buttons import final_view
@@ -150,7 +166,9 @@ class DiscordTurnSink:
             # An upload in flight finishes first (it cannot be recalled); then the final replaces it.
             await asyncio.gather(self._uploader, return_exceptions=True)
         limit = upload_limit(self.channel)
-        fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, limit - 64 * 1024)
+        fitted = await asyncio.to_thread(
+            images.fit_to_limit, event.image, event.format, limit - 64 * 1024
+        )
         lines = [self._header()]
         if event.text:
             lines.append(clip(event.text, 800))

@@ -33,7 +33,11 @@ def is_admin(user: discord.abc.User, channel: Any) -> bool:
     """Whether `user` manages this server (or is in a DM)."""
     if not isinstance(user, discord.Member):
         return False
-    perms = channel.permissions_for(user) if hasattr(channel, "permissions_for") else user.guild_permissions
+    perms = (
+        channel.permissions_for(user)
+        if hasattr(channel, "permissions_for")
+        else user.guild_permissions
+    )
     return bool(perms.manage_guild or perms.manage_messages or perms.administrator)
 
 
@@ -43,7 +47,9 @@ async def locale_for(bot: ImagineBot, user_id: int, fallback: object) -> str:
     return i18n.normalize_locale(str(chosen) if chosen else str(fallback) if fallback else None)
 
 
-async def requester_for_interaction(bot: ImagineBot, interaction: discord.Interaction[Any]) -> Requester:
+async def requester_for_interaction(
+    bot: ImagineBot, interaction: discord.Interaction[Any]
+) -> Requester:
     """The requester behind an interaction."""
     user = interaction.user
     roles = tuple(r.id for r in getattr(user, "roles", []))

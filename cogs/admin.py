@@ -17,7 +17,7 @@ from bot.core.errors import BotError
 from bot.core.options import ImageOptions, validate_options
 from bot.core.studio import CONTINUE_POLICIES, day_start, month_start
 from cogs._translator import L, choices
-from cogs._ui import is_admin, requester_for_interaction, t
+from cogs._ui import is_admin, locale_for, requester_for_interaction, t
 from cogs.imagine import (
     BACKGROUNDS,
     FORMATS,
@@ -99,7 +99,9 @@ class AdminCog(commands.Cog):
         store = self.bot.services.store
         user_id = interaction.user.id
         current: dict[str, object] = {} if reset else dict(await store.get_user_settings(user_id))
-        changes = output_options(size, quality, format, background, compression, moderation, partials, model)
+        changes = output_options(
+            size, quality, format, background, compression, moderation, partials, model
+        )
         changes["language"] = language
         current.update({k: v for k, v in changes.items() if v is not None})
         locale = str(current.get("language") or interaction.locale)
@@ -123,8 +125,20 @@ class AdminCog(commands.Cog):
         today = await store.usage_totals(since=day_start(now), user_id=requester.user_id)
         month = await store.usage_totals(since=month_start(now), user_id=requester.user_id)
         lines = [
-            t(locale, "usage.you_today", images=today.images, tokens=today.input_tokens + today.output_tokens, cost=today.cost_usd),
-            t(locale, "usage.you_month", images=month.images, tokens=month.input_tokens + month.output_tokens, cost=month.cost_usd),
+            t(
+                locale,
+                "usage.you_today",
+                images=today.images,
+                tokens=today.input_tokens + today.output_tokens,
+                cost=today.cost_usd,
+            ),
+            t(
+                locale,
+                "usage.you_month",
+                images=month.images,
+                tokens=month.input_tokens + month.output_tokens,
+                cost=month.cost_usd,
+            ),
         ]
         limits = await self.bot.studio.effective_limits(requester.guild_id)
         if limits.user_daily_usd is not None:
@@ -135,9 +149,15 @@ class AdminCog(commands.Cog):
         by_user: list[tuple[str, float]] | None = None
         if requester.guild_id is not None and requester.is_admin:
             server = await store.usage_totals(since=month_start(now), guild_id=requester.guild_id)
-            lines.append(t(locale, "usage.server_month", images=server.images, cost=server.cost_usd))
+            lines.append(
+                t(locale, "usage.server_month", images=server.images, cost=server.cost_usd)
+            )
             if limits.guild_monthly_usd is not None:
                 lines.append(t(locale, "usage.limit_monthly_usd", limit=limits.guild_monthly_usd))
+            if limits.guild_monthly_images is not None:
+                lines.append(
+                    t(locale, "usage.limit_monthly_images", limit=limits.guild_monthly_images)
+                )
             days = await store.usage_by_day(since=since, guild_id=requester.guild_id)
             users = await store.usage_by_user(since=since, guild_id=requester.guild_id)
             by_user = [(self._user_label(interaction, u.user_id), u.cost_usd) for u in users[:10]]
@@ -149,7 +169,9 @@ class AdminCog(commands.Cog):
             images.usage_chart, [(d.day, d.cost_usd) for d in days], title=title, per_user=by_user
         )
         await interaction.followup.send(
-            "\n".join(lines), file=discord.File(io.BytesIO(chart), filename="usage.png"), ephemeral=True
+            "\n".join(lines),
+            file=discord.File(io.BytesIO(chart), filename="usage.png"),
+            ephemeral=True,
         )
 
     @staticmethod
@@ -219,8 +241,10 @@ class AdminCog(commands.Cog):
         if not is_admin(interaction.user, interaction.channel):
             raise app_commands.MissingPermissions(["manage_guild"])
         store = self.bot.services.store
-        locale = str(interaction.locale)
-        config: dict[str, Any] = {} if reset else dict(await store.get_guild_config(interaction.guild_id))
+        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
+        config: dict[str, Any] = (
+            {} if reset else dict(await store.get_guild_config(interaction.guild_id))
+        )
         updates: dict[str, Any] = {
             "user_daily_usd": user_daily_usd,
             "user_daily_images": user_daily_images,
@@ -234,7 +258,9 @@ class AdminCog(commands.Cog):
         if continue_role is not None:
             updates["continue_role_id"] = continue_role.id
         if allowed_channels is not None:
-            updates["allowed_channels"] = [int(c) for c in re.findall(r"\d{15,21}", allowed_channels)]
+            updates["allowed_channels"] = [
+                int(c) for c in re.findall(r"\d{15,21}", allowed_channels)
+            ]
         if allowed_models is not None:
             names = [m.strip() for m in re.split(r"[,\s]+", allowed_models) if m.strip()]
             for name in names:
@@ -246,7 +272,12 @@ class AdminCog(commands.Cog):
             defaults["model"] = default_model
             updates["defaults"] = defaults
         changed = {k: v for k, v in updates.items() if v is not None}
-        for key in ("user_daily_usd", "user_daily_images", "guild_monthly_usd", "guild_monthly_images"):
+        for key in (
+            "user_daily_usd",
+            "user_daily_images",
+            "guild_monthly_usd",
+            "guild_monthly_images",
+        ):
             if changed.get(key) == 0:
                 # 0 means "no limit" in the form; the stored config simply drops the key.
                 changed.pop(key)
@@ -266,12 +297,14 @@ class AdminCog(commands.Cog):
     @app_commands.describe(confirm=L("opt.confirm.desc"))
     async def privacy(self, interaction: discord.Interaction[Any], confirm: bool = False) -> None:
         """Delete everything the bot keeps about you."""
-        locale = str(interaction.locale)
+        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
         if not confirm:
             await interaction.response.send_message(t(locale, "privacy.explain"), ephemeral=True)
             return
         removed = await self.bot.services.store.delete_user_data(interaction.user.id)
-        await interaction.response.send_message(t(locale, "privacy.done", count=removed), ephemeral=True)
+        await interaction.response.send_message(
+            t(locale, "privacy.done", count=removed), ephemeral=True
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

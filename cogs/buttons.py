@@ -30,11 +30,21 @@ def final_view(turn_id: int, locale: str) -> discord.ui.View:
     """The buttons under a final image."""
     view = discord.ui.View(timeout=None)
     for item in (
-        TurnButton.make("reroll", turn_id, t(locale, "button.reroll"), "🔁", discord.ButtonStyle.secondary),
-        TurnButton.make("vary", turn_id, t(locale, "button.vary"), "🎲", discord.ButtonStyle.secondary),
-        TurnButton.make("edit", turn_id, t(locale, "button.edit"), "✏️", discord.ButtonStyle.primary),
-        TurnButton.make("region", turn_id, t(locale, "button.region"), "🔲", discord.ButtonStyle.primary),
-        TurnButton.make("delete", turn_id, t(locale, "button.delete"), "🗑️", discord.ButtonStyle.danger),
+        TurnButton.make(
+            "reroll", turn_id, t(locale, "button.reroll"), "🔁", discord.ButtonStyle.secondary
+        ),
+        TurnButton.make(
+            "vary", turn_id, t(locale, "button.vary"), "🎲", discord.ButtonStyle.secondary
+        ),
+        TurnButton.make(
+            "edit", turn_id, t(locale, "button.edit"), "✏️", discord.ButtonStyle.primary
+        ),
+        TurnButton.make(
+            "region", turn_id, t(locale, "button.region"), "🔲", discord.ButtonStyle.primary
+        ),
+        TurnButton.make(
+            "delete", turn_id, t(locale, "button.delete"), "🗑️", discord.ButtonStyle.danger
+        ),
     ):
         view.add_item(item)
     return view
@@ -47,7 +57,9 @@ def retry_view(job_id: int, locale: str) -> discord.ui.View:
     return view
 
 
-async def _turn_for(bot: ImagineBot, interaction: discord.Interaction[Any], turn_id: int) -> tuple[Turn, Requester]:
+async def _turn_for(
+    bot: ImagineBot, interaction: discord.Interaction[Any], turn_id: int
+) -> tuple[Turn, Requester]:
     """The turn a button names, after checking the button really belongs where it was pressed."""
     turn = await bot.services.store.get_turn(turn_id)
     # A crafted custom_id could name a turn elsewhere: it must be in this very channel.
@@ -62,23 +74,32 @@ async def _turn_for(bot: ImagineBot, interaction: discord.Interaction[Any], turn
     return turn, requester
 
 
-async def _submit(bot: ImagineBot, interaction: discord.Interaction[Any], spec: JobSpec, requester: Requester) -> None:
+async def _submit(
+    bot: ImagineBot, interaction: discord.Interaction[Any], spec: JobSpec, requester: Requester
+) -> None:
     try:
         await bot.studio.submit(spec, requester)
     except BotError as exc:
         await reply_error(interaction, exc.localized(requester.locale))
 
 
-class TurnButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>\d+)"):
+class TurnButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>\d+)",
+):
     """One of the buttons under an image; the action and turn id live in the custom_id."""
 
-    def __init__(self, action: str, turn_id: int, button: discord.ui.Button[Any] | None = None) -> None:
+    def __init__(
+        self, action: str, turn_id: int, button: discord.ui.Button[Any] | None = None
+    ) -> None:
         super().__init__(button or discord.ui.Button(custom_id=f"img:{action}:{turn_id}"))
         self.action = action
         self.turn_id = turn_id
 
     @classmethod
-    def make(cls, action: str, turn_id: int, label: str, emoji: str, style: discord.ButtonStyle) -> TurnButton:
+    def make(
+        cls, action: str, turn_id: int, label: str, emoji: str, style: discord.ButtonStyle
+    ) -> TurnButton:
         """A button with its label."""
         button: discord.ui.Button[Any] = discord.ui.Button(
             label=label, emoji=emoji, style=style, custom_id=f"img:{action}:{turn_id}"
@@ -87,8 +108,13 @@ class TurnButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str], /
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
     ) -> TurnButton:
+        assert isinstance(item, discord.ui.Button)
         return cls(match["action"], int(match["turn"]), item)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
@@ -128,7 +154,13 @@ class TurnButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:
             )
         await _submit(bot, interaction, spec, requester)
 
-    async def _delete(self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, requester: Requester) -> None:
+    async def _delete(
+        self,
+        bot: ImagineBot,
+        interaction: discord.Interaction[Any],
+        turn: Turn,
+        requester: Requester,
+    ) -> None:
         if turn.user_id != requester.user_id and not requester.is_admin:
             await reply_error(interaction, t(requester.locale, "discord.not_allowed_delete"))
             return
@@ -137,7 +169,9 @@ class TurnButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:
             await interaction.message.delete()
         await bot.services.store.delete_turn(turn.id)
 
-    async def _region(self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str) -> None:
+    async def _region(
+        self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str
+    ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await bot.fetch_turn_image(turn)
         if data is None:
@@ -154,7 +188,9 @@ class TurnButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:
         )
 
 
-class CellSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:cells:(?P<turn>\d+)"):
+class CellSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:cells:(?P<turn>\d+)"
+):
     """The grid-cell picker of Edit region."""
 
     def __init__(self, turn_id: int, select: discord.ui.Select[Any] | None = None) -> None:
@@ -176,8 +212,13 @@ class CellSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Select[Any], match: re.Match[str], /
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
     ) -> CellSelect:
+        assert isinstance(item, discord.ui.Select)
         return cls(int(match["turn"]), item)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
@@ -187,7 +228,7 @@ class CellSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:
         except BotError as exc:
             await reply_error(interaction, exc.localized(str(interaction.locale)))
             return
-        values = (interaction.data or {}).get("values", [])  # type: ignore[union-attr]
+        values = self.item.values
         cells = tuple(sorted({int(v) for v in values if str(v).isdigit()}))
         await interaction.response.send_modal(EditModal(turn.id, requester.locale, cells=cells))
 
@@ -197,7 +238,11 @@ class EditModal(discord.ui.Modal):
 
     def __init__(self, turn_id: int, locale: str, *, cells: tuple[int, ...] = ()) -> None:
         suffix = "-".join(str(c) for c in cells) or "all"
-        super().__init__(title=t(locale, "modal.edit_title"), custom_id=f"img:editm:{turn_id}:{suffix}", timeout=900)
+        super().__init__(
+            title=t(locale, "modal.edit_title"),
+            custom_id=f"img:editm:{turn_id}:{suffix}",
+            timeout=900,
+        )
         self.turn_id = turn_id
         self.cells = cells
         self.instruction: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
@@ -229,20 +274,34 @@ class EditModal(discord.ui.Modal):
         await _submit(bot, interaction, spec, requester)
 
 
-class RetryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:retry:(?P<job>\d+)"):
+class RetryButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:retry:(?P<job>\d+)"
+):
     """Runs a failed or interrupted job again."""
 
-    def __init__(self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = "Retry") -> None:
+    def __init__(
+        self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = "Retry"
+    ) -> None:
         super().__init__(
             button
-            or discord.ui.Button(label=label, emoji="🔄", style=discord.ButtonStyle.primary, custom_id=f"img:retry:{job_id}")
+            or discord.ui.Button(
+                label=label,
+                emoji="🔄",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"img:retry:{job_id}",
+            )
         )
         self.job_id = job_id
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Button[Any], match: re.Match[str], /
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
     ) -> RetryButton:
+        assert isinstance(item, discord.ui.Button)
         return cls(int(match["job"]), item)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:

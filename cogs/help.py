@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from cogs._translator import L
-from cogs._ui import t
+from cogs._ui import locale_for, t
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
 
 
 class HelpCog(commands.Cog):
     """Explains the bot."""
 
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
     @app_commands.command(name=L("cmd.help.name"), description=L("cmd.help.desc"))
     async def help(self, interaction: discord.Interaction[Any]) -> None:
         """How it works."""
-        await interaction.response.send_message(t(interaction.locale, "help.text"), ephemeral=True)
+        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
+        await interaction.response.send_message(t(locale, "help.text"), ephemeral=True)
 
 
 async def setup(bot: commands.Bot) -> None:
     """Add the cog."""
-    await bot.add_cog(HelpCog())
+    await bot.add_cog(HelpCog(bot))  # type: ignore[arg-type]

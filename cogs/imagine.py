@@ -42,7 +42,9 @@ EXTRA_SIZES = ("1536x864", "864x1536", "2048x2048", "2560x1440", "1440x2560", "3
 THREAD_NAME_LIMIT = 90
 
 
-async def size_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+async def size_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
     """Sizes that start with what was typed (a typed free size is offered as is)."""
     sizes = ["auto", *STANDARD_SIZES, *EXTRA_SIZES]
     found = [s for s in sizes if s.startswith(current.lower())]
@@ -51,7 +53,9 @@ async def size_autocomplete(interaction: discord.Interaction[Any], current: str)
     return [app_commands.Choice(name=s, value=s) for s in found[:25]]
 
 
-async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+async def model_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
     """Image models matching what was typed."""
     return [
         app_commands.Choice(name=f"{spec.label} ({name})"[:100], value=name)
@@ -106,25 +110,37 @@ class ImagineCog(commands.Cog):
             # /imagine inside a bot thread (or a DM conversation) continues it.
             if not await bot.studio.may_continue(conversation, requester):
                 raise BotError("discord.not_allowed_continue")
-            await interaction.followup.send(t(requester.locale, "discord.continuing"), ephemeral=True)
+            await interaction.followup.send(
+                t(requester.locale, "discord.continuing"), ephemeral=True
+            )
             await bot.studio.submit(spec, requester)
             return
         starter = await interaction.followup.send(
-            t(requester.locale, "discord.starting", prompt=clip(spec.prompt, 1500), user=interaction.user.mention),
+            t(
+                requester.locale,
+                "discord.starting",
+                prompt=clip(spec.prompt, 1500),
+                user=interaction.user.mention,
+            ),
             wait=True,
         )
         target = requester.channel_id
         if isinstance(channel, discord.TextChannel):
             try:
                 thread = await starter.create_thread(
-                    name=clip(spec.prompt.replace("\n", " "), THREAD_NAME_LIMIT), auto_archive_duration=1440
+                    name=clip(spec.prompt.replace("\n", " "), THREAD_NAME_LIMIT),
+                    auto_archive_duration=1440,
                 )
                 target = thread.id
             except discord.Forbidden:
                 # Without the permission to create threads, the image is posted in the channel;
                 # replies to it still continue the conversation.
-                log.info("no permission to create threads in %s; replying in the channel", channel.id)
-                await interaction.followup.send(t(requester.locale, "discord.no_thread_permission"), ephemeral=True)
+                log.info(
+                    "no permission to create threads in %s; replying in the channel", channel.id
+                )
+                await interaction.followup.send(
+                    t(requester.locale, "discord.no_thread_permission"), ephemeral=True
+                )
                 target = 0
         if target:
             now = time.time()
@@ -133,7 +149,9 @@ class ImagineCog(commands.Cog):
                     channel_id=target,
                     guild_id=requester.guild_id,
                     owner_id=requester.user_id,
-                    parent_channel_id=requester.channel_id if target != requester.channel_id else None,
+                    parent_channel_id=requester.channel_id
+                    if target != requester.channel_id
+                    else None,
                     latest_response_id=None,
                     latest_message_id=None,
                     engine=await bot.studio.engine_for(requester.guild_id),
@@ -224,7 +242,9 @@ class ImagineCog(commands.Cog):
             spec = JobSpec(
                 kind="imagine",
                 prompt=text,
-                options=output_options(size, quality, format, background, compression, moderation, partials, model),
+                options=output_options(
+                    size, quality, format, background, compression, moderation, partials, model
+                ),
                 images=images,
                 mask=mask_bytes,
                 parent="latest",
@@ -291,7 +311,9 @@ class ImagineCog(commands.Cog):
             spec = JobSpec(
                 kind="edit_upload",
                 prompt=text,
-                options=output_options(size, quality, format, background, compression, moderation, partials, model),
+                options=output_options(
+                    size, quality, format, background, compression, moderation, partials, model
+                ),
                 images=images,
                 mask=mask_bytes,
                 parent="latest",
@@ -318,9 +340,15 @@ class ImagineCog(commands.Cog):
             return
         requester = await requester_for_message(self.bot, message)
         try:
-            if conversation is not None and not await self.bot.studio.may_continue(conversation, requester):
+            if conversation is not None and not await self.bot.studio.may_continue(
+                conversation, requester
+            ):
                 raise BotError("discord.not_allowed_continue")
-            if conversation is None and parent_turn is not None and parent_turn.user_id != requester.user_id:
+            if (
+                conversation is None
+                and parent_turn is not None
+                and parent_turn.user_id != requester.user_id
+            ):
                 if not requester.is_admin:
                     raise BotError("discord.not_allowed_continue")
             spec = await self._spec_from_message(message, requester, parent_turn)
@@ -336,7 +364,9 @@ class ImagineCog(commands.Cog):
     ) -> JobSpec:
         """Text = instruction, image attachments = references, an attachment named mask* = the mask."""
         if not message.content.strip() and not message.attachments:
-            raise BadInput("discord.empty_message" if not message.stickers else "discord.sticker_only")
+            raise BadInput(
+                "discord.empty_message" if not message.stickers else "discord.sticker_only"
+            )
         refs: list[discord.Attachment] = []
         mask_attachment: discord.Attachment | None = None
         for attachment in message.attachments:
@@ -373,7 +403,9 @@ class ImagineCog(commands.Cog):
                 parent_response_id=parent_turn.response_id,
                 parent_turn_id=parent_turn.id,
             )
-        return JobSpec(kind="message", prompt=prompt, images=tuple(images), mask=mask, parent="latest")
+        return JobSpec(
+            kind="message", prompt=prompt, images=tuple(images), mask=mask, parent="latest"
+        )
 
 
 def _moved(requester: Requester, channel_id: int) -> Requester:

@@ -440,6 +440,8 @@ def check_length(value: Any, path: Sequence[str | int], low: int, high: int) -> 
         if low > 0:
             raise form_error(path, "BASE_TYPE_REQUIRED", "This field is required")
         return
+    if not isinstance(value, str | list):
+        raise form_error(path, "BASE_TYPE_STRING", "Must be a string.")
     if not low <= len(value) <= high:
         raise _bad_length(path, low, high) if low > 0 else _too_long(path, high)
 

@@ -201,11 +201,12 @@ class RestApi:
             or str(attachment.channel_id) != request.match_info["channel"]
             or attachment.filename != request.match_info["filename"]
         ):
-            response = web.Response(status=404, text="Not Found")
+            response = web.Response(status=404, text="Not Found", headers=ratelimit_headers("cdn"))
         else:
             response = web.Response(
                 body=attachment.data,
                 content_type=attachment.content_type or "application/octet-stream",
+                headers=ratelimit_headers("cdn"),
             )
         record.status = response.status
         self.world.notify()
@@ -354,9 +355,6 @@ class RestApi:
         if record.ephemeral:
             raise not_found(10008, "Message")
         return record
-
-    def _emit_thread(self, thread: Payload, event: str = "THREAD_UPDATE") -> None:
-        self.world.emit(event, dict(thread))
 
     # -- users, application, gateway -----------------------------------------------
 
@@ -553,7 +551,7 @@ class RestApi:
             for key in ("rate_limit_per_user", "flags", "applied_tags"):
                 if key in body:
                     channel[key] = body[key]
-            self._emit_thread(channel)
+            self.world.emit("THREAD_UPDATE", channel)
             return channel
         self.world.require(channel_id, "manage_channels")
         for key in (
@@ -566,7 +564,7 @@ class RestApi:
         ):
             if key in body:
                 channel[key] = body[key]
-        self.world.emit("CHANNEL_UPDATE", dict(channel))
+        self.world.emit("CHANNEL_UPDATE", channel)
         return channel
 
     @route("DELETE", "/channels/{channel}")
@@ -576,7 +574,7 @@ class RestApi:
         channel = self.world.channel_or_404(channel_id)
         if channel["type"] in THREAD_TYPES:
             self.world.require(channel_id, "manage_threads")
-            del self.world._channels[channel_id]
+            self.world.remove_channel(channel_id)
             self.world.emit(
                 "THREAD_DELETE",
                 {
@@ -588,8 +586,8 @@ class RestApi:
             )
         else:
             self.world.require(channel_id, "manage_channels")
-            del self.world._channels[channel_id]
-            self.world.emit("CHANNEL_DELETE", dict(channel))
+            self.world.remove_channel(channel_id)
+            self.world.emit("CHANNEL_DELETE", channel)
         return channel
 
     @route("POST", "/channels/{channel}/typing")
@@ -621,7 +619,7 @@ class RestApi:
                 raise ApiError(400, 50083, "Thread is archived")
             # Posting in an archived, unlocked thread reopens it.
             channel["thread_metadata"]["archived"] = False
-            self._emit_thread(channel)
+            self.world.emit("THREAD_UPDATE", channel)
         record = self.world.message_from_body(
             channel_id, self.world.bot_user, request.body, request.files
         )
@@ -989,11 +987,7 @@ class RestApi:
         if interaction.response_type is None:
             raise not_found(10015, "Webhook")
         world = self.world
-        original = (
-            world._messages.get(interaction.original_message_id)
-            if interaction.original_message_id is not None
-            else None
-        )
+        original = world.stored_message(interaction.original_message_id)
         if (
             interaction.response_type == 5
             and original is not None

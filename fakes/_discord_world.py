@@ -133,7 +133,8 @@ class World:
 
     def emit(self, event: str, data: Payload) -> None:
         """Dispatch a gateway event to every session that may see it."""
-        self.gateway.dispatch(event, data)
+        # Frames are serialised later by the socket writers; a copy keeps later edits out of them.
+        self.gateway.dispatch(event, copy.deepcopy(data))
         self.notify()
 
     # -- builders -----------------------------------------------------------
@@ -476,6 +477,14 @@ class World:
             raise not_found(10008, "Message")
         return record
 
+    def stored_message(self, message_id: Snowflake | None) -> MessageRecord | None:
+        """Return a stored message (even a deleted or ephemeral one), or None."""
+        return None if message_id is None else self._messages.get(snowflake(message_id))
+
+    def remove_channel(self, channel_id: int) -> None:
+        """Forget a deleted channel or thread (its messages stay readable by the driver)."""
+        self._channels.pop(channel_id, None)
+
     def guild_id_of(self, channel: Payload) -> int | None:
         """Return the id of the guild a channel belongs to, or None for DMs."""
         guild_id = channel.get("guild_id")
@@ -558,7 +567,7 @@ class World:
         overwrites = [o for o in channel["permission_overwrites"] if o["id"] != self.bot_user["id"]]
         overwrites.append({"id": self.bot_user["id"], "type": 1, "allow": "0", "deny": str(bits)})
         channel["permission_overwrites"] = overwrites
-        self.emit("CHANNEL_UPDATE", copy.deepcopy(channel))
+        self.emit("CHANNEL_UPDATE", channel)
 
     # -- attachments ----------------------------------------------------------
 
@@ -960,7 +969,7 @@ class World:
         self.interactions.append(interaction)
         self._interactions_by_id[interaction_id] = interaction
         self._interactions_by_token[token] = interaction
-        self.emit("INTERACTION_CREATE", copy.deepcopy(payload))
+        self.emit("INTERACTION_CREATE", payload)
         return interaction
 
     def interaction_by_token(self, token: str) -> Interaction | None:

@@ -23,14 +23,7 @@ from xml.sax.saxutils import escape
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-# Each partial is the final picture shrunk by this divisor and blown back up, so partial 0 is
-# the blockiest and every later index is visibly finer (and none equals the final).
-PARTIAL_DIVISORS = (32, 16, 8)
-
-# Inputs are decoded only after checking their header size: a fake must not be knocked over by
-# a decompression bomb any more than the bot should.
-MAX_INPUT_PIXELS = 4096 * 4096
-
+# ----- models, limits and price tables --------------------------------------------------------
 
 DEFAULT_IMAGE_MODEL = "gpt-image-2.6-sunburst"
 IMAGE_MODELS = frozenset(
@@ -68,6 +61,9 @@ MODERATION_MESSAGE = (
 )
 
 
+# ----- errors ---------------------------------------------------------------------------------
+
+
 class ApiError(Exception):
     """An OpenAI-style error reply: status, envelope fields and extra headers."""
 
@@ -99,317 +95,6 @@ def bad_request(
 ) -> ApiError:
     """Return a 400 error with the usual envelope."""
     return ApiError(400, message, type_=type_, param=param, code=code)
-
-
-@dataclass(frozen=True)
-class ImageParams:
-    """Validated image options with every ``auto`` resolved to what the fake will produce."""
-
-    model: str
-    width: int
-    height: int
-    quality: str
-    output_format: str
-    compression: int
-    transparent: bool
-    partial_images: int
-    n: int
-    action: str
-    frame_count: int
-
-    @property
-    def size(self) -> str:
-        """Return the size as the API reports it, ``WIDTHxHEIGHT``."""
-        return f"{self.width}x{self.height}"
-
-    @property
-    def background(self) -> str:
-        """Return the resolved background, ``transparent`` or ``opaque``."""
-        return "transparent" if self.transparent else "opaque"
-
-
-def text_tokens(text: str) -> int:
-    """Estimate text tokens the way the fake bills them: a quarter of the characters."""
-    return math.ceil(len(text) / 4)
-
-
-def output_image_tokens(quality: str, width: int, height: int) -> int:
-    """Return the output image tokens for one image (``auto`` counts as medium)."""
-    key = quality if quality in OUTPUT_TOKENS else ("medium" if quality == "auto" else "high")
-    row = OUTPUT_TOKENS[key]
-    if (width, height) in row:
-        return row[(width, height)]
-    return max(1, round(row[(1024, 1024)] * width * height / (1024 * 1024)))
-
-
-def image_usage(prompt: str, input_images: int, output_tokens: int) -> dict[str, Any]:
-    """Build the image-model usage object of ``tool_usage.image_gen`` and the Images API."""
-    text = text_tokens(prompt)
-    images = INPUT_IMAGE_TOKENS * input_images
-    return {
-        "input_tokens": text + images,
-        "input_tokens_details": {"image_tokens": images, "text_tokens": text},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
-        "total_tokens": text + images + output_tokens,
-    }
-
-
-def parse_size(label: str, model: str, type_: str) -> tuple[int, int]:
-    """Resolve a size string for a model, raising the API's 400 when the model refuses it."""
-    if label == "auto":
-        return (1024, 1024)
-    if label in STANDARD_SIZES:
-        return STANDARD_SIZES[label]
-    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", label)
-    # Arbitrary sizes are a gpt-image-2 family feature (2, 2.5 and 2.6 and their snapshots).
-    if match is None or not model.startswith("gpt-image-2"):
-        raise bad_request(
-            f"Invalid size '{label}'. Supported sizes are 1024x1024, 1024x1536, 1536x1024, "
-            "and auto.",
-            "size",
-            type_=type_,
-        )
-    width, height = int(match.group(1)), int(match.group(2))
-    long_side, short_side = max(width, height), min(width, height)
-    if (
-        short_side < 16
-        or width % 16
-        or height % 16
-        or long_side > 3 * short_side
-        or long_side > 3840
-        or width * height > 3840 * 2160
-    ):
-        raise bad_request(
-            f"Invalid size '{label}'. Width and height must be multiples of 16, the aspect "
-            "ratio must be between 1:3 and 3:1, and the size at most 3840x2160.",
-            "size",
-            type_=type_,
-        )
-    return (width, height)
-
-
-def image_params(raw: Mapping[str, Any], *, type_: str, stream: bool) -> ImageParams:
-    """Validate image options (tool fields or Images API fields); ``null`` means default."""
-
-    def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
-        value = raw.get(name)
-        if value is None:
-            return default
-        if value not in allowed:
-            supported = ", ".join(f"'{a}'" for a in allowed)
-            message = f"Invalid value: '{value}'. Supported values are: {supported}."
-            raise bad_request(message, name, type_=type_)
-        return str(value)
-
-    def integer(name: str, low: int, high: int, default: int) -> int:
-        value = raw.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            message = f"Invalid type for '{name}': expected an integer."
-            raise bad_request(message, name, "invalid_type", type_)
-        if not low <= value <= high:
-            message = f"Invalid '{name}': {value} is outside the range {low} to {high}."
-            raise bad_request(message, name, type_=type_)
-        return value
-
-    model = raw.get("model") or DEFAULT_IMAGE_MODEL
-    if not isinstance(model, str) or model not in IMAGE_MODELS:
-        retired = " It has been retired." if model in RETIRED_IMAGE_MODELS else ""
-        raise bad_request(f"The model '{model}' does not exist.{retired}", "model", type_=type_)
-    size_label = raw.get("size")
-    if size_label is not None and not isinstance(size_label, str):
-        raise bad_request("Invalid type for 'size'.", "size", "invalid_type", type_)
-    width, height = parse_size(size_label or "auto", model, type_)
-    quality = choice("quality", ("low", "medium", "high", "xhigh", "max", "auto"), "auto")
-    output_format = choice("output_format", ("png", "webp", "jpeg", "gif", "svg"), "png")
-    background = choice("background", ("transparent", "opaque", "auto"), "auto")
-    choice("moderation", ("auto", "low"), "auto")
-    action = choice("action", ("generate", "edit", "auto"), "auto")
-    compression = integer("output_compression", 0, 100, 100)
-    partial_images = integer("partial_images", 0, 3, 0)
-    n = integer("n", 1, 10, 1)
-    frame_count = integer("frame_count", 2, 16, 9)
-    if background == "transparent" and output_format == "jpeg":
-        message = "Transparent background is not supported with jpeg; use png or webp."
-        raise bad_request(message, "background", type_=type_)
-    if output_format in ("gif", "svg") and (partial_images or stream):
-        message = f"The {output_format} output format does not support streaming or partials."
-        raise bad_request(message, "output_format", type_=type_)
-    return ImageParams(
-        model=model,
-        width=width,
-        height=height,
-        quality="medium" if quality == "auto" else quality,
-        output_format=output_format,
-        compression=compression,
-        transparent=background == "transparent",
-        partial_images=partial_images,
-        n=n,
-        action=action,
-        frame_count=frame_count,
-    )
-
-
-def typed_form(fields: Mapping[str, str]) -> dict[str, Any]:
-    """Convert multipart text fields (bracketed names nest) to the JSON types they stand for."""
-    values: dict[str, Any] = {}
-    for name, value in fields.items():
-        keys = re.findall(r"[^\[\]]+", name) or [name]
-        node = values
-        for key in keys[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                child = node[key] = {}
-            node = child
-        node[keys[-1]] = value
-    for name in ("n", "partial_images", "output_compression", "frame_count", "frame_duration_ms"):
-        text = values.get(name)
-        if isinstance(text, str):
-            try:
-                values[name] = int(text)
-            except ValueError as exc:
-                message = f"Invalid type for '{name}': expected an integer."
-                raise bad_request(message, name, "invalid_type") from exc
-    if isinstance(values.get("stream"), str):
-        values["stream"] = values["stream"].lower() == "true"
-    return values
-
-
-def new_id(prefix: str) -> str:
-    """Return an id in the API's style, e.g. ``resp_`` followed by 32 hex digits."""
-    return prefix + secrets.token_hex(16)
-
-
-def b64(data: bytes) -> str:
-    """Return bare base64 text, the way the API carries images."""
-    return base64.b64encode(data).decode("ascii")
-
-
-def split_deltas(text: str) -> list[str]:
-    """Cut reply text into a few word-aligned deltas, as a model streams it."""
-    words = re.findall(r"\S+\s*|\s+", text)
-    size = max(1, math.ceil(len(words) / 3))
-    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
-
-
-def sse_block(payload: dict[str, Any]) -> bytes:
-    """Frame one event as ``event:`` plus a one-line ``data:`` JSON block."""
-    data = json.dumps(payload, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
-
-
-def check_image_mime(content_type: str, param: str) -> None:
-    """Reject image parts whose declared type the API does not take (reference 1.3)."""
-    if content_type.split(";")[0].strip().lower() not in IMAGE_MIME_TYPES:
-        raise bad_request(
-            f"Invalid file '{param}': unsupported mimetype ('{content_type}'). "
-            "Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
-            param,
-            "unsupported_file_mimetype",
-        )
-
-
-def file_json(
-    file_id: str, size: int, filename: str, purpose: str, created: int, expires_at: int | None
-) -> dict[str, Any]:
-    """Build a FileObject."""
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": size,
-        "created_at": created,
-        "filename": filename,
-        "purpose": purpose,
-        "status": "processed",
-        "expires_at": expires_at,
-        "status_details": None,
-    }
-
-
-def image_fields(p: ImageParams) -> dict[str, Any]:
-    """Return the resolved image fields every image event and item repeats."""
-    return {
-        "background": p.background,
-        "output_format": p.output_format,
-        "quality": p.quality,
-        "size": p.size,
-    }
-
-
-def output_moderation_error() -> dict[str, Any]:
-    """Return the error of an image item blocked by output moderation (reference 5.2)."""
-    return {
-        "type": "image_generation_user_error",
-        "code": "moderation_blocked",
-        "message": "Your request was rejected by the safety system.",
-        "param": None,
-        "moderation_details": {"categories": ["other"], "moderation_stage": "output"},
-    }
-
-
-def echo_tool(raw: Mapping[str, Any], params: ImageParams) -> dict[str, Any]:
-    """Return the image tool as the API echoes it in ``response.tools``: defaults filled in."""
-    echoed: dict[str, Any] = {
-        "type": "image_generation",
-        "action": raw.get("action") or "auto",
-        "background": raw.get("background") or "auto",
-        "model": params.model,
-        "moderation": raw.get("moderation") or "auto",
-        "output_compression": params.compression,
-        "output_format": params.output_format,
-        "partial_images": params.partial_images,
-        "quality": raw.get("quality") or "auto",
-        "size": raw.get("size") or "auto",
-    }
-    for key in ("input_fidelity", "input_image_mask", "complexity", "frame_count", "svg"):
-        if raw.get(key) is not None:
-            echoed[key] = raw[key]
-    return echoed
-
-
-def response_shell(
-    body: Mapping[str, Any], model: str, tools: list[Any], store: bool
-) -> dict[str, Any]:
-    """Build the in-progress Response object, echoing the request as the API does."""
-
-    def given(name: str, default: Any) -> Any:
-        value = body.get(name)
-        return default if value is None else value
-
-    return {
-        "id": new_id("resp_"),
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "in_progress",
-        "background": body.get("background") is True,
-        "completed_at": None,
-        "error": None,
-        "incomplete_details": None,
-        "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "max_tool_calls": body.get("max_tool_calls"),
-        "model": model,
-        "output": [],
-        "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
-        "previous_response_id": body.get("previous_response_id"),
-        "prompt_cache_key": body.get("prompt_cache_key"),
-        "reasoning": given("reasoning", {"effort": None, "summary": None}),
-        "safety_identifier": body.get("safety_identifier"),
-        "service_tier": "default",
-        "store": store,
-        "temperature": given("temperature", 1.0),
-        "text": given("text", {"format": {"type": "text"}, "verbosity": "medium"}),
-        "tool_choice": given("tool_choice", "auto"),
-        "tools": tools,
-        "top_logprobs": given("top_logprobs", 0),
-        "top_p": given("top_p", 1.0),
-        "truncation": given("truncation", "disabled"),
-        "usage": None,
-        "user": body.get("user"),
-        "metadata": given("metadata", {}),
-    }
 
 
 def fault_error(kind: str, retry_after_ms: int | None, request_id: str) -> ApiError:
@@ -485,6 +170,338 @@ def stream_error_event(kind: str, sequence_number: int, *, images_api: bool) -> 
             "param": None,
         },
     }
+
+
+# ----- option validation and token accounting -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """Validated image options with every ``auto`` resolved to what the fake will produce."""
+
+    model: str
+    width: int
+    height: int
+    quality: str
+    output_format: str
+    compression: int
+    transparent: bool
+    partial_images: int
+    n: int
+    action: str
+    frame_count: int
+
+    @property
+    def size(self) -> str:
+        """Return the size as the API reports it, ``WIDTHxHEIGHT``."""
+        return f"{self.width}x{self.height}"
+
+    @property
+    def background(self) -> str:
+        """Return the resolved background, ``transparent`` or ``opaque``."""
+        return "transparent" if self.transparent else "opaque"
+
+
+def parse_size(label: str, model: str, type_: str) -> tuple[int, int]:
+    """Resolve a size string for a model, raising the API's 400 when the model refuses it."""
+    if label == "auto":
+        return (1024, 1024)
+    if label in STANDARD_SIZES:
+        return STANDARD_SIZES[label]
+    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", label)
+    # Arbitrary sizes are a gpt-image-2 family feature (2, 2.5 and 2.6 and their snapshots).
+    if match is None or not model.startswith("gpt-image-2"):
+        raise bad_request(
+            f"Invalid size '{label}'. Supported sizes are 1024x1024, 1024x1536, 1536x1024, "
+            "and auto.",
+            "size",
+            type_=type_,
+        )
+    width, height = int(match.group(1)), int(match.group(2))
+    long_side, short_side = max(width, height), min(width, height)
+    if (
+        short_side < 16
+        or width % 16
+        or height % 16
+        or long_side > 3 * short_side
+        or long_side > 3840
+        or width * height > 3840 * 2160
+    ):
+        raise bad_request(
+            f"Invalid size '{label}'. Width and height must be multiples of 16, the aspect "
+            "ratio must be between 1:3 and 3:1, and the size at most 3840x2160.",
+            "size",
+            type_=type_,
+        )
+    return (width, height)
+
+
+def image_params(raw: Mapping[str, Any], *, type_: str, stream: bool) -> ImageParams:
+    """Validate image options (tool fields or Images API fields); ``null`` means default."""
+
+    def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+        """Return one of ``allowed`` (``default`` for null), or raise the API's 400."""
+        value = raw.get(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            supported = ", ".join(f"'{a}'" for a in allowed)
+            message = f"Invalid value: '{value}'. Supported values are: {supported}."
+            raise bad_request(message, name, type_=type_)
+        return str(value)
+
+    def integer(name: str, low: int, high: int, default: int) -> int:
+        """Return an integer within bounds (``default`` for null), or raise the API's 400."""
+        value = raw.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            message = f"Invalid type for '{name}': expected an integer."
+            raise bad_request(message, name, "invalid_type", type_)
+        if not low <= value <= high:
+            message = f"Invalid '{name}': {value} is outside the range {low} to {high}."
+            raise bad_request(message, name, type_=type_)
+        return value
+
+    model = raw.get("model") or DEFAULT_IMAGE_MODEL
+    if not isinstance(model, str) or model not in IMAGE_MODELS:
+        retired = " It has been retired." if model in RETIRED_IMAGE_MODELS else ""
+        raise bad_request(f"The model '{model}' does not exist.{retired}", "model", type_=type_)
+    size_label = raw.get("size")
+    if size_label is not None and not isinstance(size_label, str):
+        raise bad_request("Invalid type for 'size'.", "size", "invalid_type", type_)
+    width, height = parse_size(size_label or "auto", model, type_)
+    quality = choice("quality", ("low", "medium", "high", "xhigh", "max", "auto"), "auto")
+    output_format = choice("output_format", ("png", "webp", "jpeg", "gif", "svg"), "png")
+    background = choice("background", ("transparent", "opaque", "auto"), "auto")
+    choice("moderation", ("auto", "low"), "auto")
+    action = choice("action", ("generate", "edit", "auto"), "auto")
+    compression = integer("output_compression", 0, 100, 100)
+    partial_images = integer("partial_images", 0, 3, 0)
+    n = integer("n", 1, 10, 1)
+    frame_count = integer("frame_count", 2, 16, 9)
+    if background == "transparent" and output_format == "jpeg":
+        message = "Transparent background is not supported with jpeg; use png or webp."
+        raise bad_request(message, "background", type_=type_)
+    if output_format in ("gif", "svg") and (partial_images or stream):
+        message = f"The {output_format} output format does not support streaming or partials."
+        raise bad_request(message, "output_format", type_=type_)
+    return ImageParams(
+        model=model,
+        width=width,
+        height=height,
+        quality="medium" if quality == "auto" else quality,
+        output_format=output_format,
+        compression=compression,
+        transparent=background == "transparent",
+        partial_images=partial_images,
+        n=n,
+        action=action,
+        frame_count=frame_count,
+    )
+
+
+def typed_form(fields: Mapping[str, str]) -> dict[str, Any]:
+    """Convert multipart text fields (bracketed names nest) to the JSON types they stand for."""
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        keys = re.findall(r"[^\[\]]+", name) or [name]
+        node = values
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+    for name in ("n", "partial_images", "output_compression", "frame_count", "frame_duration_ms"):
+        text = values.get(name)
+        if isinstance(text, str):
+            try:
+                values[name] = int(text)
+            except ValueError as exc:
+                message = f"Invalid type for '{name}': expected an integer."
+                raise bad_request(message, name, "invalid_type") from exc
+    if isinstance(values.get("stream"), str):
+        values["stream"] = values["stream"].lower() == "true"
+    return values
+
+
+def check_image_mime(content_type: str, param: str) -> None:
+    """Reject image parts whose declared type the API does not take (reference 1.3)."""
+    if content_type.split(";")[0].strip().lower() not in IMAGE_MIME_TYPES:
+        raise bad_request(
+            f"Invalid file '{param}': unsupported mimetype ('{content_type}'). "
+            "Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
+            param,
+            "unsupported_file_mimetype",
+        )
+
+
+def text_tokens(text: str) -> int:
+    """Estimate text tokens the way the fake bills them: a quarter of the characters."""
+    return math.ceil(len(text) / 4)
+
+
+def output_image_tokens(quality: str, width: int, height: int) -> int:
+    """Return the output image tokens for one image (``auto`` counts as medium)."""
+    key = quality if quality in OUTPUT_TOKENS else ("medium" if quality == "auto" else "high")
+    row = OUTPUT_TOKENS[key]
+    if (width, height) in row:
+        return row[(width, height)]
+    return max(1, round(row[(1024, 1024)] * width * height / (1024 * 1024)))
+
+
+def image_usage(prompt: str, input_images: int, output_tokens: int) -> dict[str, Any]:
+    """Build the image-model usage object of ``tool_usage.image_gen`` and the Images API."""
+    text = text_tokens(prompt)
+    images = INPUT_IMAGE_TOKENS * input_images
+    return {
+        "input_tokens": text + images,
+        "input_tokens_details": {"image_tokens": images, "text_tokens": text},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
+        "total_tokens": text + images + output_tokens,
+    }
+
+
+# ----- wire shapes ----------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    """Return an id in the API's style, e.g. ``resp_`` followed by 32 hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+def b64(data: bytes) -> str:
+    """Return bare base64 text, the way the API carries images."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def sse_block(payload: dict[str, Any]) -> bytes:
+    """Frame one event as ``event:`` plus a one-line ``data:`` JSON block."""
+    data = json.dumps(payload, separators=(",", ":"))
+    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+
+
+def split_deltas(text: str) -> list[str]:
+    """Cut reply text into a few word-aligned deltas, as a model streams it."""
+    words = re.findall(r"\S+\s*|\s+", text)
+    size = max(1, math.ceil(len(words) / 3))
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
+def image_fields(p: ImageParams) -> dict[str, Any]:
+    """Return the resolved image fields every image event and item repeats."""
+    return {
+        "background": p.background,
+        "output_format": p.output_format,
+        "quality": p.quality,
+        "size": p.size,
+    }
+
+
+def output_moderation_error() -> dict[str, Any]:
+    """Return the error of an image item blocked by output moderation (reference 5.2)."""
+    return {
+        "type": "image_generation_user_error",
+        "code": "moderation_blocked",
+        "message": "Your request was rejected by the safety system.",
+        "param": None,
+        "moderation_details": {"categories": ["other"], "moderation_stage": "output"},
+    }
+
+
+def echo_tool(raw: Mapping[str, Any], params: ImageParams) -> dict[str, Any]:
+    """Return the image tool as the API echoes it in ``response.tools``: defaults filled in."""
+    echoed: dict[str, Any] = {
+        "type": "image_generation",
+        "action": raw.get("action") or "auto",
+        "background": raw.get("background") or "auto",
+        "model": params.model,
+        "moderation": raw.get("moderation") or "auto",
+        "output_compression": params.compression,
+        "output_format": params.output_format,
+        "partial_images": params.partial_images,
+        "quality": raw.get("quality") or "auto",
+        "size": raw.get("size") or "auto",
+    }
+    for key in ("input_fidelity", "input_image_mask", "complexity", "frame_count", "svg"):
+        if raw.get(key) is not None:
+            echoed[key] = raw[key]
+    return echoed
+
+
+def response_shell(
+    body: Mapping[str, Any], model: str, tools: list[Any], store: bool
+) -> dict[str, Any]:
+    """Build the in-progress Response object, echoing the request as the API does."""
+
+    def given(name: str, default: Any) -> Any:
+        """Return the request's value for ``name``, or ``default`` when absent or null."""
+        value = body.get(name)
+        return default if value is None else value
+
+    return {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": body.get("background") is True,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": body.get("max_tool_calls"),
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": given("reasoning", {"effort": None, "summary": None}),
+        "safety_identifier": body.get("safety_identifier"),
+        "service_tier": "default",
+        "store": store,
+        "temperature": given("temperature", 1.0),
+        "text": given("text", {"format": {"type": "text"}, "verbosity": "medium"}),
+        "tool_choice": given("tool_choice", "auto"),
+        "tools": tools,
+        "top_logprobs": given("top_logprobs", 0),
+        "top_p": given("top_p", 1.0),
+        "truncation": given("truncation", "disabled"),
+        "usage": None,
+        "user": body.get("user"),
+        "metadata": given("metadata", {}),
+    }
+
+
+def file_json(
+    file_id: str, size: int, filename: str, purpose: str, created: int, expires_at: int | None
+) -> dict[str, Any]:
+    """Build a FileObject."""
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": size,
+        "created_at": created,
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": expires_at,
+        "status_details": None,
+    }
+
+
+# ----- rendering ------------------------------------------------------------------------------
+
+# Each partial is the final picture shrunk by this divisor and blown back up, so partial 0 is
+# the blockiest and every later index is visibly finer (and none equals the final).
+PARTIAL_DIVISORS = (32, 16, 8)
+
+
+# Inputs are decoded only after checking their header size: a fake must not be knocked over by
+# a decompression bomb any more than the bot should.
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 class InvalidImage(ValueError):

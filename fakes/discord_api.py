@@ -65,6 +65,11 @@ POLL_SECONDS = 0.02
 OPTION_STRING, OPTION_INTEGER, OPTION_BOOLEAN, OPTION_USER = 3, 4, 5, 6
 OPTION_CHANNEL, OPTION_ROLE, OPTION_MENTIONABLE, OPTION_NUMBER, OPTION_ATTACHMENT = 7, 8, 9, 10, 11
 SUBCOMMAND_TYPES = (1, 2)
+PYTHON_TYPES: dict[int, tuple[type, ...]] = {
+    OPTION_STRING: (str,),
+    OPTION_INTEGER: (int,),
+    OPTION_NUMBER: (int, float),
+}
 
 
 class FakeDiscord(World):
@@ -224,7 +229,7 @@ class FakeDiscord(World):
 
     def age_message(self, message_id: Snowflake, seconds: float) -> None:
         """Make a message look ``seconds`` older (edits past one hour are refused with 30046)."""
-        record = self._messages.get(snowflake(message_id))
+        record = self.stored_message(message_id)
         if record is None:
             raise KeyError(f"no message {message_id}")
         record.aged += seconds
@@ -233,7 +238,11 @@ class FakeDiscord(World):
         """Make an interaction (by object, id or token) look ``seconds`` older (3 s and 15 min deadlines)."""
         self.find_interaction(interaction).aged += seconds
 
-    async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
+    async def wait_for(
+        self,
+        predicate: Callable[[], T | None],
+        timeout: float = 10.0,  # noqa: ASYNC109 - the driver API takes a plain timeout in seconds
+    ) -> T:
         """Return the predicate's first truthy result, re-checking on every request and dispatch.
 
         Raises TimeoutError describing the predicate and the latest traffic if the deadline passes.
@@ -392,20 +401,14 @@ class FakeDiscord(World):
             )
             return str(attachment.id)
         if kind in (OPTION_STRING, OPTION_INTEGER, OPTION_NUMBER):
-            expected: tuple[type, ...] = (
-                (str,)
-                if kind == OPTION_STRING
-                else (int,)
-                if kind == OPTION_INTEGER
-                else (int, float)
-            )
+            expected = PYTHON_TYPES[kind]
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise ValueError(f"option {name!r} takes {expected[0].__name__}, got {value!r}")
             if choices and value not in [c["value"] for c in choices]:
                 raise ValueError(
                     f"option {name!r} must be one of {[c['value'] for c in choices]}, got {value!r}"
                 )
-            if kind == OPTION_STRING:
+            if isinstance(value, str):
                 low, high = definition.get("min_length", 0), definition.get("max_length", 6000)
                 if not low <= len(value) <= high:
                     raise ValueError(f"option {name!r} must be {low}..{high} characters long")
@@ -455,11 +458,8 @@ class FakeDiscord(World):
         raise ValueError(f"no role {role_id} in this guild")
 
     def _resolve_channel(self, target: Payload, resolved: Payload) -> None:
-        partial = {
-            k: target[k]
-            for k in ("id", "name", "type", "parent_id", "thread_metadata")
-            if k in target
-        }
+        keys = ("id", "name", "type", "parent_id", "thread_metadata")
+        partial: Payload = {k: target[k] for k in keys if k in target}
         partial["permissions"] = str(self.permissions(snowflake(self.user), snowflake(target)))
         resolved.setdefault("channels", {})[target["id"]] = partial
 
@@ -506,7 +506,7 @@ class FakeDiscord(World):
         locale: str = "en-US",
         dm: bool = False,
         subcommand: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the driver API takes a plain timeout in seconds
     ) -> list[Payload]:
         """Type into an option with autocomplete and return the choices the bot answered.
 
@@ -604,7 +604,7 @@ class FakeDiscord(World):
         fields: Mapping[str, str | Sequence[str]],
         *,
         user: UserRef | None = None,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the driver API takes a plain timeout in seconds
     ) -> Interaction:
         """Fill in and submit the modal the bot opened in answer to ``interaction``.
 
@@ -651,7 +651,7 @@ class FakeDiscord(World):
             raise ValueError(f"modal {modal['custom_id']!r} has no fields {sorted(remaining)}")
         message = None
         if "message" in origin.payload:
-            message = self._messages.get(int(origin.payload["message"]["id"]))
+            message = self.stored_message(origin.payload["message"]["id"])
         acting = self.user_or_404(snowflake(user)) if user is not None else origin.user
         submit = self.start_interaction(
             5,

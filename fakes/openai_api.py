@@ -10,6 +10,19 @@ misbehave in the ways the real service does:
         fake.queue_fault(Fault("rate_limit_429"), path="/v1/responses")
         ...  # drive the bot or the SDK; inspect fake.requests, fake.sent, fake.stored_responses
 
+Faults wait in a FIFO queue and each is consumed by the first later request that matches its
+path (an exact path or an ``fnmatch`` glob; ``None`` matches any) and that it can apply to:
+
+* ``moderation_400``, ``auth_401``, ``rate_limit_429``, ``quota_429``, ``server_500``: any
+  request, answered with the error instead of running it (the SDK may retry 429/500 on its own,
+  and each retry is a new request);
+* ``response_failed``, ``failed_item``, ``moderation_output``: ``POST /v1/responses``,
+  streamed or not (a turn without the image tool uses the fault up without effect);
+* ``error_event_flat``, ``error_event_nested``: streamed generations (Responses or Images);
+  the error event is written after ``after_events`` events and the stream then ends;
+* ``cut_stream``, ``stall``: generations, streamed or not (a non-streamed call is cut or left
+  silent before any reply), and ``GET /v1/responses/{id}?stream=true`` replays.
+
 Operators can run it standalone: ``python -m fakes.openai_api --port 8089``.
 """
 
@@ -24,6 +37,7 @@ import copy
 import fnmatch
 import itertools
 import json
+import logging
 import secrets
 import string
 import time
@@ -68,6 +82,8 @@ __all__ = [
     "Timeline",
     "UploadedFile",
 ]
+
+log = logging.getLogger(__name__)
 
 HTTP_FAULTS = frozenset({"moderation_400", "auth_401", "rate_limit_429", "quota_429", "server_500"})
 STREAM_FAULTS = frozenset({"error_event_flat", "error_event_nested", "cut_stream", "stall"})
@@ -142,6 +158,21 @@ class SentEvent(NamedTuple):
     partial_index: int | None
 
 
+@dataclass
+class _Call:
+    """What the middleware learnt about a request, for its handler."""
+
+    request_id: str
+    index: int = -1
+    json: dict[str, Any] | None = None
+    form: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list[UploadedFile]] = field(default_factory=dict)
+    fault: Fault | None = None
+
+
+_CALL = web.RequestKey("fake_openai_call", _Call)
+
+
 class _Dropped(Exception):
     """Raised after a fault closed the connection without a reply."""
 
@@ -192,7 +223,7 @@ class FakeOpenAI:
         self._context_images: dict[str, bytes | None] = {}
         self._items: dict[str, dict[str, Any]] = {}
         self._faults: list[tuple[Fault, str | None]] = []
-        self._prerendered: dict[tuple[Any, ...], render.RenderedImage] = {}
+        self._prerendered: dict[tuple[Any, ...], asyncio.Future[render.RenderedImage]] = {}
         self._request_counter = itertools.count()
         self._active: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -219,12 +250,13 @@ class FakeOpenAI:
         app.router.add_get("/v1/files/{id}", self._files_retrieve)
         app.router.add_delete("/v1/files/{id}", self._files_delete)
         app.router.add_get("/v1/files/{id}/content", self._files_content)
+        app.router.add_get("/v1/models", self._models)
         # handler_cancellation: when a client hangs up, a stalled or slow handler must end too.
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
@@ -264,6 +296,8 @@ class FakeOpenAI:
         """Forget one stored response, or all of them."""
         ids = [response_id] if response_id is not None else list(self.stored_responses)
         for rid in ids:
+            for item in self.stored_responses.get(rid, {}).get("output", []):
+                self._items.pop(item.get("id"), None)
             self.stored_responses.pop(rid, None)
             self._replay.pop(rid, None)
             self._context_images.pop(rid, None)
@@ -275,18 +309,16 @@ class FakeOpenAI:
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         """Record the request, apply HTTP faults, and turn errors into API envelopes."""
-        request_id = new_id("req_")
-        request["request_id"] = request_id
+        call = request[_CALL] = _Call(request_id=new_id("req_"))
         task = asyncio.current_task()
         if task is not None:
             self._active.add(task)
         try:
             try:
-                await self._record(request)
-                fault = self._take_fault(request)
-                request["fault"] = fault
+                await self._record(request, call)
+                fault = call.fault = self._take_fault(request, call)
                 if fault is not None and fault.kind in HTTP_FAULTS:
-                    raise fault_error(fault.kind, fault.retry_after_ms, request["request_id"])
+                    raise fault_error(fault.kind, fault.retry_after_ms, call.request_id)
                 response: web.StreamResponse = await handler(request)
             except ApiError as err:
                 response = self._json({"error": err.body}, request, status=err.status)
@@ -303,12 +335,18 @@ class FakeOpenAI:
                 error = {"message": message, "type": "invalid_request_error", "param": None}
                 status = 404 if unrouted else exc.status
                 response = self._json({"error": error | {"code": None}}, request, status=status)
+            except Exception:
+                # A bug in the stand-in must still look like an API reply, and be visible.
+                log.exception("FakeOpenAI failed on %s %s", request.method, request.path)
+                error = {"message": "The fake server failed.", "type": "server_error"}
+                body = {"error": error | {"param": None, "code": "server_error"}}
+                response = self._json(body, request, status=500)
             return response
         finally:
             if task is not None:
                 self._active.discard(task)
 
-    async def _record(self, request: web.Request) -> None:
+    async def _record(self, request: web.Request, call: _Call) -> None:
         """Read the body once (JSON or multipart) and append a RecordedRequest."""
         body_json: dict[str, Any] | None = None
         parse_error = False
@@ -342,8 +380,8 @@ class FakeOpenAI:
         headers = {k.lower(): v for k, v in request.headers.items()}
         if "authorization" in headers:
             headers["authorization"] = "<redacted>"
-        request["index"] = next(self._request_counter)
-        request["json"], request["form"], request["files"] = body_json, form, files
+        call.index = next(self._request_counter)
+        call.json, call.form, call.files = body_json, form, files
         self.requests.append(
             RecordedRequest(
                 method=request.method,
@@ -363,11 +401,11 @@ class FakeOpenAI:
                 code=None,
             )
 
-    def _take_fault(self, request: web.Request) -> Fault | None:
+    def _take_fault(self, request: web.Request, call: _Call) -> Fault | None:
         """Pop the first queued fault whose path matches and which makes sense here."""
         path = request.path
-        body = request["json"] or {}
-        streaming = body.get("stream") is True or request["form"].get("stream", "") == "true"
+        body = call.json or {}
+        streaming = body.get("stream") is True or call.form.get("stream", "") == "true"
         if request.method == "GET":
             streaming = request.query.get("stream") == "true"
         creates = request.method == "POST" and path == "/v1/responses"
@@ -397,7 +435,7 @@ class FakeOpenAI:
             status=status,
             body=json.dumps(payload, separators=(",", ":")).encode(),
             content_type="application/json",
-            headers={"x-request-id": request["request_id"]},
+            headers={"x-request-id": request[_CALL].request_id},
         )
 
     async def _open_stream(self, request: web.Request) -> web.StreamResponse:
@@ -407,7 +445,7 @@ class FakeOpenAI:
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
-                "x-request-id": request["request_id"],
+                "x-request-id": request[_CALL].request_id,
             },
         )
         response.enable_chunked_encoding()
@@ -437,11 +475,11 @@ class FakeOpenAI:
         finished: bool = True,
     ) -> web.StreamResponse:
         """Relay generated events to the client, striking with a queued stream fault."""
-        fault: Fault | None = request["fault"]
+        fault: Fault | None = request[_CALL].fault
         if fault is not None and fault.kind not in STREAM_FAULTS:
             fault = None
         response = await self._open_stream(request)
-        index = request["index"]
+        index = request[_CALL].index
         count = 0
         async with contextlib.aclosing(events) as gen:
             while fault is None or count < fault.after_events:
@@ -469,7 +507,7 @@ class FakeOpenAI:
 
     async def _hold_or_drop(self, request: web.Request) -> None:
         """Apply a stall or cut fault to a non-streamed call before anything is sent."""
-        fault: Fault | None = request["fault"]
+        fault: Fault | None = request[_CALL].fault
         if fault is None:
             return
         if fault.kind == "stall":
@@ -495,17 +533,23 @@ class FakeOpenAI:
             key = (p.width, p.height, p.output_format, p.compression, p.transparent, kind)
             cached = self._prerendered.get(key)
             if cached is None:
-                cached = await asyncio.to_thread(
-                    render.render_generic,
-                    p.width,
-                    p.height,
-                    p.output_format,
-                    p.compression,
-                    p.transparent,
-                    kind,
+                # Concurrent misses share one render: a benchmark's first burst stays cheap.
+                cached = self._prerendered[key] = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        render.render_generic,
+                        p.width,
+                        p.height,
+                        p.output_format,
+                        p.compression,
+                        p.transparent,
+                        kind,
+                    )
                 )
-                self._prerendered[key] = cached
-            return cached
+            try:
+                return await asyncio.shield(cached)
+            except Exception:
+                self._prerendered.pop(key, None)
+                raise
         return await asyncio.to_thread(
             render.render,
             render.RenderRequest(
@@ -606,7 +650,7 @@ class FakeOpenAI:
                 if ref is None:
                     raise bad_request(f"Item with id '{item.get('id')}' not found.", "input")
                 if isinstance(ref.get("result"), str) and ref["result"]:
-                    images.append(base64.b64decode(ref["result"]))
+                    images.append(await self._download("data:;base64," + ref["result"], "input"))
                 continue
             if kind != "message":
                 continue
@@ -617,7 +661,7 @@ class FakeOpenAI:
             said: list[str] = []
             for part in parts if isinstance(parts, list) else []:
                 part_type = part.get("type") if isinstance(part, dict) else None
-                if part_type in ("input_text", "output_text") and isinstance(part["text"], str):
+                if part_type in ("input_text", "output_text") and isinstance(part.get("text"), str):
                     said.append(part["text"])
                 elif part_type == "input_image":
                     if role == "assistant":
@@ -719,14 +763,17 @@ class FakeOpenAI:
         numbers = itertools.count()
 
         def event(type_: str, **fields: Any) -> dict[str, Any]:
+            """Build an event carrying the next sequence number."""
             return {"type": type_, "sequence_number": next(numbers), **fields}
 
         shell = job.shell
         yield event("response.created", response=copy.deepcopy(shell))
         yield event("response.in_progress", response=copy.deepcopy(shell))
         if job.plan is not None:
-            async for payload in self._image_call_events(job, job.plan, event):
-                yield payload
+            image_events = self._image_call_events(job, job.plan, event)
+            async with contextlib.aclosing(image_events) as payloads:
+                async for payload in payloads:
+                    yield payload
         if job.failure == "response_failed":
             shell["status"] = "failed"
             shell["error"] = {
@@ -738,8 +785,9 @@ class FakeOpenAI:
             yield event("response.failed", response=copy.deepcopy(shell))
             return
         if job.reply_text is not None:
-            async for payload in _message_events(job, event):
-                yield payload
+            async with contextlib.aclosing(_message_events(job, event)) as payloads:
+                async for payload in payloads:
+                    yield payload
         _complete(job)
         yield event("response.completed", response=copy.deepcopy(shell))
 
@@ -809,20 +857,20 @@ class FakeOpenAI:
         if payload["type"] in ("response.completed", "response.failed"):
             latest = job.context_base
             for item in response["output"]:
-                if item.get("type") == "image_generation_call":
-                    self._items[item["id"]] = item
-                    if item.get("result"):
-                        latest = base64.b64decode(item["result"])
+                self._items[item["id"]] = item
+                if item.get("type") == "image_generation_call" and item.get("result"):
+                    latest = base64.b64decode(item["result"])
             self._context_images[rid] = latest
 
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
         """Handle ``POST /v1/responses``, streamed or not."""
-        body = request["json"]
+        body = request[_CALL].json
         if body is None:
             raise bad_request("The request body must be a JSON object.", code=None)
-        job = await self._response_job(body, request["fault"])
+        job = await self._response_job(body, request[_CALL].fault)
 
         def accept(payload: dict[str, Any]) -> None:
+            """Keep the job's log and stored state in step with what was sent."""
             self._accept(job, payload)
 
         if body.get("stream") is True:
@@ -848,6 +896,7 @@ class FakeOpenAI:
         log = [e for e in self._replay.get(rid, []) if e["sequence_number"] > after]
 
         async def replay() -> AsyncGenerator[dict[str, Any]]:
+            """Yield the logged events again, without delays."""
             for payload in log:
                 yield payload
 
@@ -949,18 +998,18 @@ class FakeOpenAI:
 
     async def _images_generate(self, request: web.Request) -> web.StreamResponse:
         """Handle ``POST /v1/images/generations`` (JSON)."""
-        body = request["json"]
+        body = request[_CALL].json
         if body is None:
             raise bad_request("The request body must be a JSON object.", code=None)
         return await self._images(request, body, [], None)
 
     async def _images_edit(self, request: web.Request) -> web.StreamResponse:
         """Handle ``POST /v1/images/edits`` (multipart: image or image[], mask, fields)."""
-        values = typed_form(request["form"])
+        values = typed_form(request[_CALL].form)
         type_ = "image_generation_user_error"
         # Options are checked before the uploads, as the real endpoint reports them first.
         image_params(values, type_=type_, stream=values.get("stream") is True)
-        files: dict[str, list[UploadedFile]] = request["files"]
+        files: dict[str, list[UploadedFile]] = request[_CALL].files
         uploads = files.get("image", []) + files.get("image[]", [])
         if not uploads:
             raise bad_request(
@@ -993,8 +1042,8 @@ class FakeOpenAI:
 
     async def _files_create(self, request: web.Request) -> web.StreamResponse:
         """Handle ``POST /v1/files`` (multipart purpose, file, expires_after[...])."""
-        form: dict[str, str] = request["form"]
-        parts: list[UploadedFile] = request["files"].get("file", [])
+        form: dict[str, str] = request[_CALL].form
+        parts: list[UploadedFile] = request[_CALL].files.get("file", [])
         purpose = form.get("purpose")
         if not parts or purpose is None:
             name = "file" if not parts else "purpose"
@@ -1020,6 +1069,15 @@ class FakeOpenAI:
         )
         return self._json(self._file_objects[file_id], request)
 
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """Handle ``GET /v1/models`` (the models this stand-in serves, for key checks)."""
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "system"}
+            for name in sorted({*render.IMAGE_MODELS, "gpt-5.5"})
+        ]
+        return self._json({"object": "list", "data": data}, request)
+
     async def _files_retrieve(self, request: web.Request) -> web.StreamResponse:
         """Handle ``GET /v1/files/{id}``."""
         return self._json(self._file_object(request.match_info["id"]), request)
@@ -1039,7 +1097,7 @@ class FakeOpenAI:
         return web.Response(
             body=self.files[file_id],
             content_type="application/octet-stream",
-            headers={"x-request-id": request["request_id"]},
+            headers={"x-request-id": request[_CALL].request_id},
         )
 
 

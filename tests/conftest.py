@@ -83,7 +83,13 @@ async def run_cli(
     )
     communicate = asyncio.ensure_future(process.communicate())
     if while_running is not None:
-        await while_running()
+        watcher = asyncio.ensure_future(while_running())
+        await asyncio.wait({watcher, communicate}, return_when=asyncio.FIRST_COMPLETED, timeout=timeout)
+        if not watcher.done():
+            watcher.cancel()
+            out, err = await communicate
+            raise AssertionError(f"the process ended first (exit {process.returncode}): {err.decode()[-2000:]}")
+        watcher.result()
     async with asyncio.timeout(timeout):
         stdout, stderr = await communicate
     assert process.returncode is not None

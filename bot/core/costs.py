@@ -86,7 +86,9 @@ class PriceTable:
             dollars += usage.output_tokens * self.mainline_output
         return round(dollars / 1_000_000, 6)
 
-    def estimate(self, options: ImageOptions, *, prompt: str, input_images: int, engine: str) -> float:
+    def estimate(
+        self, options: ImageOptions, *, prompt: str, input_images: int, engine: str
+    ) -> float:
         """A cautious USD estimate of a turn before it runs (for budgets)."""
         usage = estimate_usage(options, prompt=prompt, input_images=input_images, engine=engine)
         return self.cost(usage, model=options.model, engine=engine)
@@ -104,7 +106,9 @@ DEFAULT_IMAGE_PRICES: Final[dict[str, ModelPrice]] = {
 
 def output_tokens(size: str, quality: str) -> int:
     """Output image tokens for one image of `size` at `quality` (auto size counts as 1024x1024)."""
-    level = quality if quality in OUTPUT_TOKENS else "high" if quality in QUALITY_FACTOR else "medium"
+    level = (
+        quality if quality in OUTPUT_TOKENS else "high" if quality in QUALITY_FACTOR else "medium"
+    )
     factor = QUALITY_FACTOR.get(quality, 1.0)
     table = OUTPUT_TOKENS[level]
     if size in table:

@@ -128,12 +128,17 @@ def classify_exception(exc: BaseException) -> Failed:
             failed = classify_code(code, message, body.get("moderation_details"))
             if failed.kind is FailureKind.TRANSIENT:
                 return Failed(
-                    FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message
+                    FailureKind.BAD_REQUEST,
+                    "fail.bad_request",
+                    {"reason": message[:300]},
+                    detail=message,
                 )
             return failed
         if exc.status_code >= 500 or exc.status_code in (408, 409):
             return Failed(FailureKind.TRANSIENT, "fail.transient", detail=message)
-        return Failed(FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message)
+        return Failed(
+            FailureKind.BAD_REQUEST, "fail.bad_request", {"reason": message[:300]}, detail=message
+        )
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return Failed(FailureKind.TRANSIENT, "fail.timeout", detail=type(exc).__name__)
     if isinstance(exc, openai.APIConnectionError):
@@ -245,7 +250,11 @@ class OpenAIImageClient:
         file_id = file_ids.get(image.sha256)
         if file_id:
             return {"type": "input_image", "file_id": file_id, "detail": "auto"}
-        return {"type": "input_image", "image_url": to_data_url(image.data, image.mime), "detail": "auto"}
+        return {
+            "type": "input_image",
+            "image_url": to_data_url(image.data, image.mime),
+            "detail": "auto",
+        }
 
     def responses_params(
         self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
@@ -352,7 +361,11 @@ class OpenAIImageClient:
                         if reason == "content_filter":
                             yield _moderation_failed(None, "incomplete: content_filter")
                         else:
-                            yield Failed(FailureKind.TRANSIENT, "fail.transient", detail=f"incomplete: {reason}")
+                            yield Failed(
+                                FailureKind.TRANSIENT,
+                                "fail.transient",
+                                detail=f"incomplete: {reason}",
+                            )
                         return
                     elif kind == "error":
                         yield classify_code(event.code, event.message)
@@ -361,7 +374,9 @@ class OpenAIImageClient:
             if result is not None:
                 # The image arrived before the stream broke: it counts.
                 log.warning("stream ended early after the final image: %r", exc)
-                yield self._completed_without_usage(result, item, response_id, text, request, started)
+                yield self._completed_without_usage(
+                    result, item, response_id, text, request, started
+                )
                 return
             log.warning("turn failed: %r", exc)
             yield classify_exception(exc)
@@ -369,7 +384,9 @@ class OpenAIImageClient:
         if result is not None:
             yield self._completed_without_usage(result, item, response_id, text, request, started)
             return
-        yield Failed(FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without a result")
+        yield Failed(
+            FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without a result"
+        )
 
     def _completed_without_usage(
         self,
@@ -399,7 +416,9 @@ class OpenAIImageClient:
         error = _get(item, "error")
         if error is not None:
             return classify_code(
-                _get(error, "code"), str(_get(error, "message", "")), _get(error, "moderation_details")
+                _get(error, "code"),
+                str(_get(error, "message", "")),
+                _get(error, "moderation_details"),
             )
         return Failed(
             FailureKind.MODERATION,
@@ -413,7 +432,9 @@ class OpenAIImageClient:
             error = _get(out, "error")
             if _get(out, "type") == "image_generation_call" and error is not None:
                 return classify_code(
-                    _get(error, "code"), str(_get(error, "message", "")), _get(error, "moderation_details")
+                    _get(error, "code"),
+                    str(_get(error, "message", "")),
+                    _get(error, "moderation_details"),
                 )
         error = _get(response, "error")
         return classify_code(_get(error, "code"), str(_get(error, "message", "response failed")))
@@ -452,7 +473,9 @@ class OpenAIImageClient:
             params["input_fidelity"] = opts.input_fidelity
         return "edit", params
 
-    async def stream_images(self, request: TurnRequest) -> AsyncIterator[Partial | Completed | Failed]:
+    async def stream_images(
+        self, request: TurnRequest
+    ) -> AsyncIterator[Partial | Completed | Failed]:
         """Run one turn through the Image API (generate, or edit with the inputs), yielding core events."""
         started = time.monotonic()
         opts = request.options
@@ -493,4 +516,6 @@ class OpenAIImageClient:
             log.warning("image API turn failed: %r", exc)
             yield classify_exception(exc)
             return
-        yield Failed(FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without an image")
+        yield Failed(
+            FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without an image"
+        )

@@ -120,7 +120,10 @@ def validate_options(options: ImageOptions, *, allowed_models: Sequence[str] | N
     if size != "auto" and size not in STANDARD_SIZES:
         if not spec.free_sizes:
             raise BadInput(
-                "bad.unknown_size", size=size, model=model, choices=_choices(("auto", *STANDARD_SIZES))
+                "bad.unknown_size",
+                size=size,
+                model=model,
+                choices=_choices(("auto", *STANDARD_SIZES)),
             )
         rule = size_rule_violation(size)
         if rule is not None:
@@ -128,7 +131,10 @@ def validate_options(options: ImageOptions, *, allowed_models: Sequence[str] | N
 
     if options.quality not in spec.qualities:
         raise BadInput(
-            "bad.unknown_quality", quality=options.quality, model=model, choices=_choices(spec.qualities)
+            "bad.unknown_quality",
+            quality=options.quality,
+            model=model,
+            choices=_choices(spec.qualities),
         )
     if options.format not in FORMATS:
         raise BadInput("bad.unknown_format", format=options.format)

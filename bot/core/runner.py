@@ -28,7 +28,9 @@ class ImageBackend(Protocol):
         self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
     ) -> AsyncIterator[Partial | Completed | Failed]: ...
 
-    def stream_images(self, request: TurnRequest) -> AsyncIterator[Partial | Completed | Failed]: ...
+    def stream_images(
+        self, request: TurnRequest
+    ) -> AsyncIterator[Partial | Completed | Failed]: ...
 
 
 class FileCache(Protocol):
@@ -42,7 +44,9 @@ class FileCache(Protocol):
 # Loads the image (and its prompt) to re-seed a turn whose conversation OpenAI has forgotten.
 ReseedSource = Callable[[], Awaitable[tuple[InputImage, str] | None]]
 
-RESEED_PROMPT = "Continue from the attached image, which was made from this prompt: {parent}\n\nNow: {prompt}"
+RESEED_PROMPT = (
+    "Continue from the attached image, which was made from this prompt: {parent}\n\nNow: {prompt}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +96,16 @@ class TurnRunner:
             return self._backend.stream_images(request)
         return self._backend.stream_responses(request, file_ids=file_ids)
 
-    def _priced(self, done: Completed, request: TurnRequest, engine: str, reseeded: bool) -> Completed:
+    def _priced(
+        self, done: Completed, request: TurnRequest, engine: str, reseeded: bool
+    ) -> Completed:
         usage = done.usage
         if usage == Usage():
             # The stream ended before the usage arrived: charge the estimate instead of nothing.
             inputs = len(request.images) + (1 if request.parent_image else 0)
-            usage = estimate_usage(request.options, prompt=request.prompt, input_images=inputs, engine=engine)
+            usage = estimate_usage(
+                request.options, prompt=request.prompt, input_images=inputs, engine=engine
+            )
         cost = self._prices.cost(usage, model=request.options.model, engine=engine)
         return dataclasses.replace(done, usage=usage, cost=cost, reseeded=reseeded)
 
@@ -131,7 +139,9 @@ class TurnRunner:
                 source = await reseed() if reseed is not None else None
                 if source is not None:
                     image, parent_prompt = source
-                    log.info("previous response %s is gone; re-seeding", request.previous_response_id)
+                    log.info(
+                        "previous response %s is gone; re-seeding", request.previous_response_id
+                    )
                     request = dataclasses.replace(
                         request,
                         previous_response_id=None,
@@ -148,7 +158,10 @@ class TurnRunner:
                 and attempt < self._config.rate_limit_retries
             ):
                 attempt += 1
-                wait = min(failed.retry_after or self._config.default_retry_wait, self._config.max_retry_wait)
+                wait = min(
+                    failed.retry_after or self._config.default_retry_wait,
+                    self._config.max_retry_wait,
+                )
                 log.info("rate limited; retry %d in %.1fs", attempt, wait)
                 await asyncio.sleep(wait)
                 continue

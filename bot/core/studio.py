@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from storage.base import Conversation, Job, NewJob, NewTurn, NewUsageEntry, Store, Turn
+from storage.base import Conversation, Job, NewJob, NewTurn, NewUsageEntry, Store, Turn, TurnStatus
 
 from bot.core.costs import PriceTable
 from bot.core.errors import BadInput, BotError, FailureKind
@@ -270,7 +270,12 @@ class Studio:
         config = await self.guild_config(guild_id)
         limits = self.limits
         changes: dict[str, Any] = {}
-        for name in ("user_daily_usd", "user_daily_images", "guild_monthly_usd", "guild_monthly_images"):
+        for name in (
+            "user_daily_usd",
+            "user_daily_images",
+            "guild_monthly_usd",
+            "guild_monthly_images",
+        ):
             value = config.get(name)
             if value is None:
                 continue
@@ -285,19 +290,39 @@ class Studio:
         if limits.user_daily_usd is not None or limits.user_daily_images is not None:
             used = await self.store.usage_totals(since=day_start(now), user_id=requester.user_id)
             if limits.user_daily_images is not None and used.images + 1 > limits.user_daily_images:
-                raise BotError("fail.budget_user_images", used=used.images, limit=limits.user_daily_images)
-            if limits.user_daily_usd is not None and used.cost_usd + estimate > limits.user_daily_usd:
                 raise BotError(
-                    "fail.budget_user_usd", used=used.cost_usd, limit=limits.user_daily_usd, estimate=estimate
+                    "fail.budget_user_images", used=used.images, limit=limits.user_daily_images
+                )
+            if (
+                limits.user_daily_usd is not None
+                and used.cost_usd + estimate > limits.user_daily_usd
+            ):
+                raise BotError(
+                    "fail.budget_user_usd",
+                    used=used.cost_usd,
+                    limit=limits.user_daily_usd,
+                    estimate=estimate,
                 )
         if requester.guild_id is not None and (
             limits.guild_monthly_usd is not None or limits.guild_monthly_images is not None
         ):
-            used = await self.store.usage_totals(since=month_start(now), guild_id=requester.guild_id)
-            if limits.guild_monthly_images is not None and used.images + 1 > limits.guild_monthly_images:
-                raise BotError("fail.budget_guild_images", used=used.images, limit=limits.guild_monthly_images)
-            if limits.guild_monthly_usd is not None and used.cost_usd + estimate > limits.guild_monthly_usd:
-                raise BotError("fail.budget_guild_usd", used=used.cost_usd, limit=limits.guild_monthly_usd)
+            used = await self.store.usage_totals(
+                since=month_start(now), guild_id=requester.guild_id
+            )
+            if (
+                limits.guild_monthly_images is not None
+                and used.images + 1 > limits.guild_monthly_images
+            ):
+                raise BotError(
+                    "fail.budget_guild_images", used=used.images, limit=limits.guild_monthly_images
+                )
+            if (
+                limits.guild_monthly_usd is not None
+                and used.cost_usd + estimate > limits.guild_monthly_usd
+            ):
+                raise BotError(
+                    "fail.budget_guild_usd", used=used.cost_usd, limit=limits.guild_monthly_usd
+                )
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -320,7 +345,9 @@ class Studio:
         if pending >= MAX_PENDING_PER_USER:
             raise BotError("fail.too_many_jobs", count=pending)
         inputs = len(spec.images) + (1 if continues else 0)
-        estimate = self.prices.estimate(options, prompt=spec.prompt, input_images=inputs, engine=engine)
+        estimate = self.prices.estimate(
+            options, prompt=spec.prompt, input_images=inputs, engine=engine
+        )
         await self.check_budget(requester, estimate)
         return spec
 
@@ -420,7 +447,9 @@ class Studio:
             log.exception("job %s crashed", job.id)
             await self.store.finish_job(job.id, "failed", error=repr(exc))
             try:
-                await waiting.sink.failed(Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc)), job)
+                await waiting.sink.failed(
+                    Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc)), job
+                )
             except Exception:
                 log.exception("could not report the failure of job %s", job.id)
         finally:
@@ -518,7 +547,9 @@ class Studio:
                 await sink.failed(event, job)
                 return
 
-    async def _complete(self, job: Job, sink: TurnSink, request: TurnRequest, done: Completed) -> None:
+    async def _complete(
+        self, job: Job, sink: TurnSink, request: TurnRequest, done: Completed
+    ) -> None:
         spec = JobSpec.from_payload(job.payload)
         turn = await self.store.add_turn(
             NewTurn(
@@ -535,13 +566,12 @@ class Studio:
                 model=done.model,
                 usage=dict(done.usage.as_dict()),
                 cost_usd=done.cost,
-                status="done",
+                status=TurnStatus.COMPLETED,
                 image_url=None,
             )
         )
         await self.store.record_usage(
             NewUsageEntry(
-                at=self._clock(),
                 guild_id=job.guild_id,
                 user_id=job.user_id,
                 channel_id=job.channel_id,
@@ -560,7 +590,9 @@ class Studio:
         if message_id is not None:
             await self.store.set_turn_message(turn.id, message_id, url)
         if done.response_id is not None:
-            await self.store.advance_conversation(job.channel_id, response_id=done.response_id, message_id=message_id)
+            await self.store.advance_conversation(
+                job.channel_id, response_id=done.response_id, message_id=message_id
+            )
         await self.store.finish_job(job.id, "done")
 
     async def wait_idle(self) -> None:

@@ -1,0 +1,398 @@
+"""The storage interface: the `Store` protocol and the frozen records it returns.
+
+Times are unix seconds (UTC) as floats everywhere; the store stamps them from its clock.
+Discord snowflakes are plain ints (they need 64 bits). Dict fields hold JSON-compatible values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Protocol, Self
+
+
+class StorageError(Exception):
+    """A storage problem the caller cannot fix by retrying with other arguments."""
+
+
+class SchemaVersionError(StorageError):
+    """The database was migrated by a newer version of the bot than this one."""
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; `Job.status` holds one of these values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+
+
+# The statuses `finish_job` accepts, and the ones `requeue_job` can retry.
+FINISHED_JOB_STATUSES = frozenset(
+    {JobStatus.DONE, JobStatus.FAILED, JobStatus.INTERRUPTED, JobStatus.CANCELLED}
+)
+RETRYABLE_JOB_STATUSES = frozenset({JobStatus.FAILED, JobStatus.INTERRUPTED})
+
+
+class TurnStatus(StrEnum):
+    """How a turn ended; `latest_turn` only considers completed turns."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+# `delete_user_data` keeps usage rows for the server's budget, re-attributed to this id.
+ANONYMOUS_USER_ID = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One Discord thread (or DM channel) and the OpenAI response it continues from."""
+
+    channel_id: int
+    guild_id: int | None
+    owner_id: int
+    parent_channel_id: int | None
+    latest_response_id: str | None
+    latest_message_id: int | None
+    engine: str
+    options: dict[str, object]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTurn:
+    """A turn to record; the store assigns `id` and `created_at`."""
+
+    channel_id: int
+    guild_id: int | None
+    user_id: int
+    prompt: str
+    engine: str
+    model: str
+    message_id: int | None = None
+    response_id: str | None = None
+    parent_response_id: str | None = None
+    revised_prompt: str | None = None
+    options: dict[str, object] = field(default_factory=dict)
+    usage: dict[str, object] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    status: str = TurnStatus.COMPLETED
+    image_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One generated image as posted, with the response id that produced it."""
+
+    id: int
+    channel_id: int
+    guild_id: int | None
+    user_id: int
+    message_id: int | None
+    response_id: str | None
+    parent_response_id: str | None
+    prompt: str
+    revised_prompt: str | None
+    options: dict[str, object]
+    engine: str
+    model: str
+    usage: dict[str, object]
+    cost_usd: float
+    status: str
+    image_url: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A request to put in the durable queue; the store assigns id, status and times."""
+
+    kind: str
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    payload: dict[str, object]
+    locale: str
+    progress_message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One accepted request in the durable queue."""
+
+    id: int
+    kind: str
+    status: str
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    payload: dict[str, object]
+    locale: str
+    progress_message_id: int | None
+    attempts: int
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUsageEntry:
+    """What one request cost; the store assigns `id` and `at`."""
+
+    guild_id: int | None
+    user_id: int
+    model: str
+    engine: str
+    channel_id: int | None = None
+    response_id: str | None = None
+    images: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One row of the usage ledger."""
+
+    id: int
+    at: float
+    guild_id: int | None
+    user_id: int
+    channel_id: int | None
+    response_id: str | None
+    model: str
+    engine: str
+    images: int
+    input_tokens: int
+    output_tokens: int
+    image_input_tokens: int
+    image_output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Usage summed over a period."""
+
+    images: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """Usage of one UTC day (`day` is 'YYYY-MM-DD')."""
+
+    day: str
+    images: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    """Usage of one user over a period."""
+
+    user_id: int
+    images: int
+    cost_usd: float
+
+
+class Store(Protocol):
+    """Everything the bot keeps between restarts. Every backend passes the contract tests."""
+
+    # Lifecycle
+
+    async def setup(self) -> None:
+        """Prepare the database (connection settings, migrations); safe to call again."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's resources; the store is unusable afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    # Conversations
+
+    async def get_conversation(self, channel_id: int) -> Conversation | None:
+        """Return the conversation of a thread or DM channel, or None."""
+        ...
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Insert a conversation, or replace it (keeping its original `created_at`)."""
+        ...
+
+    async def advance_conversation(
+        self, channel_id: int, *, response_id: str, message_id: int | None
+    ) -> bool:
+        """Point a conversation at its newest response; return False if there is none."""
+        ...
+
+    async def delete_conversation(self, channel_id: int) -> bool:
+        """Forget a conversation (its turns stay); return whether it existed."""
+        ...
+
+    # Turns
+
+    async def add_turn(self, turn: NewTurn) -> Turn:
+        """Record a turn and return it with its id and creation time."""
+        ...
+
+    async def get_turn(self, turn_id: int) -> Turn | None:
+        """Return a turn by id, or None."""
+        ...
+
+    async def get_turn_by_message(self, message_id: int) -> Turn | None:
+        """Return the newest turn posted as this Discord message, or None."""
+        ...
+
+    async def get_turn_by_response(self, response_id: str) -> Turn | None:
+        """Return the newest turn produced by this OpenAI response, or None."""
+        ...
+
+    async def latest_turn(self, channel_id: int, *, with_image: bool = True) -> Turn | None:
+        """Return the channel's newest completed turn (with an image unless told otherwise)."""
+        ...
+
+    async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
+        """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
+        ...
+
+    async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
+        """Return a channel's most recent turns, newest first."""
+        ...
+
+    async def delete_turn(self, turn_id: int) -> bool:
+        """Delete a turn; return whether it existed."""
+        ...
+
+    # Jobs
+
+    async def enqueue_job(self, job: NewJob) -> Job:
+        """Add a queued job and return it."""
+        ...
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """Return a job by id, or None."""
+        ...
+
+    async def start_job(self, job_id: int) -> bool:
+        """Move a queued job to running and count the attempt; False if it was not queued."""
+        ...
+
+    async def finish_job(self, job_id: int, status: str, error: str | None = None) -> bool:
+        """End a queued or running job with a final status; False if it had already ended."""
+        ...
+
+    async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
+        """Remember the message that shows a job's progress; False if no such job."""
+        ...
+
+    async def queued_jobs(self) -> list[Job]:
+        """Return the queued jobs in the order they will run (first in, first out)."""
+        ...
+
+    async def running_jobs(self) -> list[Job]:
+        """Return the running jobs, oldest first."""
+        ...
+
+    async def interrupt_running_jobs(self) -> list[Job]:
+        """Mark every running job interrupted (at start-up) and return them."""
+        ...
+
+    async def requeue_job(self, job_id: int) -> Job | None:
+        """Put a failed or interrupted job back at the end of the queue; None if not retryable."""
+        ...
+
+    async def queue_position(self, job_id: int) -> int:
+        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
+        ...
+
+    async def count_active_jobs(self, user_id: int | None = None) -> int:
+        """Count queued and running jobs, of one user or of everyone."""
+        ...
+
+    # Uploaded-file cache
+
+    async def get_uploaded_file(self, sha256: str) -> str | None:
+        """Return the Files API id cached for this content hash, or None."""
+        ...
+
+    async def put_uploaded_file(self, sha256: str, file_id: str, bytes: int) -> None:
+        """Cache the Files API id of an upload under its content hash."""
+        ...
+
+    # Usage ledger
+
+    async def record_usage(self, entry: NewUsageEntry) -> None:
+        """Append what one request cost to the ledger."""
+        ...
+
+    async def usage_totals(
+        self, *, since: float, user_id: int | None = None, guild_id: int | None = None
+    ) -> UsageTotals:
+        """Sum usage since a time, optionally for one user and/or one server."""
+        ...
+
+    async def usage_by_day(
+        self, *, since: float, guild_id: int | None = None, user_id: int | None = None
+    ) -> list[DayUsage]:
+        """Sum usage per UTC day since a time, oldest day first."""
+        ...
+
+    async def usage_by_user(self, *, since: float, guild_id: int | None) -> list[UserUsage]:
+        """Sum usage per user since a time (one server, or all if None), costliest first."""
+        ...
+
+    async def list_usage(
+        self,
+        *,
+        since: float,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        limit: int = 100,
+    ) -> list[UsageEntry]:
+        """Return ledger rows since a time, newest first."""
+        ...
+
+    # Settings
+
+    async def get_user_settings(self, user_id: int) -> dict[str, object]:
+        """Return a user's saved defaults ({} when none)."""
+        ...
+
+    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
+        """Replace a user's saved defaults."""
+        ...
+
+    async def get_guild_config(self, guild_id: int) -> dict[str, object]:
+        """Return a server's configuration ({} when none)."""
+        ...
+
+    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
+        """Replace a server's configuration."""
+        ...
+
+    # Privacy
+
+    async def delete_user_data(self, user_id: int) -> int:
+        """Erase what the bot keeps about a user; return the number of rows affected."""
+        ...

@@ -1,0 +1,881 @@
+"""The SQLite backend: one aiosqlite connection, WAL, numbered migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+
+from storage.base import (
+    ANONYMOUS_USER_ID,
+    FINISHED_JOB_STATUSES,
+    RETRYABLE_JOB_STATUSES,
+    Conversation,
+    DayUsage,
+    Job,
+    JobStatus,
+    NewJob,
+    NewTurn,
+    NewUsageEntry,
+    SchemaVersionError,
+    StorageError,
+    Turn,
+    TurnStatus,
+    UsageEntry,
+    UsageTotals,
+    UserUsage,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Row = sqlite3.Row
+
+# Applied on every setup(); none of them is persistent except journal_mode.
+_PRAGMAS = (
+    # In WAL mode NORMAL never corrupts the database; a power cut may lose the last commits,
+    # which is the price of not waiting for an fsync on every image.
+    "PRAGMA synchronous = NORMAL",
+    # A second process (`python -m bot doctor`, a backup) may hold the write lock briefly.
+    "PRAGMA busy_timeout = 5000",
+    # 32 MiB keeps the hot index pages of a million turns in memory.
+    "PRAGMA cache_size = -32768",
+    "PRAGMA temp_store = MEMORY",
+)
+
+
+# Migrations
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change; its statements run in order inside one transaction."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def split_statements(script: str) -> tuple[str, ...]:
+    """Split an SQL script into statements that each end at the end of a line."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        # SQLite's own tokenizer knows about strings, comments and trigger bodies.
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    leftover = [
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    ]
+    if leftover:
+        raise StorageError(f"unterminated SQL statement: {leftover[0].strip()!r}")
+    return tuple(statements)
+
+
+def load_migrations(directory: Traversable) -> tuple[Migration, ...]:
+    """Read `NNNN_name.sql` files from a directory, checking they are numbered 1, 2, 3, ..."""
+    found: dict[int, Migration] = {}
+    for entry in directory.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            raise StorageError(f"migration file {entry.name!r} is not named NNNN_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise StorageError(f"two migration files have number {version:04d}")
+        script = entry.read_text(encoding="utf-8")
+        found[version] = Migration(version, match.group(2), split_statements(script))
+    versions = sorted(found)
+    if versions != list(range(1, len(versions) + 1)):
+        raise StorageError(f"migrations must be numbered 0001, 0002, ... without gaps: {versions}")
+    return tuple(found[version] for version in versions)
+
+
+@cache
+def packaged_migrations() -> tuple[Migration, ...]:
+    """Return the migrations shipped in `storage/migrations`."""
+    return load_migrations(resources.files("storage") / "migrations")
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """Return the schema version recorded in the database (PRAGMA user_version)."""
+    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+    return int(rows[0][0])
+
+
+async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations the database lacks, each atomically; return the new version."""
+    latest = migrations[-1].version if migrations else 0
+    current = await schema_version(conn)
+    if current > latest:
+        raise SchemaVersionError(
+            f"the database is at schema version {current} but this bot only knows up to "
+            f"{latest}; upgrade the bot or restore an older database"
+        )
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        # IMMEDIATE takes the write lock first, so two processes starting together cannot both
+        # apply the same migration; the version is re-read under that lock.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = await schema_version(conn)
+            if migration.version <= current:
+                await conn.rollback()
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            # PRAGMA takes no parameters; the version is an int parsed from a file name.
+            await conn.execute(f"PRAGMA user_version = {migration.version:d}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+        current = migration.version
+        log.info("applied migration %04d_%s", migration.version, migration.name)
+    return current
+
+
+# Row mapping
+
+_CONVERSATION_COLUMNS = (
+    "channel_id, guild_id, owner_id, parent_channel_id, latest_response_id, latest_message_id, "
+    "engine, options, created_at, updated_at"
+)
+_TURN_COLUMNS = (
+    "id, channel_id, guild_id, user_id, message_id, response_id, parent_response_id, prompt, "
+    "revised_prompt, options, engine, model, usage, cost_usd, status, image_url, created_at"
+)
+_JOB_COLUMNS = (
+    "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
+    "attempts, error, created_at, started_at, finished_at"
+)
+_USAGE_COLUMNS = (
+    "id, at, guild_id, user_id, channel_id, response_id, model, engine, images, input_tokens, "
+    "output_tokens, image_input_tokens, image_output_tokens, cost_usd"
+)
+
+
+def _dump_json(value: dict[str, object]) -> str:
+    """Serialize a dict column; raises TypeError for values JSON cannot hold."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _load_json(text: str | None) -> dict[str, object]:
+    """Parse a dict column."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StorageError(f"expected a JSON object in the database, found {type(value).__name__}")
+    return value
+
+
+def _utc_day(at: float) -> str:
+    """Return the UTC date of a unix time as 'YYYY-MM-DD'."""
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d")
+
+
+# Rows are read by position, so any tuple-like row_factory on an injected connection works.
+
+
+def _conversation(row: Row) -> Conversation:
+    return Conversation(
+        channel_id=row[0],
+        guild_id=row[1],
+        owner_id=row[2],
+        parent_channel_id=row[3],
+        latest_response_id=row[4],
+        latest_message_id=row[5],
+        engine=row[6],
+        options=_load_json(row[7]),
+        created_at=row[8],
+        updated_at=row[9],
+    )
+
+
+def _turn(row: Row) -> Turn:
+    return Turn(
+        id=row[0],
+        channel_id=row[1],
+        guild_id=row[2],
+        user_id=row[3],
+        message_id=row[4],
+        response_id=row[5],
+        parent_response_id=row[6],
+        prompt=row[7],
+        revised_prompt=row[8],
+        options=_load_json(row[9]),
+        engine=row[10],
+        model=row[11],
+        usage=_load_json(row[12]),
+        cost_usd=row[13],
+        status=row[14],
+        image_url=row[15],
+        created_at=row[16],
+    )
+
+
+def _job(row: Row) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        status=row[2],
+        guild_id=row[3],
+        channel_id=row[4],
+        user_id=row[5],
+        payload=_load_json(row[6]),
+        locale=row[7],
+        progress_message_id=row[8],
+        attempts=row[9],
+        error=row[10],
+        created_at=row[11],
+        started_at=row[12],
+        finished_at=row[13],
+    )
+
+
+def _usage_entry(row: Row) -> UsageEntry:
+    return UsageEntry(
+        id=row[0],
+        at=row[1],
+        guild_id=row[2],
+        user_id=row[3],
+        channel_id=row[4],
+        response_id=row[5],
+        model=row[6],
+        engine=row[7],
+        images=row[8],
+        input_tokens=row[9],
+        output_tokens=row[10],
+        image_input_tokens=row[11],
+        image_output_tokens=row[12],
+        cost_usd=row[13],
+    )
+
+
+def _usage_filter(
+    since: float, user_id: int | None, guild_id: int | None
+) -> tuple[str, list[object]]:
+    """Build a WHERE clause for the usage ledger from fixed fragments and `?` parameters."""
+    # Optional filters are left out rather than written as `(? IS NULL OR col = ?)`, which
+    # would stop SQLite from using the (user_id, at) and (guild_id, at) indexes.
+    clauses = ["at >= ?"]
+    params: list[object] = [since]
+    if user_id is not None:
+        clauses.append("user_id = ?")
+        params.append(user_id)
+    if guild_id is not None:
+        clauses.append("guild_id = ?")
+        params.append(guild_id)
+    return " AND ".join(clauses), params
+
+
+class SqliteStore:
+    """The store on SQLite, through one aiosqlite connection.
+
+    Every write is its own committed transaction. Writes share one asyncio lock because
+    the connection is shared: without it a statement of one task could land inside another
+    task's open transaction and be committed or rolled back with it.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        clock: Clock = time.time,
+        migrations: Sequence[Migration] | None = None,
+        close_connection: bool = False,
+    ) -> None:
+        """Wrap a connection; `close_connection` hands its ownership to the store."""
+        self._conn = conn
+        self._clock = clock
+        self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
+        self._close_connection = close_connection
+        self._write_lock = asyncio.Lock()
+        self._ready = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, clock: Clock = time.time) -> SqliteStore:
+        """Open (creating if needed) the database file at `path` and set it up."""
+        # Autocommit mode: the store issues BEGIN itself where a transaction spans statements.
+        conn = await aiosqlite.connect(os.fspath(path), isolation_level=None)
+        store = cls(conn, clock=clock, close_connection=True)
+        try:
+            await store.setup()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    # Lifecycle
+
+    async def setup(self) -> None:
+        """Configure the connection and apply pending migrations; safe to call again."""
+        async with self._write_lock:
+            rows = list(await self._conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            mode = str(rows[0][0]).lower()
+            if mode not in ("wal", "memory"):
+                log.warning("SQLite refused WAL mode and uses %r; writes will be slower", mode)
+            for pragma in _PRAGMAS:
+                await self._conn.execute(pragma)
+            version = await migrate(self._conn, self._migrations)
+        self._ready = True
+        log.debug("SQLite store ready at schema version %d", version)
+
+    async def close(self) -> None:
+        """Close the connection if the store owns it (it does when made by `open`)."""
+        if self._close_connection:
+            await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        if not self._ready:
+            await self.setup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Plumbing
+
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Run a read and return all its rows."""
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        """Run a read and return its first row, or None."""
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def _write(self, sql: str, params: Sequence[object]) -> int:
+        """Run one write statement as its own transaction; return how many rows it changed."""
+        async with self._write_lock:
+            try:
+                cursor = await self._conn.execute(sql, params)
+                await self._commit_implicit()
+            except BaseException:
+                await self._rollback_open()
+                raise
+            return cursor.rowcount
+
+    async def _write_returning(self, sql: str, params: Sequence[object]) -> list[Row]:
+        """Run one write statement with RETURNING as its own transaction; return its rows."""
+        async with self._write_lock:
+            try:
+                rows = list(await self._conn.execute_fetchall(sql, params))
+                await self._commit_implicit()
+            except BaseException:
+                await self._rollback_open()
+                raise
+            return rows
+
+    async def _commit_implicit(self) -> None:
+        """Commit a transaction that sqlite3's legacy mode opened on its own."""
+        # Connections made by open() are in autocommit mode and skip this round trip; an
+        # injected connection may use sqlite3's default mode, which begins implicitly.
+        if self._conn.in_transaction:
+            await self._conn.commit()
+
+    async def _rollback_open(self) -> None:
+        """Roll back whatever transaction a failed write left open."""
+        if self._conn.in_transaction:
+            await self._conn.rollback()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run several statements atomically under the write lock."""
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.rollback()
+                raise
+            await self._conn.commit()
+
+    # Conversations
+
+    async def get_conversation(self, channel_id: int) -> Conversation | None:
+        """Return the conversation of a thread or DM channel, or None."""
+        row = await self._row(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE channel_id = ?",
+            (channel_id,),
+        )
+        return _conversation(row) if row is not None else None
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Insert a conversation, or replace it (keeping its original `created_at`)."""
+        await self._write(
+            f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (channel_id) DO UPDATE SET"
+            " guild_id = excluded.guild_id,"
+            " owner_id = excluded.owner_id,"
+            " parent_channel_id = excluded.parent_channel_id,"
+            " latest_response_id = excluded.latest_response_id,"
+            " latest_message_id = excluded.latest_message_id,"
+            " engine = excluded.engine,"
+            " options = excluded.options,"
+            " updated_at = excluded.updated_at",
+            (
+                conversation.channel_id,
+                conversation.guild_id,
+                conversation.owner_id,
+                conversation.parent_channel_id,
+                conversation.latest_response_id,
+                conversation.latest_message_id,
+                conversation.engine,
+                _dump_json(conversation.options),
+                conversation.created_at,
+                conversation.updated_at,
+            ),
+        )
+
+    async def advance_conversation(
+        self, channel_id: int, *, response_id: str, message_id: int | None
+    ) -> bool:
+        """Point a conversation at its newest response; return False if there is none."""
+        changed = await self._write(
+            "UPDATE conversations"
+            " SET latest_response_id = ?, latest_message_id = ?, updated_at = ?"
+            " WHERE channel_id = ?",
+            (response_id, message_id, self._clock(), channel_id),
+        )
+        return changed > 0
+
+    async def delete_conversation(self, channel_id: int) -> bool:
+        """Forget a conversation; return whether it existed.
+
+        Its turns stay: buttons under images that are still visible keep working from them.
+        """
+        changed = await self._write("DELETE FROM conversations WHERE channel_id = ?", (channel_id,))
+        return changed > 0
+
+    # Turns
+
+    async def add_turn(self, turn: NewTurn) -> Turn:
+        """Record a turn and return it with its id and creation time."""
+        created_at = self._clock()
+        rows = await self._write_returning(
+            "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
+            " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
+            " cost_usd, status, image_url, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                turn.channel_id,
+                turn.guild_id,
+                turn.user_id,
+                turn.message_id,
+                turn.response_id,
+                turn.parent_response_id,
+                turn.prompt,
+                turn.revised_prompt,
+                _dump_json(turn.options),
+                turn.engine,
+                turn.model,
+                _dump_json(turn.usage),
+                turn.cost_usd,
+                str(turn.status),
+                turn.image_url,
+                created_at,
+            ),
+        )
+        return Turn(
+            id=rows[0][0],
+            channel_id=turn.channel_id,
+            guild_id=turn.guild_id,
+            user_id=turn.user_id,
+            message_id=turn.message_id,
+            response_id=turn.response_id,
+            parent_response_id=turn.parent_response_id,
+            prompt=turn.prompt,
+            revised_prompt=turn.revised_prompt,
+            # Copies, so the caller mutating its NewTurn cannot change the returned record.
+            options=dict(turn.options),
+            engine=turn.engine,
+            model=turn.model,
+            usage=dict(turn.usage),
+            cost_usd=float(turn.cost_usd),
+            status=str(turn.status),
+            image_url=turn.image_url,
+            created_at=created_at,
+        )
+
+    async def get_turn(self, turn_id: int) -> Turn | None:
+        """Return a turn by id, or None."""
+        row = await self._row(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
+        return _turn(row) if row is not None else None
+
+    async def get_turn_by_message(self, message_id: int) -> Turn | None:
+        """Return the newest turn posted as this Discord message, or None."""
+        row = await self._row(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+            (message_id,),
+        )
+        return _turn(row) if row is not None else None
+
+    async def get_turn_by_response(self, response_id: str) -> Turn | None:
+        """Return the newest turn produced by this OpenAI response, or None."""
+        row = await self._row(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE response_id = ? ORDER BY id DESC LIMIT 1",
+            (response_id,),
+        )
+        return _turn(row) if row is not None else None
+
+    async def latest_turn(self, channel_id: int, *, with_image: bool = True) -> Turn | None:
+        """Return the channel's newest completed turn (with an image unless told otherwise).
+
+        A turn has an image once it was posted: it has a message id or an image URL.
+        """
+        posted = " AND (message_id IS NOT NULL OR image_url IS NOT NULL)" if with_image else ""
+        row = await self._row(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? AND status = ?{posted}"
+            " ORDER BY id DESC LIMIT 1",
+            (channel_id, TurnStatus.COMPLETED.value),
+        )
+        return _turn(row) if row is not None else None
+
+    async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
+        """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
+        changed = await self._write(
+            "UPDATE turns SET message_id = ?, image_url = ? WHERE id = ?",
+            (message_id, image_url, turn_id),
+        )
+        return changed > 0
+
+    async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
+        """Return a channel's most recent turns, newest first."""
+        rows = await self._rows(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?",
+            (channel_id, limit),
+        )
+        return [_turn(row) for row in rows]
+
+    async def delete_turn(self, turn_id: int) -> bool:
+        """Delete a turn; return whether it existed."""
+        return await self._write("DELETE FROM turns WHERE id = ?", (turn_id,)) > 0
+
+    # Jobs
+
+    async def enqueue_job(self, job: NewJob) -> Job:
+        """Add a queued job and return it."""
+        now = self._clock()
+        rows = await self._write_returning(
+            "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
+            " progress_message_id, attempts, created_at, queued_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+            f" RETURNING {_JOB_COLUMNS}",
+            (
+                job.kind,
+                JobStatus.QUEUED.value,
+                job.guild_id,
+                job.channel_id,
+                job.user_id,
+                _dump_json(job.payload),
+                job.locale,
+                job.progress_message_id,
+                now,
+                now,
+            ),
+        )
+        return _job(rows[0])
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """Return a job by id, or None."""
+        row = await self._row(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(row) if row is not None else None
+
+    async def start_job(self, job_id: int) -> bool:
+        """Move a queued job to running and count the attempt; False if it was not queued."""
+        # One conditional UPDATE: of two workers racing for the same job, exactly one wins.
+        changed = await self._write(
+            "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
+            " finished_at = NULL WHERE id = ? AND status = ?",
+            (JobStatus.RUNNING.value, self._clock(), job_id, JobStatus.QUEUED.value),
+        )
+        return changed > 0
+
+    async def finish_job(self, job_id: int, status: str, error: str | None = None) -> bool:
+        """End a queued or running job with a final status; False if it had already ended.
+
+        Raises ValueError for a status that is not final.
+        """
+        if status not in FINISHED_JOB_STATUSES:
+            allowed = ", ".join(sorted(FINISHED_JOB_STATUSES))
+            raise ValueError(f"a job cannot finish as {status!r}; use one of {allowed}")
+        changed = await self._write(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ?"
+            " WHERE id = ? AND status IN (?, ?)",
+            (
+                str(status),
+                error,
+                self._clock(),
+                job_id,
+                JobStatus.QUEUED.value,
+                JobStatus.RUNNING.value,
+            ),
+        )
+        return changed > 0
+
+    async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
+        """Remember the message that shows a job's progress; False if no such job."""
+        changed = await self._write(
+            "UPDATE jobs SET progress_message_id = ? WHERE id = ?", (message_id, job_id)
+        )
+        return changed > 0
+
+    async def queued_jobs(self) -> list[Job]:
+        """Return the queued jobs in the order they will run (first in, first out)."""
+        rows = await self._rows(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
+            (JobStatus.QUEUED.value,),
+        )
+        return [_job(row) for row in rows]
+
+    async def running_jobs(self) -> list[Job]:
+        """Return the running jobs, oldest first."""
+        rows = await self._rows(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
+            (JobStatus.RUNNING.value,),
+        )
+        return [_job(row) for row in rows]
+
+    async def interrupt_running_jobs(self) -> list[Job]:
+        """Mark every running job interrupted (at start-up) and return them, oldest first."""
+        rows = await self._write_returning(
+            "UPDATE jobs SET status = ?, finished_at = ? WHERE status = ?"
+            f" RETURNING {_JOB_COLUMNS}",
+            (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
+        )
+        # RETURNING gives no order guarantee.
+        return sorted((_job(row) for row in rows), key=lambda job: job.id)
+
+    async def requeue_job(self, job_id: int) -> Job | None:
+        """Put a failed or interrupted job back at the end of the queue; None if not retryable.
+
+        The same row is re-queued (same id, payload and progress message; error and times
+        cleared; attempts kept and counted on), so a second click on Retry finds it already
+        queued and returns None instead of running the request twice.
+        """
+        retryable = sorted(status.value for status in RETRYABLE_JOB_STATUSES)
+        rows = await self._write_returning(
+            "UPDATE jobs SET status = ?, queued_at = ?, error = NULL, started_at = NULL,"
+            f" finished_at = NULL WHERE id = ? AND status IN (?, ?) RETURNING {_JOB_COLUMNS}",
+            (JobStatus.QUEUED.value, self._clock(), job_id, *retryable),
+        )
+        return _job(rows[0]) if rows else None
+
+    async def queue_position(self, job_id: int) -> int:
+        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
+        row = await self._row(
+            "SELECT COUNT(*) FROM jobs AS ahead"
+            " JOIN jobs AS this ON this.id = ? AND this.status = ?"
+            " WHERE ahead.status = ? AND (ahead.queued_at < this.queued_at"
+            " OR (ahead.queued_at = this.queued_at AND ahead.id <= this.id))",
+            (job_id, JobStatus.QUEUED.value, JobStatus.QUEUED.value),
+        )
+        return int(row[0]) if row is not None else 0
+
+    async def count_active_jobs(self, user_id: int | None = None) -> int:
+        """Count queued and running jobs, of one user or of everyone."""
+        params: list[object] = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+        sql = "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)"
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        row = await self._row(sql, params)
+        return int(row[0]) if row is not None else 0
+
+    # Uploaded-file cache
+
+    async def get_uploaded_file(self, sha256: str) -> str | None:
+        """Return the Files API id cached for this content hash, or None."""
+        row = await self._row("SELECT file_id FROM uploaded_files WHERE sha256 = ?", (sha256,))
+        return str(row[0]) if row is not None else None
+
+    async def put_uploaded_file(self, sha256: str, file_id: str, bytes: int) -> None:
+        """Cache the Files API id of an upload under its content hash (replacing an old one)."""
+        await self._write(
+            "INSERT INTO uploaded_files (sha256, file_id, size_bytes, created_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET"
+            " file_id = excluded.file_id, size_bytes = excluded.size_bytes,"
+            " created_at = excluded.created_at",
+            (sha256, file_id, bytes, self._clock()),
+        )
+
+    # Usage ledger
+
+    async def record_usage(self, entry: NewUsageEntry) -> None:
+        """Append what one request cost to the ledger."""
+        at = self._clock()
+        await self._write(
+            "INSERT INTO usage_ledger (at, day, guild_id, user_id, channel_id, response_id,"
+            " model, engine, images, input_tokens, output_tokens, image_input_tokens,"
+            " image_output_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                _utc_day(at),
+                entry.guild_id,
+                entry.user_id,
+                entry.channel_id,
+                entry.response_id,
+                entry.model,
+                entry.engine,
+                entry.images,
+                entry.input_tokens,
+                entry.output_tokens,
+                entry.image_input_tokens,
+                entry.image_output_tokens,
+                entry.cost_usd,
+            ),
+        )
+
+    async def usage_totals(
+        self, *, since: float, user_id: int | None = None, guild_id: int | None = None
+    ) -> UsageTotals:
+        """Sum usage since a time (inclusive), optionally for one user and/or one server."""
+        where, params = _usage_filter(since, user_id, guild_id)
+        row = await self._row(
+            "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(input_tokens), 0),"
+            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
+            f" FROM usage_ledger WHERE {where}",
+            params,
+        )
+        if row is None:
+            return UsageTotals(images=0, input_tokens=0, output_tokens=0, cost_usd=0.0)
+        return UsageTotals(
+            images=int(row[0]),
+            input_tokens=int(row[1]),
+            output_tokens=int(row[2]),
+            cost_usd=float(row[3]),
+        )
+
+    async def usage_by_day(
+        self, *, since: float, guild_id: int | None = None, user_id: int | None = None
+    ) -> list[DayUsage]:
+        """Sum usage per UTC day since a time, oldest day first (days without usage omitted)."""
+        where, params = _usage_filter(since, user_id, guild_id)
+        rows = await self._rows(
+            "SELECT day, SUM(images), SUM(cost_usd) FROM usage_ledger"
+            f" WHERE {where} GROUP BY day ORDER BY day",
+            params,
+        )
+        return [DayUsage(day=row[0], images=int(row[1]), cost_usd=float(row[2])) for row in rows]
+
+    async def usage_by_user(self, *, since: float, guild_id: int | None) -> list[UserUsage]:
+        """Sum usage per user since a time (one server, or all if None), costliest first."""
+        where, params = _usage_filter(since, None, guild_id)
+        rows = await self._rows(
+            "SELECT user_id, SUM(images) AS total_images, SUM(cost_usd) AS total_cost"
+            f" FROM usage_ledger WHERE {where} GROUP BY user_id"
+            " ORDER BY total_cost DESC, total_images DESC, user_id",
+            params,
+        )
+        return [
+            UserUsage(user_id=row[0], images=int(row[1]), cost_usd=float(row[2])) for row in rows
+        ]
+
+    async def list_usage(
+        self,
+        *,
+        since: float,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        limit: int = 100,
+    ) -> list[UsageEntry]:
+        """Return ledger rows since a time, newest first."""
+        where, params = _usage_filter(since, user_id, guild_id)
+        rows = await self._rows(
+            f"SELECT {_USAGE_COLUMNS} FROM usage_ledger WHERE {where}"
+            " ORDER BY at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_usage_entry(row) for row in rows]
+
+    # Settings
+
+    async def get_user_settings(self, user_id: int) -> dict[str, object]:
+        """Return a user's saved defaults ({} when none)."""
+        row = await self._row("SELECT settings FROM user_settings WHERE user_id = ?", (user_id,))
+        return _load_json(row[0]) if row is not None else {}
+
+    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
+        """Replace a user's saved defaults."""
+        await self._write(
+            "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id) DO UPDATE SET"
+            " settings = excluded.settings, updated_at = excluded.updated_at",
+            (user_id, _dump_json(settings), self._clock()),
+        )
+
+    async def get_guild_config(self, guild_id: int) -> dict[str, object]:
+        """Return a server's configuration ({} when none)."""
+        row = await self._row("SELECT config FROM guild_config WHERE guild_id = ?", (guild_id,))
+        return _load_json(row[0]) if row is not None else {}
+
+    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
+        """Replace a server's configuration."""
+        await self._write(
+            "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id) DO UPDATE SET"
+            " config = excluded.config, updated_at = excluded.updated_at",
+            (guild_id, _dump_json(config), self._clock()),
+        )
+
+    # Privacy
+
+    async def delete_user_data(self, user_id: int) -> int:
+        """Erase what the bot keeps about a user; return the number of rows affected.
+
+        Deletes their settings, their turns, their finished jobs and the conversations they
+        own. Their usage rows lose everything that points at them (user, channel, response)
+        and are kept under ANONYMOUS_USER_ID, so a server's spending and budgets stay right.
+        Queued and running jobs are left to finish.
+        """
+        finished = sorted(status.value for status in FINISHED_JOB_STATUSES)
+        statements: list[tuple[str, Sequence[object]]] = [
+            ("DELETE FROM user_settings WHERE user_id = ?", (user_id,)),
+            ("DELETE FROM turns WHERE user_id = ?", (user_id,)),
+            (
+                "DELETE FROM jobs WHERE user_id = ? AND status IN (?, ?, ?, ?)",
+                (user_id, *finished),
+            ),
+            ("DELETE FROM conversations WHERE owner_id = ?", (user_id,)),
+            (
+                "UPDATE usage_ledger SET user_id = ?, channel_id = NULL, response_id = NULL"
+                " WHERE user_id = ?",
+                (ANONYMOUS_USER_ID, user_id),
+            ),
+        ]
+        affected = 0
+        async with self._transaction() as conn:
+            for sql, params in statements:
+                cursor = await conn.execute(sql, params)
+                affected += cursor.rowcount
+        return affected
