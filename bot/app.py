@@ -94,7 +94,7 @@ class ImagineBot(commands.Bot):
             sink_factory=self.make_sink,
             fetcher=self,
         )
-        self._recovered = False
+        self.recovered = False
 
     async def setup_hook(self) -> None:
         """Load the cogs, register persistent buttons, and sync the commands."""
@@ -115,13 +115,13 @@ class ImagineBot(commands.Bot):
         if self.gateway_url and self.ws is not None:
             self.ws.gateway = yarl.URL(self.gateway_url)
         log.info("ready as %s in %d server(s)", self.user, len(self.guilds))
-        if not self._recovered:
-            self._recovered = True
+        if not self.recovered:
             interrupted, queued = await self.studio.recover()
             if interrupted or queued:
                 log.info(
                     "recovered %d interrupted and %d queued job(s)", len(interrupted), len(queued)
                 )
+            self.recovered = True
 
     async def on_resumed(self) -> None:
         """RESUME replaces the socket: keep it on the configured gateway."""

@@ -127,8 +127,9 @@ class ImagineCog(commands.Cog):
         target = requester.channel_id
         if isinstance(channel, discord.TextChannel):
             try:
-                thread = await starter.create_thread(
+                thread = await channel.create_thread(
                     name=clip(spec.prompt.replace("\n", " "), THREAD_NAME_LIMIT),
+                    message=starter,
                     auto_archive_duration=1440,
                 )
                 target = thread.id

@@ -1,0 +1,909 @@
+"""Contract tests every Store backend must pass, then checks specific to SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from storage import (
+    ANONYMOUS_USER_ID,
+    Conversation,
+    DayUsage,
+    JobStatus,
+    NewJob,
+    NewTurn,
+    NewUsageEntry,
+    SchemaVersionError,
+    SqliteStore,
+    StorageError,
+    Store,
+    TurnStatus,
+    UsageTotals,
+    UserUsage,
+    open_store,
+    sqlite_path_from_url,
+)
+from storage.sqlite import (
+    Migration,
+    load_migrations,
+    migrate,
+    packaged_migrations,
+    schema_version,
+    split_statements,
+)
+
+# 2026-01-01T00:00:00Z
+NEW_YEAR = 1_767_225_600.0
+DAY = 86_400.0
+# The largest snowflake a signed 64-bit column holds; real ones are smaller.
+BIG_ID = 2**63 - 1
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = NEW_YEAR) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+StoreFactory = Callable[[Path, FakeClock], AbstractAsyncContextManager[Store]]
+
+
+@asynccontextmanager
+async def sqlite_store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    """A SqliteStore on a fresh database file."""
+    store = await SqliteStore.open(tmp_path / "store.db", clock=clock)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# Each backend runs the whole contract suite; a new backend is one more line here.
+BACKENDS = [
+    pytest.param(sqlite_store, id="sqlite"),
+]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Store]:
+    factory: StoreFactory = request.param
+    async with factory(tmp_path, clock) as opened:
+        yield opened
+
+
+def conversation(channel_id: int = 100, **changes: object) -> Conversation:
+    base = Conversation(
+        channel_id=channel_id,
+        guild_id=1,
+        owner_id=10,
+        parent_channel_id=50,
+        latest_response_id=None,
+        latest_message_id=None,
+        engine="responses",
+        options={"size": "1024x1024"},
+        created_at=NEW_YEAR - 60,
+        updated_at=NEW_YEAR - 60,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def new_turn(channel_id: int = 100, **changes: object) -> NewTurn:
+    base = NewTurn(
+        channel_id=channel_id,
+        guild_id=1,
+        user_id=10,
+        prompt="a cat in a hat",
+        engine="responses",
+        model="gpt-image-1",
+        response_id="resp_1",
+        options={"quality": "high"},
+        usage={"input_tokens": 12, "output_tokens": 3400},
+        cost_usd=0.17,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def new_job(user_id: int = 10, **changes: object) -> NewJob:
+    base = NewJob(
+        kind="imagine",
+        guild_id=1,
+        channel_id=100,
+        user_id=user_id,
+        payload={"prompt": "a cat", "partials": 2},
+        locale="en-US",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def usage(user_id: int = 10, guild_id: int | None = 1, **changes: object) -> NewUsageEntry:
+    base = NewUsageEntry(
+        guild_id=guild_id,
+        user_id=user_id,
+        channel_id=100,
+        response_id="resp_1",
+        model="gpt-image-1",
+        engine="responses",
+        images=1,
+        input_tokens=100,
+        output_tokens=2000,
+        image_input_tokens=0,
+        image_output_tokens=1800,
+        cost_usd=0.25,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+# Conversations
+
+
+async def test_missing_conversation_is_none(store: Store) -> None:
+    assert await store.get_conversation(123) is None
+
+
+async def test_conversation_round_trips(store: Store) -> None:
+    original = conversation(options={"size": "1536x1024", "nested": {"ko": "고양이"}})
+    await store.create_conversation(original)
+    assert await store.get_conversation(original.channel_id) == original
+
+
+async def test_create_conversation_upserts_and_keeps_created_at(store: Store) -> None:
+    await store.create_conversation(conversation())
+    replacement = conversation(
+        owner_id=11, engine="images", options={}, created_at=NEW_YEAR, updated_at=NEW_YEAR
+    )
+    await store.create_conversation(replacement)
+    stored = await store.get_conversation(100)
+    assert stored == dataclasses.replace(replacement, created_at=NEW_YEAR - 60)
+
+
+async def test_advance_conversation_sets_latest_and_updated_at(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_conversation(conversation())
+    clock.advance(30)
+    assert await store.advance_conversation(100, response_id="resp_2", message_id=777)
+    stored = await store.get_conversation(100)
+    assert stored is not None
+    assert (stored.latest_response_id, stored.latest_message_id) == ("resp_2", 777)
+    assert stored.updated_at == clock.now
+    assert stored.created_at == NEW_YEAR - 60
+
+
+async def test_advance_missing_conversation_reports_false(store: Store) -> None:
+    assert not await store.advance_conversation(5, response_id="resp", message_id=None)
+    assert await store.get_conversation(5) is None
+
+
+async def test_delete_conversation_keeps_its_turns(store: Store) -> None:
+    await store.create_conversation(conversation())
+    turn = await store.add_turn(new_turn())
+    assert await store.delete_conversation(100)
+    assert not await store.delete_conversation(100)
+    assert await store.get_conversation(100) is None
+    assert await store.get_turn(turn.id) == turn
+
+
+async def test_snowflakes_use_all_64_bits(store: Store) -> None:
+    await store.create_conversation(
+        conversation(
+            BIG_ID, guild_id=BIG_ID - 1, owner_id=BIG_ID - 2, latest_message_id=BIG_ID - 3
+        )
+    )
+    stored = await store.get_conversation(BIG_ID)
+    assert stored is not None
+    assert (stored.guild_id, stored.owner_id, stored.latest_message_id) == (
+        BIG_ID - 1,
+        BIG_ID - 2,
+        BIG_ID - 3,
+    )
+    turn = await store.add_turn(new_turn(BIG_ID, user_id=BIG_ID, message_id=BIG_ID))
+    assert await store.get_turn_by_message(BIG_ID) == turn
+
+
+async def test_records_are_frozen(store: Store) -> None:
+    await store.create_conversation(conversation())
+    stored = await store.get_conversation(100)
+    assert stored is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stored.owner_id = 1  # type: ignore[misc]
+
+
+# Turns
+
+
+async def test_add_turn_returns_what_get_turn_reads(store: Store, clock: FakeClock) -> None:
+    turn = await store.add_turn(new_turn(parent_response_id="resp_0", revised_prompt="a cat"))
+    assert turn.id > 0
+    assert turn.created_at == clock.now
+    assert turn.status == TurnStatus.COMPLETED
+    assert await store.get_turn(turn.id) == turn
+    assert turn.usage == {"input_tokens": 12, "output_tokens": 3400}
+
+
+async def test_returned_dicts_do_not_write_through(store: Store) -> None:
+    turn = await store.add_turn(new_turn())
+    turn.options["quality"] = "low"
+    stored = await store.get_turn(turn.id)
+    assert stored is not None
+    assert stored.options == {"quality": "high"}
+
+
+async def test_turn_ids_are_never_reused(store: Store) -> None:
+    first = await store.add_turn(new_turn())
+    second = await store.add_turn(new_turn())
+    assert await store.delete_turn(second.id)
+    third = await store.add_turn(new_turn())
+    assert first.id < second.id < third.id
+
+
+async def test_turn_lookups_by_message_and_response(store: Store) -> None:
+    turn = await store.add_turn(new_turn(response_id="resp_a"))
+    assert await store.get_turn_by_message(555) is None
+    assert await store.set_turn_message(turn.id, 555, "https://cdn.example/a.png")
+    by_message = await store.get_turn_by_message(555)
+    assert by_message == dataclasses.replace(
+        turn, message_id=555, image_url="https://cdn.example/a.png"
+    )
+    assert await store.get_turn_by_response("resp_a") == by_message
+    assert await store.get_turn_by_response("resp_missing") is None
+    assert not await store.set_turn_message(turn.id + 1000, 1, None)
+
+
+async def test_latest_turn_skips_failed_and_unposted_turns(store: Store) -> None:
+    assert await store.latest_turn(100) is None
+    posted = await store.add_turn(new_turn(response_id="resp_posted"))
+    await store.set_turn_message(posted.id, 1, "https://cdn.example/1.png")
+    await store.add_turn(new_turn(response_id="resp_failed", status=TurnStatus.FAILED))
+    unposted = await store.add_turn(new_turn(response_id="resp_unposted"))
+    await store.add_turn(new_turn(200, response_id="resp_elsewhere", message_id=2))
+
+    latest_image = await store.latest_turn(100)
+    assert latest_image is not None
+    assert latest_image.response_id == "resp_posted"
+    assert await store.latest_turn(100, with_image=False) == unposted
+
+
+async def test_list_turns_is_newest_first_per_channel(store: Store) -> None:
+    ids = [(await store.add_turn(new_turn(response_id=f"resp_{i}"))).id for i in range(5)]
+    await store.add_turn(new_turn(200))
+    assert [turn.id for turn in await store.list_turns(100)] == ids[::-1]
+    assert [turn.id for turn in await store.list_turns(100, limit=2)] == ids[:2:-1]
+    assert await store.list_turns(999) == []
+
+
+async def test_delete_turn(store: Store) -> None:
+    turn = await store.add_turn(new_turn())
+    assert await store.delete_turn(turn.id)
+    assert await store.get_turn(turn.id) is None
+    assert not await store.delete_turn(turn.id)
+
+
+async def test_hot_path_with_many_turns(store: Store) -> None:
+    channels = range(1000, 1010)
+    for channel_id in channels:
+        await store.create_conversation(conversation(channel_id))
+    for step in range(150):
+        for channel_id in channels:
+            current = await store.get_conversation(channel_id)
+            assert current is not None
+            turn = await store.add_turn(
+                new_turn(
+                    channel_id,
+                    response_id=f"resp_{channel_id}_{step}",
+                    parent_response_id=current.latest_response_id,
+                    message_id=channel_id * 1000 + step,
+                    image_url=f"https://cdn.example/{channel_id}/{step}.png",
+                )
+            )
+            await store.advance_conversation(
+                channel_id, response_id=f"resp_{channel_id}_{step}", message_id=turn.message_id
+            )
+
+    for channel_id in channels:
+        current = await store.get_conversation(channel_id)
+        assert current is not None
+        assert current.latest_response_id == f"resp_{channel_id}_149"
+        latest = await store.latest_turn(channel_id)
+        assert latest is not None
+        assert latest.response_id == current.latest_response_id
+        assert latest.parent_response_id == f"resp_{channel_id}_148"
+        history = await store.list_turns(channel_id, limit=1000)
+        assert len(history) == 150
+        # Each turn continues from the one before it in its own thread.
+        for newer, older in zip(history, history[1:], strict=False):
+            assert newer.parent_response_id == older.response_id
+        branch_point = await store.get_turn_by_message(channel_id * 1000 + 70)
+        assert branch_point is not None
+        assert branch_point.response_id == f"resp_{channel_id}_70"
+
+
+# Jobs
+
+
+async def test_enqueue_job_starts_queued(store: Store, clock: FakeClock) -> None:
+    job = await store.enqueue_job(new_job(progress_message_id=42))
+    assert job.status == JobStatus.QUEUED
+    assert (job.attempts, job.error, job.started_at, job.finished_at) == (0, None, None, None)
+    assert job.created_at == clock.now
+    assert job.progress_message_id == 42
+    assert job.payload == {"prompt": "a cat", "partials": 2}
+    assert await store.get_job(job.id) == job
+    assert await store.get_job(job.id + 1000) is None
+
+
+async def test_start_job_moves_queued_to_running_once(store: Store, clock: FakeClock) -> None:
+    job = await store.enqueue_job(new_job())
+    clock.advance(5)
+    assert await store.start_job(job.id)
+    assert not await store.start_job(job.id)
+    started = await store.get_job(job.id)
+    assert started is not None
+    assert (started.status, started.attempts, started.started_at) == (
+        JobStatus.RUNNING,
+        1,
+        clock.now,
+    )
+    assert not await store.start_job(job.id + 1000)
+
+
+async def test_only_one_of_many_racing_workers_starts_a_job(store: Store) -> None:
+    job = await store.enqueue_job(new_job())
+    results = await asyncio.gather(*(store.start_job(job.id) for _ in range(25)))
+    assert results.count(True) == 1
+    started = await store.get_job(job.id)
+    assert started is not None
+    assert started.attempts == 1
+
+
+async def test_finish_job_records_outcome_once(store: Store, clock: FakeClock) -> None:
+    job = await store.enqueue_job(new_job())
+    await store.start_job(job.id)
+    clock.advance(20)
+    assert await store.finish_job(job.id, JobStatus.FAILED, "rate_limited")
+    assert not await store.finish_job(job.id, JobStatus.DONE)
+    finished = await store.get_job(job.id)
+    assert finished is not None
+    assert (finished.status, finished.error, finished.finished_at) == (
+        "failed",
+        "rate_limited",
+        clock.now,
+    )
+
+
+async def test_queued_job_can_be_cancelled(store: Store) -> None:
+    job = await store.enqueue_job(new_job())
+    assert await store.finish_job(job.id, "cancelled")
+    assert await store.queued_jobs() == []
+    assert not await store.start_job(job.id)
+
+
+@pytest.mark.parametrize("status", ["running", "queued", "bogus"])
+async def test_finish_job_rejects_non_final_status(store: Store, status: str) -> None:
+    job = await store.enqueue_job(new_job())
+    with pytest.raises(ValueError, match="cannot finish"):
+        await store.finish_job(job.id, status)
+    unchanged = await store.get_job(job.id)
+    assert unchanged is not None
+    assert unchanged.status == JobStatus.QUEUED
+
+
+async def test_set_job_progress_message(store: Store) -> None:
+    job = await store.enqueue_job(new_job())
+    assert await store.set_job_progress_message(job.id, 9001)
+    updated = await store.get_job(job.id)
+    assert updated is not None
+    assert updated.progress_message_id == 9001
+    assert not await store.set_job_progress_message(job.id + 1000, 1)
+
+
+async def test_queue_order_and_positions(store: Store, clock: FakeClock) -> None:
+    jobs = []
+    for user_id in (10, 11, 12):
+        jobs.append(await store.enqueue_job(new_job(user_id)))
+        clock.advance(1)
+    assert [job.id for job in await store.queued_jobs()] == [job.id for job in jobs]
+    assert [await store.queue_position(job.id) for job in jobs] == [1, 2, 3]
+
+    await store.start_job(jobs[0].id)
+    assert [await store.queue_position(job.id) for job in jobs] == [0, 1, 2]
+    assert [job.id for job in await store.running_jobs()] == [jobs[0].id]
+    assert await store.queue_position(jobs[0].id + 1000) == 0
+
+
+async def test_count_active_jobs(store: Store) -> None:
+    running = await store.enqueue_job(new_job(10))
+    await store.start_job(running.id)
+    await store.enqueue_job(new_job(10))
+    finished = await store.enqueue_job(new_job(10))
+    await store.finish_job(finished.id, "done")
+    await store.enqueue_job(new_job(11))
+    assert await store.count_active_jobs(10) == 2
+    assert await store.count_active_jobs(11) == 1
+    assert await store.count_active_jobs(12) == 0
+    assert await store.count_active_jobs() == 3
+
+
+async def test_interrupt_running_jobs_at_start_up(store: Store, clock: FakeClock) -> None:
+    first = await store.enqueue_job(new_job(10))
+    second = await store.enqueue_job(new_job(11))
+    waiting = await store.enqueue_job(new_job(12))
+    await store.start_job(second.id)
+    await store.start_job(first.id)
+    clock.advance(3)
+
+    interrupted = await store.interrupt_running_jobs()
+    assert [job.id for job in interrupted] == [first.id, second.id]
+    assert {job.status for job in interrupted} == {JobStatus.INTERRUPTED}
+    assert {job.finished_at for job in interrupted} == {clock.now}
+    assert await store.running_jobs() == []
+    assert [job.id for job in await store.queued_jobs()] == [waiting.id]
+    assert await store.interrupt_running_jobs() == []
+
+
+async def test_requeue_puts_the_same_job_at_the_back(store: Store, clock: FakeClock) -> None:
+    failed = await store.enqueue_job(new_job(10, progress_message_id=7))
+    clock.advance(1)
+    waiting = await store.enqueue_job(new_job(11))
+    await store.start_job(failed.id)
+    await store.finish_job(failed.id, "failed", "transient")
+    clock.advance(1)
+
+    retried = await store.requeue_job(failed.id)
+    assert retried is not None
+    assert retried.id == failed.id
+    assert (retried.status, retried.error, retried.started_at, retried.finished_at) == (
+        JobStatus.QUEUED,
+        None,
+        None,
+        None,
+    )
+    assert (retried.payload, retried.progress_message_id, retried.attempts) == (
+        failed.payload,
+        7,
+        1,
+    )
+    assert retried.created_at == failed.created_at
+    assert [job.id for job in await store.queued_jobs()] == [waiting.id, failed.id]
+    assert await store.queue_position(failed.id) == 2
+    # A second click on Retry must not queue the request twice.
+    assert await store.requeue_job(failed.id) is None
+
+    assert await store.start_job(failed.id)
+    again = await store.get_job(failed.id)
+    assert again is not None
+    assert again.attempts == 2
+
+
+async def test_requeue_accepts_interrupted_jobs(store: Store) -> None:
+    job = await store.enqueue_job(new_job())
+    await store.start_job(job.id)
+    await store.interrupt_running_jobs()
+    retried = await store.requeue_job(job.id)
+    assert retried is not None
+    assert retried.status == JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("final", ["done", "cancelled"])
+async def test_requeue_refuses_jobs_that_are_not_retryable(store: Store, final: str) -> None:
+    queued = await store.enqueue_job(new_job())
+    assert await store.requeue_job(queued.id) is None
+    ended = await store.enqueue_job(new_job())
+    await store.finish_job(ended.id, final)
+    assert await store.requeue_job(ended.id) is None
+    assert await store.requeue_job(ended.id + 1000) is None
+
+
+# Uploaded-file cache
+
+
+async def test_uploaded_file_cache(store: Store) -> None:
+    digest = "ab" * 32
+    assert await store.get_uploaded_file(digest) is None
+    await store.put_uploaded_file(digest, "file-1", 1234)
+    assert await store.get_uploaded_file(digest) == "file-1"
+    await store.put_uploaded_file(digest, "file-2", 1234)
+    assert await store.get_uploaded_file(digest) == "file-2"
+    assert await store.get_uploaded_file("cd" * 32) is None
+
+
+# Usage ledger
+
+
+async def test_usage_totals_filter_by_time_user_and_guild(store: Store, clock: FakeClock) -> None:
+    await store.record_usage(usage(10, 1, cost_usd=5.0))
+    clock.advance(10)
+    since = clock.now
+    await store.record_usage(usage(10, 1, cost_usd=0.25))
+    await store.record_usage(usage(10, None, cost_usd=0.5, images=2))
+    await store.record_usage(usage(11, 2, cost_usd=1.0, input_tokens=7, output_tokens=9))
+
+    assert await store.usage_totals(since=since) == UsageTotals(
+        images=4, input_tokens=207, output_tokens=4009, cost_usd=1.75
+    )
+    assert await store.usage_totals(since=since, user_id=10) == UsageTotals(
+        images=3, input_tokens=200, output_tokens=4000, cost_usd=0.75
+    )
+    assert await store.usage_totals(since=since, guild_id=1) == UsageTotals(
+        images=1, input_tokens=100, output_tokens=2000, cost_usd=0.25
+    )
+    assert await store.usage_totals(since=since, user_id=10, guild_id=2) == UsageTotals(
+        images=0, input_tokens=0, output_tokens=0, cost_usd=0.0
+    )
+    assert (await store.usage_totals(since=since - 10)).cost_usd == pytest.approx(6.75)
+
+
+async def test_usage_by_day_buckets_in_utc(store: Store, clock: FakeClock) -> None:
+    clock.now = NEW_YEAR - 1  # 2025-12-31T23:59:59Z
+    await store.record_usage(usage(cost_usd=1.0))
+    clock.advance(1)  # midnight belongs to the new day
+    await store.record_usage(usage(cost_usd=2.0))
+    await store.record_usage(usage(11, 2, cost_usd=4.0, images=3))
+    clock.advance(2 * DAY)
+    await store.record_usage(usage(cost_usd=8.0))
+
+    assert await store.usage_by_day(since=0) == [
+        DayUsage(day="2025-12-31", images=1, cost_usd=1.0),
+        DayUsage(day="2026-01-01", images=4, cost_usd=6.0),
+        DayUsage(day="2026-01-03", images=1, cost_usd=8.0),
+    ]
+    assert await store.usage_by_day(since=NEW_YEAR, guild_id=1) == [
+        DayUsage(day="2026-01-01", images=1, cost_usd=2.0),
+        DayUsage(day="2026-01-03", images=1, cost_usd=8.0),
+    ]
+    assert await store.usage_by_day(since=0, user_id=11) == [
+        DayUsage(day="2026-01-01", images=3, cost_usd=4.0)
+    ]
+
+
+async def test_usage_by_user_is_costliest_first(store: Store) -> None:
+    await store.record_usage(usage(10, 1, cost_usd=1.0))
+    await store.record_usage(usage(11, 1, cost_usd=3.0))
+    await store.record_usage(usage(12, 1, cost_usd=0.5))
+    await store.record_usage(usage(12, 1, cost_usd=0.5))
+    await store.record_usage(usage(13, 2, cost_usd=99.0))
+    assert await store.usage_by_user(since=0, guild_id=1) == [
+        UserUsage(user_id=11, images=1, cost_usd=3.0),
+        UserUsage(user_id=12, images=2, cost_usd=1.0),
+        UserUsage(user_id=10, images=1, cost_usd=1.0),
+    ]
+    everyone = await store.usage_by_user(since=0, guild_id=None)
+    assert [row.user_id for row in everyone] == [13, 11, 12, 10]
+
+
+async def test_list_usage_is_newest_first(store: Store, clock: FakeClock) -> None:
+    await store.record_usage(usage(response_id="resp_old"))
+    clock.advance(1)
+    await store.record_usage(usage(response_id="resp_new", image_input_tokens=5))
+    clock.advance(1)
+    await store.record_usage(usage(11, response_id="resp_other"))
+    entries = await store.list_usage(since=0, user_id=10)
+    assert [entry.response_id for entry in entries] == ["resp_new", "resp_old"]
+    assert entries[0].at == NEW_YEAR + 1
+    assert entries[0].image_input_tokens == 5
+    assert len(await store.list_usage(since=0, limit=1)) == 1
+
+
+# Settings
+
+
+async def test_user_settings_are_replaced_not_merged(store: Store) -> None:
+    assert await store.get_user_settings(10) == {}
+    await store.set_user_settings(10, {"size": "1024x1024", "partials": 2})
+    await store.set_user_settings(10, {"quality": "high"})
+    assert await store.get_user_settings(10) == {"quality": "high"}
+    assert await store.get_user_settings(11) == {}
+
+
+async def test_guild_config_round_trips(store: Store) -> None:
+    config: dict[str, object] = {
+        "allowed_channels": [BIG_ID, 5],
+        "budget": {"monthly_usd": 25.5},
+        "partials": False,
+        "note": "한국어 서버",
+    }
+    assert await store.get_guild_config(1) == {}
+    await store.set_guild_config(1, config)
+    assert await store.get_guild_config(1) == config
+    assert await store.get_guild_config(2) == {}
+
+
+async def test_settings_reject_values_json_cannot_hold(store: Store) -> None:
+    with pytest.raises(TypeError):
+        await store.set_user_settings(10, {"when": object()})
+    assert await store.get_user_settings(10) == {}
+
+
+# Privacy
+
+
+async def test_delete_user_data(store: Store) -> None:
+    gone, kept = 10, 11
+    await store.set_user_settings(gone, {"size": "auto"})
+    await store.set_user_settings(kept, {"size": "auto"})
+    await store.create_conversation(conversation(100, owner_id=gone))
+    await store.create_conversation(conversation(200, owner_id=kept))
+    await store.add_turn(new_turn(100, user_id=gone))
+    kept_turn_in_gone_thread = await store.add_turn(new_turn(100, user_id=kept))
+    await store.add_turn(new_turn(200, user_id=gone))
+    finished = await store.enqueue_job(new_job(gone))
+    await store.finish_job(finished.id, "done")
+    active = await store.enqueue_job(new_job(gone))
+    await store.enqueue_job(new_job(kept))
+    await store.record_usage(usage(gone, 1, cost_usd=2.0))
+    await store.record_usage(usage(gone, None, cost_usd=1.0))
+    await store.record_usage(usage(kept, 1, cost_usd=4.0))
+
+    # settings 1 + turns 2 + finished jobs 1 + conversations 1 + usage rows 2
+    assert await store.delete_user_data(gone) == 7
+
+    assert await store.get_user_settings(gone) == {}
+    assert await store.get_user_settings(kept) == {"size": "auto"}
+    assert await store.get_conversation(100) is None
+    assert await store.get_conversation(200) is not None
+    assert await store.list_turns(100) == [kept_turn_in_gone_thread]
+    assert await store.list_turns(200) == []
+    assert await store.get_job(finished.id) is None
+    assert await store.get_job(active.id) is not None
+    assert await store.count_active_jobs(kept) == 1
+    assert (await store.usage_totals(since=0, user_id=gone)).images == 0
+    # The server's spending still counts what the user generated, now anonymously.
+    assert (await store.usage_totals(since=0, guild_id=1)).cost_usd == 6.0
+    assert await store.usage_by_user(since=0, guild_id=1) == [
+        UserUsage(user_id=kept, images=1, cost_usd=4.0),
+        UserUsage(user_id=ANONYMOUS_USER_ID, images=1, cost_usd=2.0),
+    ]
+    anonymous = await store.list_usage(since=0, user_id=ANONYMOUS_USER_ID)
+    assert {(entry.channel_id, entry.response_id) for entry in anonymous} == {(None, None)}
+
+    assert await store.delete_user_data(gone) == 0
+
+
+# Many tasks on one store
+
+
+async def test_concurrent_hot_paths_from_many_tasks(store: Store) -> None:
+    async def thread(channel_id: int) -> None:
+        await store.create_conversation(conversation(channel_id))
+        for step in range(20):
+            current = await store.get_conversation(channel_id)
+            assert current is not None
+            await store.add_turn(
+                new_turn(
+                    channel_id,
+                    response_id=f"resp_{channel_id}_{step}",
+                    parent_response_id=current.latest_response_id,
+                    message_id=channel_id * 100 + step,
+                )
+            )
+            await store.advance_conversation(
+                channel_id, response_id=f"resp_{channel_id}_{step}", message_id=None
+            )
+
+    channels = range(1, 41)
+    await asyncio.gather(*(thread(channel_id) for channel_id in channels))
+
+    all_ids: set[int] = set()
+    for channel_id in channels:
+        history = await store.list_turns(channel_id, limit=100)
+        assert [turn.response_id for turn in history] == [
+            f"resp_{channel_id}_{step}" for step in reversed(range(20))
+        ]
+        assert history[-1].parent_response_id is None
+        all_ids.update(turn.id for turn in history)
+    assert len(all_ids) == 40 * 20
+
+
+async def test_multi_statement_writes_interleave_with_other_writes(store: Store) -> None:
+    async def busy_user(user_id: int) -> None:
+        for step in range(10):
+            await store.add_turn(new_turn(user_id=user_id, response_id=f"resp_{user_id}_{step}"))
+            await store.record_usage(usage(user_id))
+
+    async def forgetful_user(user_id: int) -> int:
+        await store.set_user_settings(user_id, {"size": "auto"})
+        await store.add_turn(new_turn(user_id=user_id))
+        return await store.delete_user_data(user_id)
+
+    results = await asyncio.gather(
+        *(busy_user(user_id) for user_id in range(1, 6)),
+        *(forgetful_user(user_id) for user_id in range(100, 110)),
+    )
+    assert results[5:] == [2] * 10
+    for user_id in range(1, 6):
+        assert (await store.usage_totals(since=0, user_id=user_id)).images == 10
+    assert len(await store.list_turns(100, limit=1000)) == 50
+
+
+# SQLite only
+
+
+async def test_sqlite_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "bot.db")
+    await store.close()
+    async with aiosqlite.connect(tmp_path / "bot.db") as conn:
+        assert list(await conn.execute_fetchall("PRAGMA journal_mode")) == [("wal",)]
+        assert await schema_version(conn) == packaged_migrations()[-1].version
+
+
+async def test_sqlite_connection_pragmas(tmp_path: Path) -> None:
+    async with aiosqlite.connect(tmp_path / "bot.db", isolation_level=None) as conn:
+        await SqliteStore(conn).setup()
+        assert list(await conn.execute_fetchall("PRAGMA synchronous")) == [(1,)]  # NORMAL
+        assert list(await conn.execute_fetchall("PRAGMA busy_timeout")) == [(5000,)]
+
+
+async def test_sqlite_setup_is_idempotent_and_reopen_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    store = await SqliteStore.open(path)
+    await store.setup()
+    await store.setup()
+    turn = await store.add_turn(new_turn())
+    await store.close()
+
+    async with await SqliteStore.open(path) as reopened:
+        assert await reopened.get_turn(turn.id) == turn
+    async with aiosqlite.connect(path) as conn:
+        assert await schema_version(conn) == len(packaged_migrations())
+
+
+async def test_sqlite_migrations_are_atomic(tmp_path: Path) -> None:
+    first = Migration(1, "first", ("CREATE TABLE a (x INTEGER)",))
+    broken = Migration(2, "broken", ("CREATE TABLE b (x INTEGER)", "CREATE TABLE a (x INTEGER)"))
+    fixed = Migration(2, "fixed", ("CREATE TABLE b (x INTEGER)",))
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as conn:
+        with pytest.raises(sqlite3.OperationalError, match="already exists"):
+            await migrate(conn, [first, broken])
+        assert await schema_version(conn) == 1
+        tables = await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+        assert [row[0] for row in tables] == ["a"]
+        assert not conn.in_transaction
+
+        assert await migrate(conn, [first, fixed]) == 2
+        assert await migrate(conn, [first, fixed]) == 2
+
+
+async def test_sqlite_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
+    async with aiosqlite.connect(tmp_path / "new.db", isolation_level=None) as conn:
+        await conn.execute("PRAGMA user_version = 999")
+        with pytest.raises(SchemaVersionError, match="999"):
+            await SqliteStore(conn).setup()
+
+
+def test_sqlite_migration_files_are_numbered_without_gaps(tmp_path: Path) -> None:
+    (tmp_path / "0001_one.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+    (tmp_path / "0002_two.sql").write_text("CREATE TABLE b (x INTEGER);\n")
+    (tmp_path / "README.md").write_text("not a migration")
+    assert [m.version for m in load_migrations(tmp_path)] == [1, 2]
+
+    (tmp_path / "0004_four.sql").write_text("CREATE TABLE d (x INTEGER);\n")
+    with pytest.raises(StorageError, match="without gaps"):
+        load_migrations(tmp_path)
+    (tmp_path / "0004_four.sql").unlink()
+    (tmp_path / "3_bad.sql").write_text("")
+    with pytest.raises(StorageError, match="NNNN_name"):
+        load_migrations(tmp_path)
+
+
+def test_sqlite_statement_splitting() -> None:
+    script = """
+        -- a comment; with a semicolon
+        CREATE TABLE t (x TEXT DEFAULT 'a;b');
+        CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+            UPDATE t SET x = 'c;d';
+        END;
+        -- trailing comment
+    """
+    statements = split_statements(script)
+    assert len(statements) == 2
+    assert statements[1].endswith("END;")
+    with pytest.raises(StorageError, match="unterminated"):
+        split_statements("CREATE TABLE t (x INTEGER)")
+
+
+async def test_sqlite_injected_connection_in_default_mode_commits(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    # sqlite3's default mode opens transactions implicitly; the store must still commit.
+    async with aiosqlite.connect(path) as conn:
+        store = SqliteStore(conn)
+        async with store:
+            turn = await store.add_turn(new_turn())
+            assert await store.start_job((await store.enqueue_job(new_job())).id)
+            assert await store.delete_user_data(10) == 1
+            await store.add_turn(new_turn(user_id=11))
+        assert not conn.in_transaction
+        # The store did not close a connection it does not own.
+        assert list(await conn.execute_fetchall("SELECT 1")) == [(1,)]
+        async with aiosqlite.connect(path) as other:
+            rows = await other.execute_fetchall("SELECT id, user_id FROM turns")
+            assert list(rows) == [(turn.id + 1, 11)]
+            jobs = await other.execute_fetchall("SELECT status FROM jobs")
+            assert list(jobs) == [("running",)]
+
+
+async def test_sqlite_open_store_closes_its_connection(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/bot.db")
+    await store.close()
+    with pytest.raises(ValueError, match="no active connection|closed"):
+        await store.get_conversation(1)
+
+
+# DATABASE_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///data/bot.db", "data/bot.db"),
+        ("sqlite:////var/lib/bot/bot.db", "/var/lib/bot/bot.db"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite://", ":memory:"),
+        ("sqlite+aiosqlite:///bot.db", "bot.db"),
+        ("SQLITE:///Bot.db", "Bot.db"),
+    ],
+)
+def test_sqlite_urls_follow_sqlalchemy(url: str, path: str) -> None:
+    assert sqlite_path_from_url(url) == path
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://bot:hunter2@db/bot", "not available yet"),
+        ("postgresql+asyncpg://bot:hunter2@db/bot", "not available yet"),
+        ("postgres://bot:hunter2@db/bot", "not available yet"),
+        ("mysql://bot:hunter2@db/bot", "'mysql' is not supported"),
+        ("data/bot.db", "not a database URL"),
+        ("sqlite://data/bot.db", "three slashes"),
+        ("sqlite:///bot.db?mode=ro", "query parameters"),
+    ],
+)
+def test_other_database_urls_are_refused_clearly(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        sqlite_path_from_url(url)
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_open_store_creates_the_folder_for_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with await open_store("sqlite:///data/nested/bot.db") as store:
+        await store.set_guild_config(1, {"engine": "images"})
+    assert (tmp_path / "data" / "nested" / "bot.db").is_file()
+
+
+async def test_open_store_absolute_path_and_memory(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "dir" / "bot.db"
+    async with await open_store(f"sqlite:///{target}") as store:
+        await store.set_user_settings(1, {"a": 1})
+    async with await open_store(f"sqlite:///{target}") as store:
+        assert await store.get_user_settings(1) == {"a": 1}
+    async with await open_store("sqlite:///:memory:") as memory:
+        await memory.set_user_settings(1, {"b": 2})
+        assert await memory.get_user_settings(1) == {"b": 2}
+
+
+async def test_open_store_refuses_postgresql_for_now() -> None:
+    with pytest.raises(ValueError, match="not available yet"):
+        await open_store("postgresql://localhost/bot")
