@@ -1,6 +1,7 @@
 """The storage interface: the `Store` protocol and the frozen records it returns.
 
-Times are unix seconds (UTC) as floats everywhere; the store stamps them from its clock.
+Times are unix seconds (UTC) as floats everywhere. The store stamps them from its clock,
+except a Conversation's, which the caller supplies to `create_conversation`.
 Discord snowflakes are plain ints (they need 64 bits). Dict fields hold JSON-compatible values.
 """
 
@@ -311,7 +312,7 @@ class Store(Protocol):
         ...
 
     async def running_jobs(self) -> list[Job]:
-        """Return the running jobs, oldest first."""
+        """Return the running jobs in the order they were first enqueued."""
         ...
 
     async def interrupt_running_jobs(self) -> list[Job]:

@@ -659,15 +659,15 @@ class SqliteStore:
         return [_job(row) for row in rows]
 
     async def running_jobs(self) -> list[Job]:
-        """Return the running jobs, oldest first."""
+        """Return the running jobs in the order they were first enqueued."""
         rows = await self._rows(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.RUNNING.value,),
         )
         return [_job(row) for row in rows]
 
     async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (at start-up) and return them, oldest first."""
+        """Mark every running job interrupted (at start-up) and return them in enqueue order."""
         rows = await self._write_returning(
             "UPDATE jobs SET status = ?, finished_at = ? WHERE status = ?"
             f" RETURNING {_JOB_COLUMNS}",

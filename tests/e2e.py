@@ -1,0 +1,85 @@
+"""Helpers for end-to-end tests: the bot in-process against both stand-ins, and reading what users see."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from fakes.discord_api import FakeDiscord
+
+
+def png(size: tuple[int, int] = (1024, 1024), color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A one-colour PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def custom_ids(message: dict[str, Any]) -> list[str]:
+    """Every component custom_id of a message."""
+    found: list[str] = []
+    for row in message.get("components") or []:
+        for component in row.get("components") or []:
+            if "custom_id" in component:
+                found.append(component["custom_id"])
+    return found
+
+
+def finals(fake: FakeDiscord, channel_id: Any) -> list[dict[str, Any]]:
+    """Messages in a channel that show a final image (they carry the Reroll button)."""
+    return [m for m in fake.messages(channel_id) if any(c.startswith("img:reroll:") for c in custom_ids(m))]
+
+
+def failures(fake: FakeDiscord, channel_id: Any) -> list[dict[str, Any]]:
+    """Messages in a channel that report a failure (they carry the Retry button)."""
+    return [m for m in fake.messages(channel_id) if any(c.startswith("img:retry:") for c in custom_ids(m))]
+
+
+def ephemeral_texts(fake: FakeDiscord) -> list[str]:
+    """The content of every ephemeral (flag 64) message anywhere."""
+    texts: list[str] = []
+    for channel_id in {m["channel_id"] for t in fake.threads() for m in fake.messages(t["id"])} | {
+        fake.channel["id"]
+    }:
+        texts += [m["content"] for m in fake.messages(channel_id) if int(m.get("flags") or 0) & 64]
+    return texts
+
+
+def button(message: dict[str, Any], action: str) -> str:
+    """The custom_id of the button for `action` on a message."""
+    for custom_id in custom_ids(message):
+        if custom_id.startswith(f"img:{action}:"):
+            return custom_id
+    raise AssertionError(f"no {action} button on message {message['id']}: {custom_ids(message)}")
+
+
+class ErrorLog(logging.Handler):
+    """Collects ERROR records, so a swallowed exception fails the test."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def error_log() -> Iterator[ErrorLog]:
+    handler = ErrorLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+    assert [r.getMessage() for r in handler.records] == []
+
+
+async def no_more(_: AsyncIterator[Any]) -> None:  # pragma: no cover - typing helper
+    return None
