@@ -1,0 +1,131 @@
+"""`python -m bot run` as its own process: restarts keep conversations, buttons and jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes.discord_api import FakeDiscord
+from fakes.openai_api import FakeOpenAI, Timeline
+from tests.conftest import cli_env
+from tests.e2e import button, failures, finals
+
+
+class BotProcess:
+    """One `python -m bot run` process, logging to a file."""
+
+    def __init__(self, discord: FakeDiscord, openai: FakeOpenAI, workdir: Path) -> None:
+        self.discord = discord
+        self.openai = openai
+        self.workdir = workdir
+        self.process: asyncio.subprocess.Process | None = None
+        self.runs = 0
+
+    @property
+    def log(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.workdir.glob("bot-*.log")))
+
+    async def start(self) -> None:
+        sessions = self.discord.gateway_sessions
+        self.runs += 1
+        env = cli_env(
+            self.openai,
+            self.workdir,
+            {
+                "DISCORD_TOKEN": self.discord.token,
+                "DISCORD_API_BASE_URL": self.discord.api_base,
+                "DISCORD_GATEWAY_URL": self.discord.gateway_url,
+                "LOG_LEVEL": "INFO",
+            },
+        )
+        log = (self.workdir / f"bot-{self.runs}.log").open("w")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", cwd=self.workdir, env=env, stdout=log, stderr=log
+        )
+        log.close()
+        await self.discord.wait_for(lambda: self.discord.gateway_sessions > sessions, timeout=30)
+        await self.discord.wait_for(lambda: self.log.count("ready as") >= self.runs, timeout=30)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        async with asyncio.timeout(30):
+            code = await self.process.wait()
+        self.process = None
+        return code
+
+
+@pytest.fixture
+async def stand_ins(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI, BotProcess]]:
+    async with FakeDiscord() as discord, FakeOpenAI() as openai:
+        bot = BotProcess(discord, openai, tmp_path)
+        try:
+            yield discord, openai, bot
+        finally:
+            if bot.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    bot.process.kill()
+                await bot.process.wait()
+        assert "Traceback" not in bot.log, bot.log[-4000:]
+        assert discord.unhandled == []
+
+
+def previous_ids(openai: FakeOpenAI) -> list[Any]:
+    return [r.json.get("previous_response_id") for r in openai.requests if r.path == "/v1/responses" and r.json]
+
+
+async def test_restart_keeps_the_conversation_and_the_buttons(stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess]) -> None:
+    d, openai, bot = stand_ins
+    await bot.start()
+    await d.slash("imagine", {"prompt": "a windmill", "partials": 1})
+    thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=30)
+    first = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=30)
+    first_response = list(openai.stored_responses)[0]
+    assert await bot.stop() == 0
+
+    await bot.start()
+    await d.user_message(thread["id"], "now at sunset")
+    await d.wait_for(lambda: len(finals(d, thread["id"])) >= 2 or None, timeout=30)
+    assert previous_ids(openai)[-1] == first_response
+
+    await d.click(first["id"], button(first, "vary"))
+    await d.wait_for(lambda: len(finals(d, thread["id"])) >= 3 or None, timeout=30)
+    assert previous_ids(openai)[-1] == first_response
+    assert await bot.stop() == 0
+
+
+async def test_a_generation_killed_mid_way_is_reported_interrupted_with_a_working_retry(
+    stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess],
+) -> None:
+    d, openai, bot = stand_ins
+    openai.set_timeline(Timeline(first_partial=0.2, between_partials=0.2, final=30))
+    await bot.start()
+    await d.slash("imagine", {"prompt": "a slow sunrise", "partials": 2})
+    thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=30)
+
+    def partial_shown() -> Any:
+        for message in d.messages(thread["id"]):
+            if any(v.attachments for v in d.versions(message["id"])):
+                return message
+        return None
+
+    progress = await d.wait_for(partial_shown, timeout=30)
+    await bot.stop(signal.SIGKILL)
+
+    openai.set_timeline(Timeline())
+    await bot.start()
+    failed = await d.wait_for(lambda: (failures(d, thread["id"]) or [None])[0], timeout=30)
+    assert failed["id"] == progress["id"]
+    assert "restarted" in failed["content"]
+    await d.click(failed["id"], button(failed, "retry"))
+    final = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=30)
+    assert final["id"] == progress["id"]
+    assert final["attachments"][0]["filename"] == "image.png"
+    assert await bot.stop() == 0
