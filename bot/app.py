@@ -11,12 +11,13 @@ import discord
 import yarl
 from discord import app_commands
 from discord.ext import commands
-from storage.base import Job, Turn
 
 from bot.core.errors import BotError
 from bot.core.studio import Limits, Studio
+from bot.loopmonitor import LoopLagMonitor
 from bot.services import Services, open_services
 from bot.settings import Settings
+from storage.base import Job, Turn
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ async def run_bot(settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
+    monitor = LoopLagMonitor(settings.loop_lag_file) if settings.loop_lag_file else None
+    if monitor is not None:
+        monitor.start()
     try:
         bot = ImagineBot(
             services=services,
@@ -206,4 +210,6 @@ async def run_bot(settings: Settings) -> int:
             await asyncio.gather(runner, return_exceptions=True)
         return 0
     finally:
+        if monitor is not None:
+            await monitor.stop()
         await services_cm.__aexit__(None, None, None)

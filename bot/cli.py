@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.base import NewTurn, NewUsageEntry, TurnStatus
-
 from bot.core import i18n, images
 from bot.core.errors import BadInput, FailureKind
 from bot.core.events import Completed, Failed, Partial, Started
@@ -28,6 +26,7 @@ from bot.core.options import (
 )
 from bot.services import Services, default_options, open_services
 from bot.settings import Settings
+from storage.base import NewTurn, NewUsageEntry, TurnStatus
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,17 @@ class Sandbox:
     services: Services
     settings: Settings
 
-    async def wait_idle(self, timeout: float = 30.0) -> None:
+    async def wait_idle(self, seconds: float = 30.0) -> None:
         """Wait until the bot runs no job."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await self.bot.studio.wait_idle()
 
 
 def sandbox_settings(
-    data_dir: Path, discord: FakeDiscord, openai: FakeOpenAI, overrides: Mapping[str, Any] | None = None
+    data_dir: Path,
+    discord: FakeDiscord,
+    openai: FakeOpenAI,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings that point at the stand-ins and keep the database in `data_dir`."""
     values: dict[str, Any] = {

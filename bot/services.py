@@ -6,14 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from storage.base import Store
-
 from bot.core.costs import PriceTable
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions
 from bot.core.runner import RunnerConfig, TurnRunner
 from bot.settings import Settings
 from storage import open_store
+from storage.base import Store
 
 
 @dataclass(frozen=True, slots=True)

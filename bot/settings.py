@@ -53,3 +53,5 @@ class Settings(BaseSettings):
     prices_json: str | None = None
 
     log_level: str = "INFO"
+    # When set, the event loop's lag is measured and written to this JSON file (bot/loopmonitor.py).
+    loop_lag_file: str | None = None

@@ -9,12 +9,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import discord
-from storage.base import Job, Turn
 
 from bot.core import images
 from bot.core.events import Completed, Failed, Partial, Started
 from bot.core.studio import JobSpec
 from cogs._ui import clip, t
+from storage.base import Job, Turn
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

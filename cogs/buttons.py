@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord.ext import commands
-from storage.base import Turn
 
 from bot.core import images
 from bot.core.errors import BotError
 from bot.core.studio import JobSpec, Requester
 from cogs._ui import reply_error, requester_for_interaction, t
+from storage.base import Turn
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 from discord.ext import commands
-from storage.base import Conversation
 
 from bot.core.errors import BadInput, BotError
 from bot.core.models import MODELS, STANDARD_SIZES
@@ -28,6 +27,7 @@ from cogs._ui import (
     requester_for_message,
     t,
 )
+from storage.base import Conversation
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

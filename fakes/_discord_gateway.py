@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Connection:
     session: GatewaySession | None = None
     writer: asyncio.Task[None] | None = None
     aborted: bool = False
+    # Arrival times (time.monotonic()) of the op 1 heartbeats received on this socket.
+    heartbeats: list[float] = field(default_factory=list)
 
     def send(self, frame: Payload) -> None:
         """Queue a frame; it is written after every frame queued before it."""
@@ -67,9 +70,12 @@ class Connection:
 class Gateway:
     """Serves the gateway websocket and fans dispatch events out to sessions."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, *, heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
         self.world = world
         self.zlib = False
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        # Arrival times (time.monotonic()) of every op 1 heartbeat, all sockets together.
+        self.heartbeats: list[float] = []
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: set[Connection] = set()
         self.identifies = 0
@@ -90,7 +96,12 @@ class Gateway:
         self.connections.add(conn)
         conn.writer = asyncio.create_task(self._write(conn))
         conn.send(
-            {"op": 10, "s": None, "t": None, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}}
+            {
+                "op": 10,
+                "s": None,
+                "t": None,
+                "d": {"heartbeat_interval": self.heartbeat_interval_ms},
+            }
         )
         try:
             async for msg in ws:
@@ -134,6 +145,9 @@ class Gateway:
         op = msg.get("op")
         data: Payload = msg["d"] if isinstance(msg.get("d"), dict) else {}
         if op == 1:
+            now = time.monotonic()
+            conn.heartbeats.append(now)
+            self.heartbeats.append(now)
             conn.send({"op": 11, "s": None, "t": None, "d": None})
         elif op == 2:
             await self._identify(conn, data)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from fakes._discord_gateway import HEARTBEAT_INTERVAL_MS
 from fakes._discord_model import (
     DEFAULT_UPLOAD_LIMIT,
     PRIVILEGED_INTENTS,
@@ -82,12 +83,16 @@ class FakeDiscord(World):
         zlib: bool = False,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
         privileged_intents: Iterable[str] = tuple(PRIVILEGED_INTENTS),
+        heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
     ) -> None:
+        """Create the stand-in; ``heartbeat_interval_ms`` is the interval sent in HELLO."""
         super().__init__(
             token=token, upload_limit=upload_limit, privileged_intents=privileged_intents
         )
         self.gateway.zlib = zlib
+        self.gateway.heartbeat_interval_ms = heartbeat_interval_ms
         self.rest = RestApi(self)
+        self._delays: list[tuple[str, re.Pattern[str], float]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._saved_discord_py: tuple[str, Any] | None = None
@@ -99,7 +104,7 @@ class FakeDiscord(World):
         app = web.Application(client_max_size=1 << 30)
         for path in ("/gateway", "/gateway/", "/"):
             app.router.add_route("GET", path, self.gateway.handle)
-        app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self.rest.handle)
+        app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self._handle_rest)
         app.router.add_route(
             "GET", "/attachments/{channel}/{attachment}/{filename}", self.rest.handle_cdn
         )
@@ -110,6 +115,16 @@ class FakeDiscord(World):
         self.port = int(runner.addresses[0][1])
         self.http_base = f"http://127.0.0.1:{self.port}"
         self.gateway_url = f"ws://127.0.0.1:{self.port}/gateway"
+
+    async def _handle_rest(self, request: web.Request) -> web.StreamResponse:
+        """Serve a REST request, holding the reply back when a delay set by set_delay() matches."""
+        response = await self.rest.handle(request)
+        path = "/" + request.match_info["tail"]
+        for method, pattern, seconds in self._delays:
+            if method in ("*", request.method) and pattern.search(path):
+                await asyncio.sleep(seconds)
+                break
+        return response
 
     async def close(self) -> None:
         """Close every socket, stop listening and undo patch_discord_py()."""
@@ -149,6 +164,11 @@ class FakeDiscord(World):
     def gateway_sessions(self) -> int:
         """Return how many gateway sessions were started (accepted IDENTIFYs)."""
         return self.gateway.identifies
+
+    @property
+    def heartbeats(self) -> list[float]:
+        """Return the arrival times (``time.monotonic()``) of every op 1 heartbeat received."""
+        return self.gateway.heartbeats
 
     @property
     def resumes(self) -> int:
@@ -216,6 +236,18 @@ class FakeDiscord(World):
     def clear_errors(self) -> None:
         """Forget every injected error not used up yet."""
         self.rest.injected.clear()
+
+    def set_delay(self, method: str, path_regex: str, seconds: float) -> None:
+        """Hold back the replies to matching REST requests by ``seconds`` (a slow link or upload).
+
+        The request is handled (and recorded, and any edit applied) on arrival; only the reply
+        waits. ``method`` and ``path_regex`` match as in inject_error(); the first match wins.
+        """
+        self._delays.append((method.upper(), re.compile(path_regex), seconds))
+
+    def clear_delays(self) -> None:
+        """Answer every REST request without delay again."""
+        self._delays.clear()
 
     async def drop_gateway(self, *, resumable: bool = True) -> None:
         """Cut every gateway socket without a close frame; the client RESUMEs (or is refused if not resumable)."""

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 
 async def wait_until(
-    predicate: Callable[[], T | None | bool], *, timeout: float = 10.0, what: str = "condition"
+    predicate: Callable[[], T | bool | None], *, timeout: float = 10.0, what: str = "condition"
 ) -> T:
     """Poll `predicate` until it is truthy (returning its value), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -46,9 +46,15 @@ class CliResult:
     stderr: str
 
 
-def cli_env(fake: FakeOpenAI, tmp_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def cli_env(
+    fake: FakeOpenAI, tmp_path: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """An environment for `python -m bot` against the stand-in, isolated from any local .env."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DISCORD_", "DATABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "DISCORD_", "DATABASE_"))
+    }
     env.update(
         {
             "OPENAI_API_KEY": "sk-test-not-a-real-key-000000",
@@ -84,11 +90,15 @@ async def run_cli(
     communicate = asyncio.ensure_future(process.communicate())
     if while_running is not None:
         watcher = asyncio.ensure_future(while_running())
-        await asyncio.wait({watcher, communicate}, return_when=asyncio.FIRST_COMPLETED, timeout=timeout)
+        await asyncio.wait(
+            {watcher, communicate}, return_when=asyncio.FIRST_COMPLETED, timeout=timeout
+        )
         if not watcher.done():
             watcher.cancel()
-            out, err = await communicate
-            raise AssertionError(f"the process ended first (exit {process.returncode}): {err.decode()[-2000:]}")
+            _out, err = await communicate
+            raise AssertionError(
+                f"the process ended first (exit {process.returncode}): {err.decode()[-2000:]}"
+            )
         watcher.result()
     async with asyncio.timeout(timeout):
         stdout, stderr = await communicate

@@ -32,12 +32,20 @@ def custom_ids(message: dict[str, Any]) -> list[str]:
 
 def finals(fake: FakeDiscord, channel_id: Any) -> list[dict[str, Any]]:
     """Messages in a channel that show a final image (they carry the Reroll button)."""
-    return [m for m in fake.messages(channel_id) if any(c.startswith("img:reroll:") for c in custom_ids(m))]
+    return [
+        m
+        for m in fake.messages(channel_id)
+        if any(c.startswith("img:reroll:") for c in custom_ids(m))
+    ]
 
 
 def failures(fake: FakeDiscord, channel_id: Any) -> list[dict[str, Any]]:
     """Messages in a channel that report a failure (they carry the Retry button)."""
-    return [m for m in fake.messages(channel_id) if any(c.startswith("img:retry:") for c in custom_ids(m))]
+    return [
+        m
+        for m in fake.messages(channel_id)
+        if any(c.startswith("img:retry:") for c in custom_ids(m))
+    ]
 
 
 def ephemeral_texts(fake: FakeDiscord) -> list[str]:

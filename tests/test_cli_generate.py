@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from fakes.openai_api import Fault, FakeOpenAI, Timeline
+from fakes.openai_api import FakeOpenAI, Fault, Timeline
 from tests.conftest import cli_env, run_cli, wait_until
 
 
@@ -21,13 +21,20 @@ def png(size: tuple[int, int] = (1024, 1024), color: tuple[int, int, int] = (200
 
 def difference(a: Path | bytes, b: Path | bytes) -> float:
     """Mean absolute pixel difference of two images (0 = identical)."""
+
     def load(x: Path | bytes) -> Image.Image:
-        return Image.open(x if isinstance(x, Path) else io.BytesIO(x)).convert("RGB").resize((256, 256))
+        return (
+            Image.open(x if isinstance(x, Path) else io.BytesIO(x))
+            .convert("RGB")
+            .resize((256, 256))
+        )
 
     return sum(ImageStat.Stat(ImageChops.difference(load(a), load(b))).mean) / 3
 
 
-async def test_partials_are_written_before_the_final(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_partials_are_written_before_the_final(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake_openai.set_timeline(Timeline(first_partial=0.2, between_partials=0.4, final=0.8))
     out = tmp_path / "out"
     seen: dict[str, bool] = {}
@@ -50,7 +57,11 @@ async def test_partials_are_written_before_the_final(fake_openai: FakeOpenAI, tm
     assert summary["response_id"].startswith("resp_")
     assert summary["cost_usd"] > 0
     assert summary["usage"]["image_output_tokens"] > 0
-    assert summary["files"] == [str(out / "partial-0.png"), str(out / "partial-1.png"), str(out / "image.png")]
+    assert summary["files"] == [
+        str(out / "partial-0.png"),
+        str(out / "partial-1.png"),
+        str(out / "image.png"),
+    ]
     final = Image.open(out / "image.png")
     assert final.size == (1024, 1024)
     assert difference(out / "partial-0.png", out / "image.png") > 0
@@ -63,32 +74,60 @@ async def test_continuation_sends_the_previous_id_and_builds_on_the_parent(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     env = cli_env(fake_openai, tmp_path)
-    first = await run_cli(["generate", "a lighthouse at dusk", "--out", str(tmp_path / "a"), "--partials", "0"], env, tmp_path)
+    first = await run_cli(
+        ["generate", "a lighthouse at dusk", "--out", str(tmp_path / "a"), "--partials", "0"],
+        env,
+        tmp_path,
+    )
     assert first.code == 0, first.stderr
     parent_id = json.loads(first.stdout)["response_id"]
     second = await run_cli(
-        ["generate", "add a full moon", "--out", str(tmp_path / "b"), "--previous-response-id", parent_id, "--partials", "0"],
+        [
+            "generate",
+            "add a full moon",
+            "--out",
+            str(tmp_path / "b"),
+            "--previous-response-id",
+            parent_id,
+            "--partials",
+            "0",
+        ],
         env,
         tmp_path,
     )
     assert second.code == 0, second.stderr
     body = fake_openai.requests[-1].json
     assert body is not None and body["previous_response_id"] == parent_id
-    fresh = await run_cli(["generate", "add a full moon", "--out", str(tmp_path / "c"), "--partials", "0"], env, tmp_path)
+    fresh = await run_cli(
+        ["generate", "add a full moon", "--out", str(tmp_path / "c"), "--partials", "0"],
+        env,
+        tmp_path,
+    )
     assert fresh.code == 0
     child_vs_parent = difference(tmp_path / "b" / "image.png", tmp_path / "a" / "image.png")
     fresh_vs_parent = difference(tmp_path / "c" / "image.png", tmp_path / "a" / "image.png")
     assert child_vs_parent < fresh_vs_parent / 2
 
 
-async def test_images_engine_continues_from_the_stored_parent_image(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_images_engine_continues_from_the_stored_parent_image(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     env = cli_env(fake_openai, tmp_path, {"ENGINE": "images"})
-    first = await run_cli(["generate", "a teapot", "--out", str(tmp_path / "a"), "--partials", "1"], env, tmp_path)
+    first = await run_cli(
+        ["generate", "a teapot", "--out", str(tmp_path / "a"), "--partials", "1"], env, tmp_path
+    )
     assert first.code == 0, first.stderr
     assert fake_openai.requests[-1].path == "/v1/images/generations"
     parent_id = json.loads(first.stdout)["response_id"]
     second = await run_cli(
-        ["generate", "make it blue", "--out", str(tmp_path / "b"), "--previous-response-id", parent_id],
+        [
+            "generate",
+            "make it blue",
+            "--out",
+            str(tmp_path / "b"),
+            "--previous-response-id",
+            parent_id,
+        ],
         env,
         tmp_path,
     )
@@ -100,7 +139,9 @@ async def test_images_engine_continues_from_the_stored_parent_image(fake_openai:
     assert "mainline" not in json.dumps(json.loads(second.stdout)["usage"])
 
 
-async def test_reference_images_and_mask_go_in_the_right_fields(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_reference_images_and_mask_go_in_the_right_fields(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     ref1, ref2, mask = tmp_path / "ref1.png", tmp_path / "ref2.png", tmp_path / "mask.png"
     ref1.write_bytes(png())
     ref2.write_bytes(png(color=(20, 200, 20)))
@@ -108,7 +149,18 @@ async def test_reference_images_and_mask_go_in_the_right_fields(fake_openai: Fak
     mask_image.paste(255, (0, 0, 512, 512))
     mask_image.save(mask)
     env = cli_env(fake_openai, tmp_path)
-    args = ["generate", "put a hat on it", "--image", str(ref1), "--image", str(ref2), "--mask", str(mask), "--partials", "0"]
+    args = [
+        "generate",
+        "put a hat on it",
+        "--image",
+        str(ref1),
+        "--image",
+        str(ref2),
+        "--mask",
+        str(mask),
+        "--partials",
+        "0",
+    ]
     result = await run_cli([*args, "--out", str(tmp_path / "r")], env, tmp_path)
     assert result.code == 0, result.stderr
     body = fake_openai.requests[-1].json
@@ -121,7 +173,9 @@ async def test_reference_images_and_mask_go_in_the_right_fields(fake_openai: Fak
     # Only the masked (top-left) quarter changed.
     out = Image.open(tmp_path / "r" / "image.png").convert("RGB")
     original = Image.open(ref1).convert("RGB")
-    untouched = ImageChops.difference(out.crop((600, 600, 1024, 1024)), original.crop((600, 600, 1024, 1024)))
+    untouched = ImageChops.difference(
+        out.crop((600, 600, 1024, 1024)), original.crop((600, 600, 1024, 1024))
+    )
     assert max(ImageStat.Stat(untouched).mean) < 3
 
     images_env = cli_env(fake_openai, tmp_path, {"ENGINE": "images"})
@@ -137,7 +191,16 @@ async def test_reference_images_and_mask_go_in_the_right_fields(fake_openai: Fak
 
 async def test_transparent_output_has_alpha(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     result = await run_cli(
-        ["generate", "a sticker of a cat", "--background", "transparent", "--partials", "0", "--out", str(tmp_path / "t")],
+        [
+            "generate",
+            "a sticker of a cat",
+            "--background",
+            "transparent",
+            "--partials",
+            "0",
+            "--out",
+            str(tmp_path / "t"),
+        ],
         cli_env(fake_openai, tmp_path),
         tmp_path,
     )
@@ -209,8 +272,14 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("flags", "words"), BAD_INPUTS)
-async def test_bad_options_cost_nothing(fake_openai: FakeOpenAI, tmp_path: Path, flags: list[str], words: str) -> None:
-    result = await run_cli(["generate", "a cat", "--out", str(tmp_path / "o"), *flags], cli_env(fake_openai, tmp_path), tmp_path)
+async def test_bad_options_cost_nothing(
+    fake_openai: FakeOpenAI, tmp_path: Path, flags: list[str], words: str
+) -> None:
+    result = await run_cli(
+        ["generate", "a cat", "--out", str(tmp_path / "o"), *flags],
+        cli_env(fake_openai, tmp_path),
+        tmp_path,
+    )
     assert result.code == 2
     assert words in result.stderr
     assert fake_openai.requests == []
@@ -230,9 +299,13 @@ async def test_bad_files_cost_nothing(fake_openai: FakeOpenAI, tmp_path: Path) -
         (["--mask", str(mask)], "mask needs an image"),
     ]
     for flags, words in cases:
-        result = await run_cli(["generate", "a cat", "--out", str(tmp_path / "o"), *flags], env, tmp_path)
+        result = await run_cli(
+            ["generate", "a cat", "--out", str(tmp_path / "o"), *flags], env, tmp_path
+        )
         assert result.code == 2, (flags, result.stderr)
         assert words in result.stderr, (flags, result.stderr)
-    long_prompt = await run_cli(["generate", "x" * 32_001, "--out", str(tmp_path / "o")], env, tmp_path)
+    long_prompt = await run_cli(
+        ["generate", "x" * 32_001, "--out", str(tmp_path / "o")], env, tmp_path
+    )
     assert long_prompt.code == 2 and "32,000" in long_prompt.stderr
     assert fake_openai.requests == []

@@ -28,9 +28,13 @@ def test_output_token_table(size: str, quality: str, tokens: int) -> None:
 
 def test_cost_of_an_image_model_turn() -> None:
     prices = PriceTable()
-    usage = Usage(image_input_text_tokens=1000, image_input_tokens=1000, image_output_tokens=1_000_000)
+    usage = Usage(
+        image_input_text_tokens=1000, image_input_tokens=1000, image_output_tokens=1_000_000
+    )
     # gpt-image-1.5: $5 text in (not listed → family default), $8 image in, $32 image out per 1M.
-    assert prices.cost(usage, model="gpt-image-1.5", engine="images") == pytest.approx(0.005 + 0.008 + 32.0)
+    assert prices.cost(usage, model="gpt-image-1.5", engine="images") == pytest.approx(
+        0.005 + 0.008 + 32.0
+    )
 
 
 def test_responses_engine_adds_mainline_tokens_and_images_engine_does_not() -> None:
@@ -46,7 +50,12 @@ def test_snapshot_names_cost_what_their_family_costs() -> None:
 
 
 def test_overrides_from_json() -> None:
-    text = json.dumps({"images": {"gpt-image-2": {"text_input": 1, "image_input": 2, "image_output": 3}}, "mainline_output": 20})
+    text = json.dumps(
+        {
+            "images": {"gpt-image-2": {"text_input": 1, "image_input": 2, "image_output": 3}},
+            "mainline_output": 20,
+        }
+    )
     prices = PriceTable.from_json(text)
     assert prices.images["gpt-image-2"].image_output == 3.0
     assert prices.mainline_output == 20.0
@@ -54,7 +63,11 @@ def test_overrides_from_json() -> None:
 
 
 def test_estimate_is_cautious_for_auto_quality_and_counts_partials() -> None:
-    auto = estimate_usage(ImageOptions(quality="auto", partials=2), prompt="a cat", input_images=1, engine="responses")
+    auto = estimate_usage(
+        ImageOptions(quality="auto", partials=2), prompt="a cat", input_images=1, engine="responses"
+    )
     assert auto.image_output_tokens == 4160 + 200
     assert auto.image_input_tokens == 194
-    assert PriceTable().estimate(ImageOptions(), prompt="a cat", input_images=0, engine="images") > 0
+    assert (
+        PriceTable().estimate(ImageOptions(), prompt="a cat", input_images=0, engine="images") > 0
+    )

@@ -12,7 +12,8 @@ from PIL import Image
 
 from bot.sandbox import Sandbox, sandbox
 from fakes.openai_api import Timeline
-from tests.e2e import button, custom_ids, error_log, failures, finals, png  # noqa: F401
+from tests.e2e import button, custom_ids, failures, finals, png  # noqa: F401
+from tests.e2e import error_log as error_log
 
 TIMELINE = Timeline(first_partial=0.15, between_partials=0.15, final=0.15)
 
@@ -29,13 +30,16 @@ def responses_requests(box: Sandbox) -> list[dict[str, Any]]:
     return [r.json for r in box.openai.requests if r.path == "/v1/responses" and r.json is not None]
 
 
-async def imagine(box: Sandbox, prompt: str, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+async def imagine(
+    box: Sandbox, prompt: str, **options: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run /imagine in the default channel; return its thread and the final image message."""
     d = box.discord
     before = {t["id"] for t in d.threads(d.channel["id"])}
     await d.slash("imagine", {"prompt": prompt, **options})
     thread = await d.wait_for(
-        lambda: next((t for t in d.threads(d.channel["id"]) if t["id"] not in before), None), timeout=15
+        lambda: next((t for t in d.threads(d.channel["id"]) if t["id"] not in before), None),
+        timeout=15,
     )
     final = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=15)
     return thread, final
@@ -44,7 +48,9 @@ async def imagine(box: Sandbox, prompt: str, **options: Any) -> tuple[dict[str, 
 async def next_final(box: Sandbox, channel_id: Any, count: int) -> dict[str, Any]:
     """Wait for the `count`-th final image in a channel."""
     d = box.discord
-    found = await d.wait_for(lambda: finals(d, channel_id) if len(finals(d, channel_id)) >= count else None, timeout=15)
+    found = await d.wait_for(
+        lambda: finals(d, channel_id) if len(finals(d, channel_id)) >= count else None, timeout=15
+    )
     return found[count - 1]
 
 
@@ -64,14 +70,22 @@ async def test_imagine_streams_partials_into_one_message_before_the_final(box: S
     partial = Image.open(io.BytesIO(shown[0].attachments[0].data))
     full = Image.open(io.BytesIO(shown[-1].attachments[0].data))
     assert partial.size == full.size == (1024, 1024)
-    assert [c.split(":")[1] for c in custom_ids(final)] == ["reroll", "vary", "edit", "region", "delete"]
+    assert [c.split(":")[1] for c in custom_ids(final)] == [
+        "reroll",
+        "vary",
+        "edit",
+        "region",
+        "delete",
+    ]
     assert "gpt-image-2.6-sunburst" in final["content"] and "$" in final["content"]
     body = responses_requests(box)[-1]
     assert body["tools"][0]["partial_images"] == 2
     assert "previous_response_id" not in body
 
 
-async def test_thread_messages_continue_the_latest_response_and_chain_in_order(box: Sandbox) -> None:
+async def test_thread_messages_continue_the_latest_response_and_chain_in_order(
+    box: Sandbox,
+) -> None:
     d = box.discord
     thread, _ = await imagine(box, "a cabin in the woods")
     first_id = box.openai.requests[-1].json and responses_requests(box)[-1]
@@ -95,7 +109,7 @@ async def test_a_reply_to_an_earlier_image_branches_from_it(box: Sandbox) -> Non
     thread, first = await imagine(box, "a red car")
     await d.user_message(thread["id"], "make it blue")
     await next_final(box, thread["id"], 2)
-    first_response = list(box.openai.stored_responses)[0]
+    first_response = next(iter(box.openai.stored_responses))
     await d.user_message(thread["id"], "make it green instead", reply_to=first["id"])
     await next_final(box, thread["id"], 3)
     assert responses_requests(box)[-1]["previous_response_id"] == first_response
@@ -109,7 +123,9 @@ async def test_reference_images_and_a_mask_from_a_thread_message(box: Sandbox) -
     buffer = io.BytesIO()
     mask.save(buffer, "PNG")
     await d.user_message(
-        thread["id"], "put this vase on it", files=[("vase.png", png()), ("mask.png", buffer.getvalue())]
+        thread["id"],
+        "put this vase on it",
+        files=[("vase.png", png()), ("mask.png", buffer.getvalue())],
     )
     await next_final(box, thread["id"], 2)
     body = responses_requests(box)[-1]
@@ -121,7 +137,7 @@ async def test_reference_images_and_a_mask_from_a_thread_message(box: Sandbox) -
 async def test_buttons_reroll_vary_edit_region_delete(box: Sandbox) -> None:
     d = box.discord
     thread, first = await imagine(box, "a castle on a hill", partials=1)
-    first_response = list(box.openai.stored_responses)[0]
+    first_response = next(iter(box.openai.stored_responses))
 
     await d.click(first["id"], button(first, "reroll"))
     await next_final(box, thread["id"], 2)
@@ -142,7 +158,14 @@ async def test_buttons_reroll_vary_edit_region_delete(box: Sandbox) -> None:
 
     await d.click(first["id"], button(first, "region"))
     picker = await d.wait_for(
-        lambda: next((m for m in d.messages(thread["id"]) if any(c.startswith("img:cells:") for c in custom_ids(m))), None)
+        lambda: next(
+            (
+                m
+                for m in d.messages(thread["id"])
+                if any(c.startswith("img:cells:") for c in custom_ids(m))
+            ),
+            None,
+        )
     )
     assert picker["attachments"][0]["filename"] == "grid.png"
     chosen = await d.select(picker["id"], custom_ids(picker)[0], ["1", "2"])
@@ -155,7 +178,11 @@ async def test_buttons_reroll_vary_edit_region_delete(box: Sandbox) -> None:
 
     stranger = d.add_user("mallory")
     await d.click(first["id"], button(first, "delete"), user=stranger)
-    await d.wait_for(lambda: any("⚠️" in m["content"] for m in d.messages(thread["id"]) if int(m.get("flags") or 0) & 64))
+    await d.wait_for(
+        lambda: any(
+            "⚠️" in m["content"] for m in d.messages(thread["id"]) if int(m.get("flags") or 0) & 64
+        )
+    )
     assert d.message(first["id"])
     await d.click(first["id"], button(first, "delete"))
     await d.wait_for(lambda: all(m["id"] != first["id"] for m in d.messages(thread["id"])))
@@ -163,14 +190,14 @@ async def test_buttons_reroll_vary_edit_region_delete(box: Sandbox) -> None:
 
 async def test_a_crafted_custom_id_cannot_act_on_another_channels_image(box: Sandbox) -> None:
     d = box.discord
-    thread_a, final_a = await imagine(box, "picture one")
+    _thread_a, final_a = await imagine(box, "picture one")
     thread_b, final_b = await imagine(box, "picture two")
     requests_before = len(responses_requests(box))
     turn_a = button(final_a, "reroll").split(":")[2]
     # Mallory re-labels a button in thread B with the id of a turn in thread A.
     forged = d.message(final_b["id"])
     forged["components"][0]["components"][0]["custom_id"] = f"img:reroll:{turn_a}"
-    record = d._messages[int(final_b["id"])]  # noqa: SLF001 - rewriting what the client sends
+    record = d._messages[int(final_b["id"])]
     record.components = forged["components"]
     await d.click(final_b["id"], f"img:reroll:{turn_a}")
     await d.wait_for(lambda: any("⚠️" in m["content"] for m in d.messages(thread_b["id"])))
@@ -182,7 +209,9 @@ async def test_imagine_inside_a_bot_thread_continues_it(box: Sandbox) -> None:
     thread, _ = await imagine(box, "a garden")
     await d.slash("imagine", {"prompt": "add a pond"}, channel_id=thread["id"])
     await next_final(box, thread["id"], 2)
-    assert responses_requests(box)[-1]["previous_response_id"] == list(box.openai.stored_responses)[0]
+    assert responses_requests(box)[-1]["previous_response_id"] == next(
+        iter(box.openai.stored_responses)
+    )
     assert len(d.threads(d.channel["id"])) == 1
 
 
@@ -193,7 +222,9 @@ async def test_direct_messages_are_one_conversation(box: Sandbox) -> None:
     await next_final(box, dm["id"], 1)
     await d.user_message(dm["id"], "make it sail at sunset")
     await next_final(box, dm["id"], 2)
-    assert responses_requests(box)[-1]["previous_response_id"] == list(box.openai.stored_responses)[0]
+    assert responses_requests(box)[-1]["previous_response_id"] == next(
+        iter(box.openai.stored_responses)
+    )
 
 
 async def test_without_thread_permission_the_image_is_posted_in_the_channel(box: Sandbox) -> None:
@@ -204,7 +235,9 @@ async def test_without_thread_permission_the_image_is_posted_in_the_channel(box:
     assert d.threads(d.channel["id"]) == []
     await d.user_message(d.channel["id"], "add a swing", reply_to=final["id"])
     await next_final(box, d.channel["id"], 2)
-    assert responses_requests(box)[-1]["previous_response_id"] == list(box.openai.stored_responses)[0]
+    assert responses_requests(box)[-1]["previous_response_id"] == next(
+        iter(box.openai.stored_responses)
+    )
 
 
 async def test_bad_input_gets_a_clear_message_and_costs_nothing(box: Sandbox) -> None:
@@ -213,14 +246,20 @@ async def test_bad_input_gets_a_clear_message_and_costs_nothing(box: Sandbox) ->
     await d.wait_for(lambda: any("jpeg" in m["content"] for m in d.messages(d.channel["id"])))
     await d.slash("imagine", {"prompt": "a cat", "model": "dall-e-3"})
     await d.wait_for(lambda: any("retired" in m["content"] for m in d.messages(d.channel["id"])))
-    await d.slash("imagine", {"prompt": "a cat"}, attachments={"image": ("notes.png", b"just text")})
-    await d.wait_for(lambda: any("not an image" in m["content"].lower() for m in d.messages(d.channel["id"])))
+    await d.slash(
+        "imagine", {"prompt": "a cat"}, attachments={"image": ("notes.png", b"just text")}
+    )
+    await d.wait_for(
+        lambda: any("not an image" in m["content"].lower() for m in d.messages(d.channel["id"]))
+    )
     assert box.openai.requests == []
     assert d.threads(d.channel["id"]) == []
 
 
 async def test_a_job_that_outlives_the_interaction_token_still_arrives(tmp_path: Path) -> None:
-    async with sandbox(tmp_path, timeline=Timeline(first_partial=0.5, between_partials=0.2, final=0.2)) as box:
+    async with sandbox(
+        tmp_path, timeline=Timeline(first_partial=0.5, between_partials=0.2, final=0.2)
+    ) as box:
         d = box.discord
         interaction = await d.slash("imagine", {"prompt": "a slow painting"})
         thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)

@@ -78,16 +78,22 @@ async def stand_ins(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, FakeOpen
 
 
 def previous_ids(openai: FakeOpenAI) -> list[Any]:
-    return [r.json.get("previous_response_id") for r in openai.requests if r.path == "/v1/responses" and r.json]
+    return [
+        r.json.get("previous_response_id")
+        for r in openai.requests
+        if r.path == "/v1/responses" and r.json
+    ]
 
 
-async def test_restart_keeps_the_conversation_and_the_buttons(stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess]) -> None:
+async def test_restart_keeps_the_conversation_and_the_buttons(
+    stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess],
+) -> None:
     d, openai, bot = stand_ins
     await bot.start()
     await d.slash("imagine", {"prompt": "a windmill", "partials": 1})
     thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=30)
     first = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=30)
-    first_response = list(openai.stored_responses)[0]
+    first_response = next(iter(openai.stored_responses))
     assert await bot.stop() == 0
 
     await bot.start()

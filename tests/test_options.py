@@ -41,7 +41,9 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize(("changes", "key"), BAD_OPTIONS)
-def test_bad_options_are_rejected_with_their_own_message(changes: dict[str, object], key: str) -> None:
+def test_bad_options_are_rejected_with_their_own_message(
+    changes: dict[str, object], key: str
+) -> None:
     with pytest.raises(BadInput) as caught:
         validate_options(ImageOptions().merged(changes))
     assert caught.value.key == key
@@ -94,7 +96,9 @@ def test_request_level_checks() -> None:
         validate_request(TurnRequest(prompt="p", options=ImageOptions(), mask=b"m"))
     assert mask_only.value.key == "bad.mask_without_image"
     validate_request(TurnRequest(prompt="p", options=ImageOptions(), mask=b"m", images=(image,)))
-    validate_request(TurnRequest(prompt="p", options=ImageOptions(), mask=b"m", previous_response_id="resp_1"))
+    validate_request(
+        TurnRequest(prompt="p", options=ImageOptions(), mask=b"m", previous_response_id="resp_1")
+    )
     with pytest.raises(BadInput) as many:
         validate_request(TurnRequest(prompt="p", options=ImageOptions(), images=(image,) * 17))
     assert many.value.key == "bad.too_many_images"

@@ -80,7 +80,9 @@ async def test_events_in_order_and_priced() -> None:
     assert [type(e) for e in events] == [Started, Partial, Partial, Completed]
     final = events[-1]
     assert isinstance(final, Completed)
-    assert final.cost == PriceTable().cost(Usage(image_output_tokens=1000), model="gpt-image-2", engine="responses")
+    assert final.cost == PriceTable().cost(
+        Usage(image_output_tokens=1000), model="gpt-image-2", engine="responses"
+    )
     assert final.cost > 0
 
 
@@ -123,7 +125,9 @@ async def test_forgotten_conversation_without_an_image_fails_clearly() -> None:
     async def nothing() -> tuple[InputImage, str] | None:
         return None
 
-    events = await collect(TurnRunner(backend, PriceTable()), request(previous_response_id="x"), reseed=nothing)
+    events = await collect(
+        TurnRunner(backend, PriceTable()), request(previous_response_id="x"), reseed=nothing
+    )
     assert isinstance(events[-1], Failed) and events[-1].kind is FailureKind.CONTEXT_EXPIRED
 
 
@@ -164,6 +168,8 @@ async def test_upload_failure_is_reported_not_raised() -> None:
         async def upload_file(self, image: InputImage) -> str:
             raise TurnFailure(Failed(FailureKind.AUTH, "fail.auth"))
 
-    runner = TurnRunner(FailingUpload(), PriceTable(), files=MemoryFiles(), config=RunnerConfig(use_files_api=True))
+    runner = TurnRunner(
+        FailingUpload(), PriceTable(), files=MemoryFiles(), config=RunnerConfig(use_files_api=True)
+    )
     events = await collect(runner, request(images=(IMAGE,)))
     assert len(events) == 1 and isinstance(events[0], Failed) and events[0].kind is FailureKind.AUTH

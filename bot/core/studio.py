@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from storage.base import Conversation, Job, NewJob, NewTurn, NewUsageEntry, Store, Turn, TurnStatus
-
 from bot.core.costs import PriceTable
 from bot.core.errors import BadInput, BotError, FailureKind
 from bot.core.events import Completed, Failed, Partial, Queued, Started
@@ -30,6 +28,17 @@ from bot.core.options import (
     validate_request,
 )
 from bot.core.runner import TurnRunner
+from storage.base import (
+    Conversation,
+    Job,
+    JobStatus,
+    NewJob,
+    NewTurn,
+    NewUsageEntry,
+    Store,
+    Turn,
+    TurnStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +218,7 @@ class Studio:
         self._busy_channels: set[int] = set()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Future[None]] = set()
         self._closing = False
 
     # --- configuration ------------------------------------------------------------------
@@ -381,7 +391,15 @@ class Studio:
 
     async def recover(self) -> tuple[list[Job], list[Job]]:
         """At start-up: report jobs that were running as interrupted, and resume queued ones."""
-        interrupted = await self.store.interrupt_running_jobs()
+        interrupted = []
+        for job in await self.store.interrupt_running_jobs():
+            if job.progress_message_id is not None and (
+                await self.store.get_turn_by_message(job.progress_message_id)
+            ):
+                # The final image was posted just before the stop: the job is done.
+                await self.store.finish_job(job.id, JobStatus.DONE)
+                continue
+            interrupted.append(job)
         for job in interrupted:
             sink = await self._sink_factory(job)
             try:
@@ -445,7 +463,7 @@ class Studio:
             raise
         except Exception as exc:
             log.exception("job %s crashed", job.id)
-            await self.store.finish_job(job.id, "failed", error=repr(exc))
+            await self.store.finish_job(job.id, JobStatus.FAILED, error=repr(exc))
             try:
                 await waiting.sink.failed(
                     Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc)), job
@@ -523,7 +541,7 @@ class Studio:
         try:
             request, engine, parent = await self.build_request(job)
         except BotError as exc:
-            await self.store.finish_job(job.id, "failed", error=exc.key)
+            await self.store.finish_job(job.id, JobStatus.FAILED, error=exc.key)
             await sink.failed(Failed(FailureKind.BAD_REQUEST, exc.key, dict(exc.params)), job)
             return
 
@@ -540,10 +558,15 @@ class Studio:
             elif isinstance(event, Partial):
                 await sink.partial(event)
             elif isinstance(event, Completed):
-                await self._complete(job, sink, request, event)
+                # Once the image exists, posting and recording it must not be cut in half by a
+                # shutdown: the finishing work runs to its end even if the job is cancelled.
+                finishing = asyncio.ensure_future(self._complete(job, sink, request, event))
+                self._finishing.add(finishing)
+                finishing.add_done_callback(self._finishing.discard)
+                await asyncio.shield(finishing)
                 return
             else:
-                await self.store.finish_job(job.id, "failed", error=event.kind.value)
+                await self.store.finish_job(job.id, JobStatus.FAILED, error=event.kind.value)
                 await sink.failed(event, job)
                 return
 
@@ -593,20 +616,27 @@ class Studio:
             await self.store.advance_conversation(
                 job.channel_id, response_id=done.response_id, message_id=message_id
             )
-        await self.store.finish_job(job.id, "done")
+        await self.store.finish_job(job.id, JobStatus.DONE)
 
     async def wait_idle(self) -> None:
         """Wait until no job runs (tests, shutdown); wrap in asyncio.timeout for a deadline."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def close(self) -> None:
-        """Stop starting jobs; cancel the running ones (they are reported as interrupted next start)."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop starting jobs; give running ones `grace` seconds, then cancel them.
+
+        A cancelled job stays `running` in storage and is reported as interrupted (with Retry)
+        at the next start; one whose image already arrived is posted and recorded first.
+        """
         self._closing = True
         tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*list(self._finishing), return_exceptions=True)
 
     @property
     def running(self) -> int:
