@@ -119,8 +119,8 @@ def output_tokens(size: str, quality: str) -> int:
 
 
 def estimate_usage(options: ImageOptions, *, prompt: str, input_images: int, engine: str) -> Usage:
-    """The usage a turn is expected to report; `auto` quality is estimated as `high` (cautious)."""
-    quality = "high" if options.quality == "auto" else options.quality
+    """The usage a turn is expected to report (`auto` quality is estimated as `medium`, its usual pick)."""
+    quality = "medium" if options.quality == "auto" else options.quality
     text_tokens = math.ceil(len(prompt) / 4)
     return Usage(
         input_tokens=text_tokens + 50 if engine == "responses" else 0,
