@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,9 @@ async def size_autocomplete(
     """Sizes that start with what was typed (a typed free size is offered as is)."""
     sizes = ["auto", *STANDARD_SIZES, *EXTRA_SIZES]
     found = [s for s in sizes if s.startswith(current.lower())]
-    if current and current.lower() not in found:
-        found.insert(0, current.lower())
+    typed = current.strip().lower()
+    if re.fullmatch(r"\d{2,4}x\d{2,4}", typed) and typed not in found:
+        found.insert(0, typed)
     return [app_commands.Choice(name=s, value=s) for s in found[:25]]
 
 

@@ -309,3 +309,56 @@ async def test_bad_files_cost_nothing(fake_openai: FakeOpenAI, tmp_path: Path) -
     )
     assert long_prompt.code == 2 and "32,000" in long_prompt.stderr
     assert fake_openai.requests == []
+
+
+async def test_files_api_uploads_a_reference_once_and_reuses_it(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    ref = tmp_path / "ref.png"
+    ref.write_bytes(png())
+    env = cli_env(fake_openai, tmp_path, {"USE_FILES_API": "true"})
+    for out in ("a", "b"):
+        result = await run_cli(
+            [
+                "generate",
+                "use this",
+                "--image",
+                str(ref),
+                "--partials",
+                "0",
+                "--out",
+                str(tmp_path / out),
+            ],
+            env,
+            tmp_path,
+        )
+        assert result.code == 0, result.stderr
+    uploads = [r for r in fake_openai.requests if r.path == "/v1/files"]
+    assert len(uploads) == 1
+    assert uploads[0].form["purpose"] == "vision"
+    bodies = [r.json for r in fake_openai.requests if r.path == "/v1/responses" and r.json]
+    file_ids = [b["input"][0]["content"][1].get("file_id") for b in bodies]
+    assert file_ids[0] == file_ids[1] and file_ids[0] in fake_openai.files
+
+
+async def test_doctor_checks_everything_in_plain_words(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    from fakes.discord_api import FakeDiscord
+
+    async with FakeDiscord() as discord:
+        env = cli_env(
+            fake_openai,
+            tmp_path,
+            {"DISCORD_TOKEN": discord.token, "DISCORD_API_BASE_URL": discord.api_base},
+        )
+        good = await run_cli(["doctor"], env, tmp_path)
+        assert good.code == 0, good.stdout + good.stderr
+        assert good.stdout.count("[ok]") == 3 and "all good" in good.stdout
+        bad = await run_cli(["doctor"], {**env, "DISCORD_TOKEN": "wrong-token-123456"}, tmp_path)
+        assert bad.code == 1
+        assert "[FAIL] discord" in bad.stdout and "wrong-token" not in bad.stdout + bad.stderr
+    missing = await run_cli(
+        ["doctor"], {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}, tmp_path
+    )
+    assert "[FAIL] openai: OPENAI_API_KEY is not set" in missing.stdout

@@ -267,3 +267,14 @@ async def test_a_job_that_outlives_the_interaction_token_still_arrives(tmp_path:
         await next_final(box, thread["id"], 1)
         statuses = [r.status for r in d.requests]
         assert 401 not in statuses and 404 not in statuses
+
+
+async def test_autocomplete_offers_sizes_and_models(box: Sandbox) -> None:
+    d = box.discord
+    sizes = await d.autocomplete("imagine", {"prompt": "x", "size": "15"}, "size")
+    assert [c["value"] for c in sizes] == ["1536x1024", "1536x864"]
+    typed = await d.autocomplete("imagine", {"prompt": "x", "size": "2048x1152"}, "size")
+    assert typed[0]["value"] == "2048x1152"
+    models = await d.autocomplete("imagine", {"prompt": "x", "model": "mini"}, "model")
+    assert [c["value"] for c in models] == ["gpt-image-1-mini"]
+    assert len(await d.autocomplete("imagine", {"prompt": "x", "model": ""}, "model")) <= 25
