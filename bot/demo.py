@@ -106,7 +106,7 @@ async def play(box: Sandbox, out: Path) -> Transcript:
         "imagine", {"prompt": "a lighthouse on a cliff at dusk, oil painting", "partials": 2}
     )
     thread = await fake.wait_for(
-        lambda: (fake.threads(fake.channel["id"]) or [None])[0], timeout=60
+        lambda: next(iter(fake.threads(fake.channel["id"])), None), timeout=60
     )
     transcript.lines.append(f"The bot opened the thread **{thread['name']}**.\n")
     first = await _final(box, thread["id"], 1)
