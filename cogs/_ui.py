@@ -137,11 +137,29 @@ async def reply_error(
     message = "⚠️ " + message[:1900]
     try:
         if interaction.response.is_done():
+            await _drop_thinking(interaction)
             await interaction.followup.send(message, ephemeral=True)
         else:
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException:
         log.warning("could not send an error reply for interaction %s", interaction.id)
+
+
+async def _drop_thinking(interaction: discord.Interaction[Any]) -> None:
+    """Delete a public "thinking…" message that nothing has filled in yet.
+
+    Discord turns the first follow-up after a deferred response into an edit of that message,
+    keeping its visibility and ignoring `ephemeral`: without this, an error meant for one user
+    would be shown to the whole channel.
+    """
+    if interaction.response.type is not discord.InteractionResponseType.deferred_channel_message:
+        return
+    try:
+        original = await interaction.original_response()
+        if original.flags.loading and not original.flags.ephemeral:
+            await original.delete()
+    except discord.HTTPException:
+        log.info("could not remove the thinking message of interaction %s", interaction.id)
 
 
 def clip(text: str, limit: int) -> str:

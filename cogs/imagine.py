@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -14,7 +15,7 @@ from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
 from bot.core.models import MODELS, STANDARD_SIZES
-from bot.core.options import validate_prompt
+from bot.core.options import InputImage, validate_prompt
 from bot.core.studio import JobSpec, Requester
 from cogs._translator import L, choices
 from cogs._ui import (
@@ -255,6 +256,8 @@ class ImagineCog(commands.Cog):
             await self._start(interaction, spec, requester)
         except BotError as exc:
             await reply_error(interaction, exc.localized(requester.locale))
+            return
+        await _tell_conversions(interaction.followup.send, images, requester.locale, ephemeral=True)
 
     @app_commands.command(name=L("cmd.edit.name"), description=L("cmd.edit.desc"))
     @app_commands.rename(
@@ -324,6 +327,8 @@ class ImagineCog(commands.Cog):
             await self._start(interaction, spec, requester)
         except BotError as exc:
             await reply_error(interaction, exc.localized(requester.locale))
+            return
+        await _tell_conversions(interaction.followup.send, images, requester.locale, ephemeral=True)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -361,6 +366,8 @@ class ImagineCog(commands.Cog):
                 await message.reply("⚠️ " + exc.localized(requester.locale), mention_author=False)
             except discord.HTTPException:
                 log.warning("could not answer message %s", message.id)
+            return
+        await _tell_conversions(message.reply, spec.images, requester.locale, mention_author=False)
 
     async def _spec_from_message(
         self, message: discord.Message, requester: Requester, parent_turn: Any
@@ -409,6 +416,19 @@ class ImagineCog(commands.Cog):
         return JobSpec(
             kind="message", prompt=prompt, images=tuple(images), mask=mask, parent="latest"
         )
+
+
+async def _tell_conversions(
+    send: Any, images: Sequence[InputImage], locale: str, **kwargs: Any
+) -> None:
+    """Say which accepted images were converted (CMYK, 16-bit, format...) before being sent."""
+    keys = list(dict.fromkeys(image.note for image in images if image.note))
+    if not keys:
+        return
+    try:
+        await send("ℹ️ " + " ".join(t(locale, key) for key in keys), **kwargs)
+    except discord.HTTPException:
+        log.warning("could not tell about converted input images")
 
 
 def _moved(requester: Requester, channel_id: int) -> Requester:

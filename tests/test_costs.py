@@ -62,11 +62,11 @@ def test_overrides_from_json() -> None:
     assert prices.images["gpt-image-1.5"].image_output == 32.0
 
 
-def test_estimate_is_cautious_for_auto_quality_and_counts_partials() -> None:
+def test_estimate_counts_auto_as_medium_and_counts_partials() -> None:
     auto = estimate_usage(
         ImageOptions(quality="auto", partials=2), prompt="a cat", input_images=1, engine="responses"
     )
-    assert auto.image_output_tokens == 4160 + 200
+    assert auto.image_output_tokens == 1056 + 200
     assert auto.image_input_tokens == 194
     assert (
         PriceTable().estimate(ImageOptions(), prompt="a cat", input_images=0, engine="images") > 0

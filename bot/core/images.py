@@ -1075,4 +1075,5 @@ def as_input(prepared: PreparedImage) -> InputImage:
         sha256=prepared.sha256,
         width=prepared.width,
         height=prepared.height,
+        note=prepared.note,
     )

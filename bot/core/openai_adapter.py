@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
@@ -75,6 +75,19 @@ def _moderation_failed(details: Any, detail: str | None) -> Failed:
         f"fail.moderation_{stage}" if stage in ("input", "output") else "fail.moderation_unknown",
         {"categories": ", ".join(categories) or "-"},
         detail=detail,
+    )
+
+
+def _placed(failed: Failed, drawing: bool) -> Failed:
+    """A mid-stream refusal without a stage, placed by how far the stream got.
+
+    Input moderation runs before the image model starts; once it is drawing, a refusal is about
+    the image it made.
+    """
+    if failed.message_key != "fail.moderation_unknown":
+        return failed
+    return replace(
+        failed, message_key="fail.moderation_output" if drawing else "fail.moderation_input"
     )
 
 
@@ -306,6 +319,7 @@ class OpenAIImageClient:
         result: str | None = None
         item: Any = None
         text: str | None = None
+        drawing = False
         try:
             stream = await self._client.responses.create(
                 **self.responses_params(request, file_ids=file_ids)
@@ -315,7 +329,10 @@ class OpenAIImageClient:
                     kind = event.type
                     if kind in ("response.created", "response.in_progress"):
                         response_id = event.response.id
+                    elif kind == "response.image_generation_call.generating":
+                        drawing = True
                     elif kind == "response.image_generation_call.partial_image":
+                        drawing = True
                         yield Partial(
                             index=event.partial_image_index,
                             image=await _decode(event.partial_image_b64),
@@ -368,7 +385,7 @@ class OpenAIImageClient:
                             )
                         return
                     elif kind == "error":
-                        yield classify_code(event.code, event.message)
+                        yield _placed(classify_code(event.code, event.message), drawing)
                         return
         except (openai.OpenAIError, TimeoutError) as exc:
             if result is not None:
@@ -379,7 +396,11 @@ class OpenAIImageClient:
                 )
                 return
             log.warning("turn failed: %r", exc)
-            yield classify_exception(exc)
+            if response_id is not None and type(exc) is openai.APIConnectionError:
+                # The connection dropped after the response had started: say the stream broke.
+                yield Failed(FailureKind.TRANSIENT, "fail.stream_cut", detail=repr(exc))
+                return
+            yield _placed(classify_exception(exc), drawing)
             return
         if result is not None:
             yield self._completed_without_usage(result, item, response_id, text, request, started)
@@ -480,6 +501,7 @@ class OpenAIImageClient:
         started = time.monotonic()
         opts = request.options
         call, params = self.images_params(request)
+        drawing = False
         try:
             if call == "generate":
                 stream: Any = await self._client.images.generate(**params)
@@ -489,6 +511,7 @@ class OpenAIImageClient:
                 async for event in self._events(stream):
                     kind = event.type
                     if kind.endswith(".partial_image"):
+                        drawing = True
                         yield Partial(
                             index=event.partial_image_index,
                             image=await _decode(event.b64_json),
@@ -510,11 +533,12 @@ class OpenAIImageClient:
                         )
                         return
                     elif kind == "error":
-                        yield classify_code(_get(event, "code"), str(_get(event, "message", "")))
+                        failed = classify_code(_get(event, "code"), str(_get(event, "message", "")))
+                        yield _placed(failed, drawing)
                         return
         except (openai.OpenAIError, TimeoutError) as exc:
             log.warning("image API turn failed: %r", exc)
-            yield classify_exception(exc)
+            yield _placed(classify_exception(exc), drawing)
             return
         yield Failed(
             FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without an image"

@@ -72,6 +72,9 @@ class InputImage:
     sha256: str
     width: int = 0
     height: int = 0
+    # A message key when the bytes were converted from what the user sent (see images.PreparedImage);
+    # shown to the user when the turn is accepted, not stored with the job.
+    note: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
