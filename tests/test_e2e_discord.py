@@ -278,3 +278,23 @@ async def test_autocomplete_offers_sizes_and_models(box: Sandbox) -> None:
     models = await d.autocomplete("imagine", {"prompt": "x", "model": "mini"}, "model")
     assert [c["value"] for c in models] == ["gpt-image-1-mini"]
     assert len(await d.autocomplete("imagine", {"prompt": "x", "model": ""}, "model")) <= 25
+
+
+async def test_the_image_engine_sends_the_previous_image_itself(tmp_path: Path) -> None:
+    async with sandbox(tmp_path, settings={"engine": "images"}, timeline=TIMELINE) as box:
+        d = box.discord
+        thread, first = await imagine(box, "a paper lantern", partials=1)
+        assert box.openai.requests[-1].path == "/v1/images/generations"
+        await d.user_message(thread["id"], "make it glow green")
+        second = await next_final(box, thread["id"], 2)
+        edit = box.openai.requests[-1]
+        assert edit.path == "/v1/images/edits"
+        sent = (edit.files.get("image") or edit.files.get("image[]") or [])[0]
+        assert sent.data == d.attachment_bytes(first["attachments"][0])
+        assert edit.form["prompt"] == "make it glow green"
+        assert "image.png" in second["attachments"][0]["filename"]
+        # A reply branches from the first image: that image is what gets sent.
+        await d.user_message(thread["id"], "make it blue", reply_to=first["id"])
+        await next_final(box, thread["id"], 3)
+        branch = box.openai.requests[-1]
+        assert (branch.files.get("image") or branch.files["image[]"])[0].data == sent.data
