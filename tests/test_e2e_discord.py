@@ -298,3 +298,9 @@ async def test_the_image_engine_sends_the_previous_image_itself(tmp_path: Path) 
         await next_final(box, thread["id"], 3)
         branch = box.openai.requests[-1]
         assert (branch.files.get("image") or branch.files["image[]"])[0].data == sent.data
+
+
+async def test_the_models_own_words_are_shown_with_the_image(box: Sandbox) -> None:
+    box.openai.reply_text = "Here is your otter, now with a tiny scarf."
+    _, final = await imagine(box, "an otter with a scarf")
+    assert "Here is your otter, now with a tiny scarf." in final["content"]
