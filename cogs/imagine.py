@@ -242,13 +242,16 @@ class ImagineCog(commands.Cog):
         requester = await requester_for_interaction(self.bot, interaction)
         try:
             text = validate_prompt(prompt)
+            options = output_options(
+                size, quality, format, background, compression, moderation, partials, model
+            )
+            # Options first: a mistake there is reported without downloading any attachment.
+            await self.bot.studio.resolve_options(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image, image2, image3], mask)
             spec = JobSpec(
                 kind="imagine",
                 prompt=text,
-                options=output_options(
-                    size, quality, format, background, compression, moderation, partials, model
-                ),
+                options=options,
                 images=images,
                 mask=mask_bytes,
                 parent="latest",
@@ -313,13 +316,16 @@ class ImagineCog(commands.Cog):
         requester = await requester_for_interaction(self.bot, interaction)
         try:
             text = validate_prompt(prompt)
+            options = output_options(
+                size, quality, format, background, compression, moderation, partials, model
+            )
+            # Options first: a mistake there is reported without downloading any attachment.
+            await self.bot.studio.resolve_options(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image], mask)
             spec = JobSpec(
                 kind="edit_upload",
                 prompt=text,
-                options=output_options(
-                    size, quality, format, background, compression, moderation, partials, model
-                ),
+                options=options,
                 images=images,
                 mask=mask_bytes,
                 parent="latest",
