@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024
+# How many times a final image that Discord refused as too large is made smaller and sent again.
+MAX_REFUSED_UPLOADS = 6
 
 
 def upload_limit(channel: Any) -> int:
@@ -92,16 +94,26 @@ class DiscordTurnSink:
         try:
             self.message = await self.message.edit(**fields)
         except discord.HTTPException as exc:
-            if isinstance(exc, discord.Forbidden):
+            if isinstance(exc, discord.Forbidden) or exc.status == 413:
+                # No permission, or a file over the upload limit: posting anew cannot help.
                 raise
             log.info("editing progress message failed (%s); posting a new one", exc.code)
             content = fields.pop("content", None)
             files = fields.pop("attachments", [])
+            for file in files:
+                # The refused request read the files to their end: send them from the start.
+                file.reset()
             view = fields.pop("view", None)
             kwargs: dict[str, Any] = {"content": content, "files": files}
             if view is not None:
                 kwargs["view"] = view
-            self.message = await self.channel.send(**kwargs)
+            stale, self.message = self.message, await self.channel.send(**kwargs)
+            await self.bot.services.store.set_job_progress_message(self.job.id, self.message.id)
+            try:
+                # Do not leave a "Drawing…" message behind the one that replaces it.
+                await stale.delete()
+            except discord.HTTPException:
+                log.info("could not delete the old progress message of job %s", self.job.id)
 
     async def queued(self, position: int) -> None:
         await self._ensure_message(
@@ -166,33 +178,56 @@ class DiscordTurnSink:
             # An upload in flight finishes first (it cannot be recalled); then the final replaces it.
             await asyncio.gather(self._uploader, return_exceptions=True)
         limit = upload_limit(self.channel)
-        fitted = await asyncio.to_thread(
-            images.fit_to_limit, event.image, event.format, limit - 64 * 1024
-        )
-        lines = [self._header()]
-        if event.text:
-            lines.append(clip(event.text, 800))
-        if event.reseeded:
-            lines.append(t(self.locale, "note.reseeded"))
-        if fitted.reencoded:
-            lines.append(
-                t(
-                    self.locale,
-                    "discord.reencoded",
-                    format=fitted.format,
-                    size=round(len(fitted.data) / 1024 / 1024, 1),
-                    limit=round(limit / 1024 / 1024, 1),
+        target = limit - 64 * 1024
+        refused = 0
+        while True:
+            fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, target)
+            lines = [self._header()]
+            if event.text:
+                lines.append(clip(event.text, 800))
+            if event.reseeded:
+                lines.append(t(self.locale, "note.reseeded"))
+            if fitted.reencoded:
+                size = round(len(fitted.data) / 1024 / 1024, 1)
+                if refused:
+                    # The limit discord.py reports was not the real one: it is not known here.
+                    note = t(
+                        self.locale, "discord.reencoded_refused", format=fitted.format, size=size
+                    )
+                else:
+                    limit_mb = round(limit / 1024 / 1024, 1)
+                    note = t(
+                        self.locale,
+                        "discord.reencoded",
+                        format=fitted.format,
+                        size=size,
+                        limit=limit_mb,
+                    )
+                lines.append(note)
+            lines.append(footer(event, self.locale))
+            content = clip("\n".join(lines), 2000)
+            file = discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}")
+            view = final_view(turn.id, self.locale)
+            try:
+                if self.message is None:
+                    self.message = await self.channel.send(content, file=file, view=view)
+                else:
+                    async with self._message_lock:
+                        await self._edit(content=content, attachments=[file], view=view)
+                break
+            except discord.HTTPException as exc:
+                # 413: this channel's real limit is below what discord.py derives from the
+                # server's boost tier. Halve the file until Discord takes it.
+                if exc.status != 413 or refused >= MAX_REFUSED_UPLOADS:
+                    raise
+                refused += 1
+                target = len(fitted.data) // 2
+                log.info(
+                    "final image of job %s (%d bytes) is over the upload limit; trying %d",
+                    self.job.id,
+                    len(fitted.data),
+                    target,
                 )
-            )
-        lines.append(footer(event, self.locale))
-        content = clip("\n".join(lines), 2000)
-        file = discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}")
-        view = final_view(turn.id, self.locale)
-        if self.message is None:
-            self.message = await self.channel.send(content, file=file, view=view)
-        else:
-            async with self._message_lock:
-                await self._edit(content=content, attachments=[file], view=view)
         assert self.message is not None
         url = self.message.attachments[0].url if self.message.attachments else None
         self.bot.dispatch("turn_posted", self.job, turn, self.message, time.monotonic())

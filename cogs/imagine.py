@@ -106,7 +106,6 @@ class ImagineCog(commands.Cog):
         bot = self.bot
         store = bot.services.store
         channel = interaction.channel
-        await bot.studio.check_channel(requester, parent_channel_id(channel))
         await bot.studio.precheck(spec, requester)
         conversation = await store.get_conversation(requester.channel_id)
         if conversation is not None:
@@ -245,7 +244,8 @@ class ImagineCog(commands.Cog):
             options = output_options(
                 size, quality, format, background, compression, moderation, partials, model
             )
-            # Options first: a mistake there is reported without downloading any attachment.
+            # Place and options first: a mistake there is reported before any download.
+            await self.bot.studio.check_channel(requester, parent_channel_id(interaction.channel))
             await self.bot.studio.resolve_options(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image, image2, image3], mask)
             spec = JobSpec(
@@ -319,7 +319,8 @@ class ImagineCog(commands.Cog):
             options = output_options(
                 size, quality, format, background, compression, moderation, partials, model
             )
-            # Options first: a mistake there is reported without downloading any attachment.
+            # Place and options first: a mistake there is reported before any download.
+            await self.bot.studio.check_channel(requester, parent_channel_id(interaction.channel))
             await self.bot.studio.resolve_options(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image], mask)
             spec = JobSpec(

@@ -342,6 +342,10 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "📦 The image was re-encoded as {format} ({size} MB) to fit this channel's {limit} MB upload limit.",
         "ko": "📦 이 채널의 업로드 한도({limit}MB)에 맞추기 위해 이미지를 {format} 형식({size}MB)으로 다시 인코딩했습니다.",
     },
+    "discord.reencoded_refused": {
+        "en": "📦 Discord refused the full-size file in this channel, so the image was re-encoded as {format} ({size} MB) to fit its upload limit.",
+        "ko": "📦 이 채널에서 Discord가 원본 크기의 파일을 거부해서, 업로드 한도에 맞게 이미지를 {format} 형식({size}MB)으로 다시 인코딩했습니다.",
+    },
     "discord.seconds": {
         "en": "{seconds:.1f} s",
         "ko": "{seconds:.1f}초",
