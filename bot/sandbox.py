@@ -63,10 +63,17 @@ async def sandbox(
     prerender: bool = False,
     discord: FakeDiscord | None = None,
 ) -> AsyncIterator[Sandbox]:
-    """Start both stand-ins and the bot; stop everything on exit."""
+    """Start both stand-ins and the bot; stop everything on exit.
+
+    A `discord` stand-in passed in that is already running is left running on exit (so a
+    restart keeps it); one not started yet is started and stopped like the built-in one.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    fake_discord = discord or FakeDiscord()
-    async with fake_discord, FakeOpenAI(prerender=prerender) as fake_openai:
+    async with contextlib.AsyncExitStack() as stack:
+        fake_discord = discord if discord is not None else FakeDiscord()
+        if not fake_discord.port:
+            await stack.enter_async_context(fake_discord)
+        fake_openai = await stack.enter_async_context(FakeOpenAI(prerender=prerender))
         if timeline is not None:
             fake_openai.set_timeline(timeline)
         # Route.BASE and the default gateway are process-wide; the stand-in restores them on close.

@@ -521,16 +521,6 @@ async def test_an_image_over_the_upload_limit_is_reencoded_to_fit(
 # --- a restart in the middle of a queue -------------------------------------------------------
 
 
-class KeptDiscord(FakeDiscord):
-    """A Discord stand-in that stays up while the bot restarts (sandboxes neither start nor stop it)."""
-
-    async def __aenter__(self) -> KeptDiscord:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
 def saw(d: FakeDiscord, channel_id: Any, text: str) -> bool:
     """Whether any version of any bot message in a channel showed `text`."""
     return any(
@@ -547,7 +537,7 @@ async def test_a_restart_in_the_middle_of_a_queue_loses_nothing(
     row.case = "restart with 1 running + 3 queued (global_concurrency=1)"
     row.expected = "positions 1-3 shown; after restart 3 finals + 1 interrupted whose Retry works"
     settings = {"global_concurrency": 1}
-    d = KeptDiscord()
+    d = FakeDiscord()
     await d.start()
     try:
         users = [d.user, d.add_user("bob"), d.add_user("carol"), d.add_user("dave")]
