@@ -19,13 +19,10 @@ from bot.core.studio import CONTINUE_POLICIES, day_start, month_start
 from cogs._translator import L, choices
 from cogs._ui import is_admin, locale_for, requester_for_interaction, t
 from cogs.imagine import (
-    BACKGROUNDS,
-    FORMATS,
     MODERATIONS,
-    QUALITIES,
     model_autocomplete,
+    output_option_params,
     output_options,
-    size_autocomplete,
 )
 
 if TYPE_CHECKING:
@@ -50,37 +47,15 @@ class AdminCog(commands.Cog):
 
     @app_commands.command(name=L("cmd.settings.name"), description=L("cmd.settings.desc"))
     @app_commands.rename(
-        size=L("opt.size.name"),
-        quality=L("opt.quality.name"),
-        format=L("opt.format.name"),
-        background=L("opt.background.name"),
-        compression=L("opt.compression.name"),
-        moderation=L("opt.moderation.name"),
-        partials=L("opt.partials.name"),
-        model=L("opt.model.name"),
         language=L("opt.language.name"),
         reset=L("opt.reset.name"),
     )
     @app_commands.describe(
-        size=L("opt.size.desc"),
-        quality=L("opt.quality.desc"),
-        format=L("opt.format.desc"),
-        background=L("opt.background.desc"),
-        compression=L("opt.compression.desc"),
-        moderation=L("opt.moderation.desc"),
-        partials=L("opt.partials.desc"),
-        model=L("opt.model.desc"),
         language=L("opt.language.desc"),
         reset=L("opt.reset.desc"),
     )
-    @app_commands.choices(
-        quality=choices("choice.quality", QUALITIES),
-        format=choices("choice.format", FORMATS),
-        background=choices("choice.background", BACKGROUNDS),
-        moderation=choices("choice.moderation", MODERATIONS),
-        language=choices("choice.language", LANGUAGES),
-    )
-    @app_commands.autocomplete(size=size_autocomplete, model=model_autocomplete)
+    @app_commands.choices(language=choices("choice.language", LANGUAGES))
+    @output_option_params
     async def settings(
         self,
         interaction: discord.Interaction[Any],

@@ -6,8 +6,8 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
 from bot.core.models import MODELS, STANDARD_SIZES
-from bot.core.options import InputImage, validate_prompt
+from bot.core.options import OUTPUT_OPTIONS, InputImage, validate_prompt
 from bot.core.studio import JobSpec, Requester
 from cogs._translator import L, choices
 from cogs._ui import (
@@ -65,6 +65,22 @@ async def model_autocomplete(
         for name, spec in MODELS.items()
         if current.lower() in name
     ][:25]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option_params(func: F) -> F:
+    """Names, descriptions, choices and autocomplete of the output options every command shares."""
+    func = app_commands.rename(**{n: L(f"opt.{n}.name") for n in OUTPUT_OPTIONS})(func)
+    func = app_commands.describe(**{n: L(f"opt.{n}.desc") for n in OUTPUT_OPTIONS})(func)
+    func = app_commands.choices(
+        quality=choices("choice.quality", QUALITIES),
+        format=choices("choice.format", FORMATS),
+        background=choices("choice.background", BACKGROUNDS),
+        moderation=choices("choice.moderation", MODERATIONS),
+    )(func)
+    return app_commands.autocomplete(size=size_autocomplete, model=model_autocomplete)(func)
 
 
 def output_options(
@@ -184,14 +200,6 @@ class ImagineCog(commands.Cog):
     @app_commands.command(name=L("cmd.imagine.name"), description=L("cmd.imagine.desc"))
     @app_commands.rename(
         prompt=L("opt.prompt.name"),
-        size=L("opt.size.name"),
-        quality=L("opt.quality.name"),
-        format=L("opt.format.name"),
-        background=L("opt.background.name"),
-        compression=L("opt.compression.name"),
-        moderation=L("opt.moderation.name"),
-        partials=L("opt.partials.name"),
-        model=L("opt.model.name"),
         image=L("opt.image.name"),
         image2=L("opt.image2.name"),
         image3=L("opt.image3.name"),
@@ -199,26 +207,12 @@ class ImagineCog(commands.Cog):
     )
     @app_commands.describe(
         prompt=L("opt.prompt.desc"),
-        size=L("opt.size.desc"),
-        quality=L("opt.quality.desc"),
-        format=L("opt.format.desc"),
-        background=L("opt.background.desc"),
-        compression=L("opt.compression.desc"),
-        moderation=L("opt.moderation.desc"),
-        partials=L("opt.partials.desc"),
-        model=L("opt.model.desc"),
         image=L("opt.image.desc"),
         image2=L("opt.image.desc"),
         image3=L("opt.image.desc"),
         mask=L("opt.mask.desc"),
     )
-    @app_commands.choices(
-        quality=choices("choice.quality", QUALITIES),
-        format=choices("choice.format", FORMATS),
-        background=choices("choice.background", BACKGROUNDS),
-        moderation=choices("choice.moderation", MODERATIONS),
-    )
-    @app_commands.autocomplete(size=size_autocomplete, model=model_autocomplete)
+    @output_option_params
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
@@ -267,35 +261,13 @@ class ImagineCog(commands.Cog):
         image=L("opt.image.name"),
         prompt=L("opt.instruction.name"),
         mask=L("opt.mask.name"),
-        size=L("opt.size.name"),
-        quality=L("opt.quality.name"),
-        format=L("opt.format.name"),
-        background=L("opt.background.name"),
-        compression=L("opt.compression.name"),
-        moderation=L("opt.moderation.name"),
-        partials=L("opt.partials.name"),
-        model=L("opt.model.name"),
     )
     @app_commands.describe(
         image=L("opt.edit_image.desc"),
         prompt=L("opt.instruction.desc"),
         mask=L("opt.mask.desc"),
-        size=L("opt.size.desc"),
-        quality=L("opt.quality.desc"),
-        format=L("opt.format.desc"),
-        background=L("opt.background.desc"),
-        compression=L("opt.compression.desc"),
-        moderation=L("opt.moderation.desc"),
-        partials=L("opt.partials.desc"),
-        model=L("opt.model.desc"),
     )
-    @app_commands.choices(
-        quality=choices("choice.quality", QUALITIES),
-        format=choices("choice.format", FORMATS),
-        background=choices("choice.background", BACKGROUNDS),
-        moderation=choices("choice.moderation", MODERATIONS),
-    )
-    @app_commands.autocomplete(size=size_autocomplete, model=model_autocomplete)
+    @output_option_params
     async def edit(
         self,
         interaction: discord.Interaction[Any],

@@ -14,6 +14,7 @@ import pytest
 
 from bot.core import i18n
 from bot.core._catalog_discord import DISCORD_MESSAGES
+from bot.core.options import OUTPUT_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
@@ -26,6 +27,8 @@ SOURCES = sorted(
 # Keys built with an f-string, and every value the placeholder can take.
 FSTRING_KEYS: dict[str, tuple[str, ...]] = {
     "fail.moderation_{}": ("input", "output", "unknown"),
+    "opt.{}.name": OUTPUT_OPTIONS,
+    "opt.{}.desc": OUTPUT_OPTIONS,
 }
 
 # Discord's rule for command and option names (Hangul letters count as \w).
@@ -363,6 +366,9 @@ def slash_commands() -> list[Command]:
             is_command = False
             renames: dict[str, str] = {}
             for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Name) and decorator.id == "output_option_params":
+                    # The shared decorator renames every output option to `opt.<name>.name`.
+                    renames.update({name: f"opt.{name}.name" for name in OUTPUT_OPTIONS})
                 if not isinstance(decorator, ast.Call):
                     continue
                 called = _func_name(decorator)

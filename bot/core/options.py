@@ -17,6 +17,17 @@ BACKGROUNDS: Final = ("auto", "opaque", "transparent")
 MODERATIONS: Final = ("auto", "low")
 ENGINES: Final = ("responses", "images")
 
+# The output options every image command offers (slash options, /settings, CLI flags).
+OUTPUT_OPTIONS: Final = (
+    "size",
+    "quality",
+    "format",
+    "background",
+    "compression",
+    "moderation",
+    "partials",
+    "model",
+)
 # Option names a user may set (slash options, /settings, CLI flags, /config defaults).
 OPTION_NAMES: Final = (
     "size",
