@@ -24,9 +24,9 @@ from bot.core.options import (
     validate_prompt,
     validate_request,
 )
+from bot.core.studio import record_turn
 from bot.services import Services, default_options, open_services
 from bot.settings import Settings
-from storage.base import NewTurn, NewUsageEntry, TurnStatus
 
 log = logging.getLogger(__name__)
 
@@ -248,38 +248,14 @@ def images_note(key: str) -> str:
 
 async def _record(services: Services, done: Completed, request: TurnRequest, path: Path) -> None:
     """Remember the turn (so it can be continued) and charge its usage."""
-    await services.store.add_turn(
-        NewTurn(
-            channel_id=0,
-            guild_id=None,
-            user_id=CLI_USER_ID,
-            message_id=None,
-            response_id=done.response_id,
-            parent_response_id=request.previous_response_id,
-            prompt=request.prompt,
-            revised_prompt=done.revised_prompt,
-            options=request.options.as_dict(),
-            engine=done.engine,
-            model=done.model,
-            usage=dict(done.usage.as_dict()),
-            cost_usd=done.cost,
-            status=TurnStatus.COMPLETED,
-            image_url=str(path.resolve()),
-        )
-    )
-    await services.store.record_usage(
-        NewUsageEntry(
-            guild_id=None,
-            user_id=CLI_USER_ID,
-            channel_id=None,
-            response_id=done.response_id,
-            model=done.model,
-            engine=done.engine,
-            images=1,
-            input_tokens=done.usage.input_tokens,
-            output_tokens=done.usage.output_tokens,
-            image_input_tokens=done.usage.image_input_tokens,
-            image_output_tokens=done.usage.image_output_tokens,
-            cost_usd=done.cost,
-        )
+    await record_turn(
+        services.store,
+        done,
+        options=request.options,
+        prompt=request.prompt,
+        parent_response_id=request.previous_response_id,
+        channel_id=0,
+        guild_id=None,
+        user_id=CLI_USER_ID,
+        image_url=str(path.resolve()),
     )

@@ -181,6 +181,56 @@ def month_start(now: float) -> float:
     return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
 
 
+async def record_turn(
+    store: Store,
+    done: Completed,
+    *,
+    options: ImageOptions,
+    prompt: str,
+    parent_response_id: str | None,
+    channel_id: int,
+    guild_id: int | None,
+    user_id: int,
+    image_url: str | None = None,
+) -> Turn:
+    """Remember a finished turn (so it can be continued) and charge its usage to the ledger."""
+    turn = await store.add_turn(
+        NewTurn(
+            channel_id=channel_id,
+            guild_id=guild_id,
+            user_id=user_id,
+            response_id=done.response_id,
+            parent_response_id=parent_response_id,
+            prompt=prompt,
+            revised_prompt=done.revised_prompt,
+            options=options.as_dict(),
+            engine=done.engine,
+            model=done.model,
+            usage=dict(done.usage.as_dict()),
+            cost_usd=done.cost,
+            status=TurnStatus.COMPLETED,
+            image_url=image_url,
+        )
+    )
+    await store.record_usage(
+        NewUsageEntry(
+            guild_id=guild_id,
+            user_id=user_id,
+            channel_id=channel_id or None,
+            response_id=done.response_id,
+            model=done.model,
+            engine=done.engine,
+            images=1,
+            input_tokens=done.usage.input_tokens,
+            output_tokens=done.usage.output_tokens,
+            image_input_tokens=done.usage.image_input_tokens,
+            image_output_tokens=done.usage.image_output_tokens,
+            cost_usd=done.cost,
+        )
+    )
+    return turn
+
+
 @dataclass
 class _Waiting:
     job: Job
@@ -574,40 +624,15 @@ class Studio:
         self, job: Job, sink: TurnSink, request: TurnRequest, done: Completed
     ) -> None:
         spec = JobSpec.from_payload(job.payload)
-        turn = await self.store.add_turn(
-            NewTurn(
-                channel_id=job.channel_id,
-                guild_id=job.guild_id,
-                user_id=job.user_id,
-                message_id=None,
-                response_id=done.response_id,
-                parent_response_id=request.previous_response_id or spec.parent_response_id,
-                prompt=spec.prompt,
-                revised_prompt=done.revised_prompt,
-                options=request.options.as_dict(),
-                engine=done.engine,
-                model=done.model,
-                usage=dict(done.usage.as_dict()),
-                cost_usd=done.cost,
-                status=TurnStatus.COMPLETED,
-                image_url=None,
-            )
-        )
-        await self.store.record_usage(
-            NewUsageEntry(
-                guild_id=job.guild_id,
-                user_id=job.user_id,
-                channel_id=job.channel_id,
-                response_id=done.response_id,
-                model=done.model,
-                engine=done.engine,
-                images=1,
-                input_tokens=done.usage.input_tokens,
-                output_tokens=done.usage.output_tokens,
-                image_input_tokens=done.usage.image_input_tokens,
-                image_output_tokens=done.usage.image_output_tokens,
-                cost_usd=done.cost,
-            )
+        turn = await record_turn(
+            self.store,
+            done,
+            options=request.options,
+            prompt=spec.prompt,
+            parent_response_id=request.previous_response_id or spec.parent_response_id,
+            channel_id=job.channel_id,
+            guild_id=job.guild_id,
+            user_id=job.user_id,
         )
         message_id, url = await sink.completed(done, turn)
         if message_id is not None:
