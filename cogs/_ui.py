@@ -76,15 +76,20 @@ async def requester_for_message(bot: ImagineBot, message: discord.Message) -> Re
     )
 
 
-async def read_image(bot: ImagineBot, attachment: discord.Attachment) -> InputImage:
-    """An attachment as an input image: its size checked before download, decoded off the loop."""
-    settings = bot.settings
-    if attachment.size > settings.max_input_bytes:
+def check_declared_size(bot: ImagineBot, attachment: discord.Attachment) -> None:
+    """Refuse an attachment over the input limit from its declared size, before downloading it."""
+    limit = bot.settings.max_input_bytes
+    if attachment.size > limit:
         raise BadInput(
             "images.too_large_bytes",
             size=round(attachment.size / 1024 / 1024, 1),
-            limit=round(settings.max_input_bytes / 1024 / 1024, 1),
+            limit=round(limit / 1024 / 1024, 1),
         )
+
+
+async def read_image(bot: ImagineBot, attachment: discord.Attachment) -> InputImage:
+    """An attachment as an input image: its size checked before download, decoded off the loop."""
+    check_declared_size(bot, attachment)
     return await prepare_bytes(bot, await attachment.read(), attachment.filename)
 
 
@@ -104,26 +109,12 @@ async def prepare_bytes(bot: ImagineBot, data: bytes, filename: str) -> InputIma
 async def read_mask(bot: ImagineBot, attachment: discord.Attachment, image: InputImage) -> bytes:
     """A mask attachment turned into the alpha mask the API wants, at `image`'s size."""
     settings = bot.settings
-    if attachment.size > settings.max_input_bytes:
-        raise BadInput(
-            "images.too_large_bytes",
-            size=round(attachment.size / 1024 / 1024, 1),
-            limit=round(settings.max_input_bytes / 1024 / 1024, 1),
-        )
+    check_declared_size(bot, attachment)
     data = await attachment.read()
-    prepared = images.PreparedImage(
-        data=image.data,
-        mime=image.mime,
-        filename=image.filename,
-        width=image.width,
-        height=image.height,
-        sha256=image.sha256,
-        note=None,
-    )
     return await asyncio.to_thread(
         images.prepare_mask,
         data,
-        prepared,
+        image,
         max_bytes=settings.max_input_bytes,
         max_pixels=settings.max_input_pixels,
     )

@@ -591,7 +591,9 @@ def _mask_png(alpha: Image.Image) -> bytes:
     return _encode(Image.merge("RGBA", (black, black, black, alpha)), "png")
 
 
-def prepare_mask(mask: bytes, image: PreparedImage, *, max_bytes: int, max_pixels: int) -> bytes:
+def prepare_mask(
+    mask: bytes, image: PreparedImage | InputImage, *, max_bytes: int, max_pixels: int
+) -> bytes:
     """Turn a user's mask into the API's: a PNG RGBA of the image's size, transparent = edit.
 
     A mask with a real alpha channel is used as it is; otherwise white (light) pixels are the
