@@ -1,0 +1,1 @@
+"""Benchmarks of the streaming pipeline: `python -m bench` (results in bench/results.md)."""
