@@ -165,9 +165,10 @@ class TurnButton(
             await reply_error(interaction, t(requester.locale, "discord.not_allowed_delete"))
             return
         await interaction.response.defer()
+        # The record goes first: once the image disappears from Discord, nothing is left to do.
+        await bot.services.store.delete_turn(turn.id)
         if interaction.message is not None:
             await interaction.message.delete()
-        await bot.services.store.delete_turn(turn.id)
 
     async def _region(
         self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str
