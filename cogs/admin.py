@@ -39,6 +39,44 @@ def _format_options(values: dict[str, object], locale: str) -> str:
     return "\n".join(f"• `{k}` = `{v}`" for k, v in sorted(values.items()))
 
 
+# Stored /config keys, and the option (catalog key `opt.<name>.name`) an admin types for each.
+CONFIG_OPTIONS = {
+    "user_daily_usd": "user_daily_usd",
+    "user_daily_images": "user_daily_images",
+    "guild_monthly_usd": "server_monthly_usd",
+    "guild_monthly_images": "server_monthly_images",
+    "allowed_channels": "allowed_channels",
+    "defaults": "default_model",
+    "allowed_models": "allowed_models",
+    "moderation": "moderation",
+    "continue_policy": "continue_policy",
+    "continue_role_id": "continue_role",
+    "partials_enabled": "partials_enabled",
+    "engine": "engine",
+}
+
+
+def _format_config(config: dict[str, Any], locale: str) -> str:
+    """A server's configuration under the option names admins type, with mentions for places."""
+    shown: list[str] = []
+    for key, option in CONFIG_OPTIONS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if key == "allowed_channels":
+            text = " ".join(f"<#{c}>" for c in value) or "-"
+        elif key == "continue_role_id":
+            text = f"<@&{value}>"
+        elif key == "defaults":
+            text = f"`{value.get('model', '-')}`"
+        elif isinstance(value, list):
+            text = ", ".join(f"`{v}`" for v in value) or "-"
+        else:
+            text = f"`{value}`"
+        shown.append(f"• **{t(locale, f'opt.{option}.name')}**: {text}")
+    return "\n".join(shown) or t(locale, "settings.none")
+
+
 class AdminCog(commands.Cog):
     """Per-member defaults, usage reports and per-server configuration."""
 
@@ -262,9 +300,8 @@ class AdminCog(commands.Cog):
             raise BotError("config.role_needed")
         if reset or changed or allowed_channels is not None:
             await store.set_guild_config(interaction.guild_id, config)
-        shown = {k: v for k, v in config.items()}
         await interaction.response.send_message(
-            t(locale, "config.current", values=_format_options(shown, locale)), ephemeral=True
+            t(locale, "config.current", values=_format_config(config, locale)), ephemeral=True
         )
 
     @app_commands.command(name=L("cmd.privacy.name"), description=L("cmd.privacy.desc"))

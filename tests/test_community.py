@@ -77,7 +77,7 @@ async def test_user_daily_budget_is_checked_before_sending(tmp_path: Path) -> No
 async def test_image_count_budgets_and_the_server_budget_from_config(box: Sandbox) -> None:
     d = box.discord
     await d.slash("config", {"server_monthly_images": 2}, user=d.admin)
-    await reply_containing(box, "server_monthly_images" if False else "guild_monthly_images")
+    await reply_containing(box, "server_monthly_images")
     await imagine_done(box, "one")
     await imagine_done(box, "two", user=d.add_user("carol"))
     before = generation_requests(box)
@@ -105,7 +105,8 @@ async def test_allowed_channels_and_allowed_models(box: Sandbox) -> None:
         {"allowed_channels": f"<#{art['id']}>", "allowed_models": "gpt-image-1-mini"},
         user=d.admin,
     )
-    await reply_containing(box, "allowed_channels")
+    text = await reply_containing(box, "allowed_channels")
+    assert f"<#{art['id']}>" in text and "`gpt-image-1-mini`" in text
     await d.slash("imagine", {"prompt": "a cat"})
     await reply_containing(box, "only in")
     await d.slash("imagine", {"prompt": "a cat", "model": "gpt-image-2"}, channel_id=art["id"])
@@ -300,3 +301,11 @@ def test_layers_hold() -> None:
         assert not _imports(path) & {"aiosqlite", "openai", "sqlite3"}, path
     for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py")]:
         assert "openai" not in _imports(path), path
+
+
+def test_every_config_entry_is_shown_under_a_localized_option_name() -> None:
+    from bot.core import i18n
+    from cogs.admin import CONFIG_OPTIONS
+
+    for option in CONFIG_OPTIONS.values():
+        assert i18n.has_key(f"opt.{option}.name"), option
