@@ -60,8 +60,6 @@ class DiscordTurnSink:
         self._pending: Partial | None = None
         self._uploader: asyncio.Task[None] | None = None
         self._final = False
-        self.shown_partials: list[int] = []
-        self.skipped_partials: list[int] = []
 
     @classmethod
     async def for_job(cls, bot: ImagineBot, job: Job) -> DiscordTurnSink:
@@ -127,8 +125,6 @@ class DiscordTurnSink:
     async def partial(self, event: Partial) -> None:
         if self._final:
             return
-        if self._pending is not None:
-            self.skipped_partials.append(self._pending.index)
         self._pending = event
         if self._uploader is None or self._uploader.done():
             self._uploader = asyncio.create_task(self._drain())
@@ -155,7 +151,6 @@ class DiscordTurnSink:
                     await self._ensure_message(content)
                 async with self._message_lock:
                     await self._edit(content=content, attachments=[file])
-                self.shown_partials.append(event.index)
             except discord.HTTPException as exc:
                 # A lost preview is not worth failing the turn over.
                 log.warning(
@@ -171,8 +166,6 @@ class DiscordTurnSink:
         from cogs.buttons import final_view
 
         self._final = True
-        if self._pending is not None:
-            self.skipped_partials.append(self._pending.index)
         self._pending = None
         if self._uploader is not None:
             # An upload in flight finishes first (it cannot be recalled); then the final replaces it.

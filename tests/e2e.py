@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -77,8 +78,9 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
+@contextlib.contextmanager
+def no_errors_logged() -> Iterator[ErrorLog]:
+    """Collect ERROR records while the block runs; fail if any was logged."""
     handler = ErrorLog()
     root = logging.getLogger()
     root.addHandler(handler)
@@ -89,5 +91,7 @@ def error_log() -> Iterator[ErrorLog]:
     assert [r.getMessage() for r in handler.records] == []
 
 
-async def no_more(_: AsyncIterator[Any]) -> None:  # pragma: no cover - typing helper
-    return None
+@pytest.fixture
+def error_log() -> Iterator[ErrorLog]:
+    with no_errors_logged() as handler:
+        yield handler

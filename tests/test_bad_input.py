@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import random
 import struct
 import zipfile
@@ -48,7 +47,7 @@ from bot.core.studio import JobSpec, Requester
 from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import FakeDiscord, Interaction
 from fakes.openai_api import Timeline
-from tests.e2e import ErrorLog, finals
+from tests.e2e import ErrorLog, finals, no_errors_logged
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -516,14 +515,8 @@ RESULTS: dict[str, Outcome] = {}
 
 @pytest.fixture(scope="module")
 def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with no_errors_logged() as handler:
         yield handler
-    finally:
-        root.removeHandler(handler)
-    assert [r.getMessage() for r in handler.records] == []
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

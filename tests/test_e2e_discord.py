@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.sandbox import Sandbox, sandbox
 from fakes.openai_api import Timeline
-from tests.e2e import button, custom_ids, failures, finals, png  # noqa: F401
+from tests.e2e import button, custom_ids, finals, png
 from tests.e2e import error_log as error_log
 
 TIMELINE = Timeline(first_partial=0.15, between_partials=0.15, final=0.15)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Final
 
 DEFAULT_LOCALE: Final = "en"
@@ -286,11 +285,3 @@ def t(locale: str | None, key: str, /, **params: object) -> str:
 def has_key(key: str) -> bool:
     """Whether `key` has a message."""
     return key in CATALOG
-
-
-def add_messages(messages: Mapping[str, Mapping[str, str]]) -> None:
-    """Add more keys to the catalog (used by tests; keys must not already exist)."""
-    for key, entry in messages.items():
-        if key in CATALOG:
-            raise KeyError(f"duplicate message key {key!r}")
-        CATALOG[key] = dict(entry)

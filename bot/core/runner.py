@@ -16,8 +16,6 @@ from bot.core.options import InputImage, TurnRequest
 
 log = logging.getLogger(__name__)
 
-ENGINE_EVENTS = Partial | Completed | Failed
-
 
 class ImageBackend(Protocol):
     """What the runner needs from the OpenAI adapter."""

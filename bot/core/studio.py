@@ -466,13 +466,6 @@ class Studio:
         self._waiting.append(_Waiting(job=job, sink=sink))
         await self._pump()
 
-    def queue_position(self, job_id: int) -> int:
-        """1-based position among waiting jobs; 0 when not waiting."""
-        for index, waiting in enumerate(self._waiting, start=1):
-            if waiting.job.id == job_id:
-                return index
-        return 0
-
     async def _pump(self) -> None:
         """Start every waiting job that may run now; tell the others their new position."""
         if self._closing:
