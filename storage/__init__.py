@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.base import (
+    ACTIVE_JOB_STATUSES,
     ANONYMOUS_USER_ID,
     FINISHED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
+    AdmissionGate,
     Conversation,
     DayUsage,
     Job,
@@ -15,6 +17,7 @@ from storage.base import (
     NewJob,
     NewTurn,
     NewUsageEntry,
+    Occupancy,
     SchemaVersionError,
     StorageError,
     Store,
@@ -23,13 +26,16 @@ from storage.base import (
     UsageEntry,
     UsageTotals,
     UserUsage,
+    Window,
 )
 from storage.sqlite import SqliteStore
 
 __all__ = [
+    "ACTIVE_JOB_STATUSES",
     "ANONYMOUS_USER_ID",
     "FINISHED_JOB_STATUSES",
     "RETRYABLE_JOB_STATUSES",
+    "AdmissionGate",
     "Conversation",
     "DayUsage",
     "Job",
@@ -37,6 +43,7 @@ __all__ = [
     "NewJob",
     "NewTurn",
     "NewUsageEntry",
+    "Occupancy",
     "SchemaVersionError",
     "SqliteStore",
     "StorageError",
@@ -46,6 +53,7 @@ __all__ = [
     "UsageEntry",
     "UsageTotals",
     "UserUsage",
+    "Window",
     "open_store",
     "sqlite_path_from_url",
 ]

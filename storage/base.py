@@ -7,6 +7,7 @@ Discord snowflakes are plain ints (they need 64 bits). Dict fields hold JSON-com
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -22,10 +23,16 @@ class SchemaVersionError(StorageError):
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its life; `Job.status` holds one of these values."""
+    """Where a job is in its life; `Job.status` holds one of these values.
+
+    queued -> running -> saved -> done, or queued/running -> failed | cancelled | interrupted.
+    Queued and running jobs hold a reservation of their estimated cost; a saved job's image,
+    turn and usage are in the database and only the posting is left (a restart posts it).
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
+    SAVED = "saved"
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
@@ -37,6 +44,8 @@ FINISHED_JOB_STATUSES = frozenset(
     {JobStatus.DONE, JobStatus.FAILED, JobStatus.INTERRUPTED, JobStatus.CANCELLED}
 )
 RETRYABLE_JOB_STATUSES = frozenset({JobStatus.FAILED, JobStatus.INTERRUPTED})
+# Jobs that hold a reservation and count against the pending cap.
+ACTIVE_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 
 class TurnStatus(StrEnum):
@@ -121,6 +130,9 @@ class NewJob:
     payload: dict[str, object]
     locale: str
     progress_message_id: int | None = None
+    # The estimated cost, held against the budgets until the job ends.
+    reserved_usd: float = 0.0
+    reserved_images: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +153,12 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    reserved_usd: float = 0.0
+    reserved_images: int = 0
+    # The OpenAI response the running job streams (known from its first event), and the turn
+    # its image was saved as.
+    response_id: str | None = None
+    turn_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +207,32 @@ class UsageTotals:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A period of the usage ledger: `since` <= at < `until`."""
+
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """What already counts against the limits when a job asks to be admitted.
+
+    Spent usage inside the windows plus the reservations of every queued or running job.
+    """
+
+    user_pending: int
+    user_images: int
+    user_usd: float
+    guild_images: int
+    guild_usd: float
+
+
+# Decides, inside the admission transaction, whether one more job fits; raises to refuse.
+AdmissionGate = Callable[[Occupancy], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +343,18 @@ class Store(Protocol):
         """Move a queued job to running and count the attempt; False if it was not queued."""
         ...
 
-    async def finish_job(self, job_id: int, status: str, error: str | None = None) -> bool:
-        """End a queued or running job with a final status; False if it had already ended."""
+    async def finish_job(
+        self,
+        job_id: int,
+        status: str,
+        error: str | None = None,
+        *,
+        usage: NewUsageEntry | None = None,
+    ) -> bool:
+        """End a queued or running job with a final status, releasing its reservation; False if
+        it had already ended. `usage` (what OpenAI billed for a turn that made no image) is
+        charged in the same transaction.
+        """
         ...
 
     async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
@@ -319,8 +373,74 @@ class Store(Protocol):
         """Mark every running job interrupted (at start-up) and return them."""
         ...
 
-    async def requeue_job(self, job_id: int) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue; None if not retryable."""
+    async def admit_job(
+        self,
+        job: NewJob,
+        *,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job:
+        """Add a queued job with its reservation, atomically with the limit check.
+
+        Reads the `Occupancy` of the job's user (in `user_window`) and server (in
+        `guild_window`), calls `gate` with it (which raises to refuse) and inserts the job, all
+        in one transaction, so concurrent admissions cannot both take the last place.
+        """
+        ...
+
+    async def readmit_job(
+        self,
+        job_id: int,
+        *,
+        reserved_usd: float,
+        reserved_images: int,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job | None:
+        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+
+        None if the job is not retryable (a second click on Retry finds it queued).
+        """
+        ...
+
+    async def set_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember the OpenAI response a running job streams; False if it is not running."""
+        ...
+
+    async def save_result(
+        self,
+        job_id: int | None,
+        turn: NewTurn,
+        *,
+        image: bytes,
+        image_format: str,
+        usage: NewUsageEntry,
+        advance: bool,
+    ) -> Turn:
+        """Save a finished image in one transaction: its bytes, its turn, its usage, the
+        conversation head (when `advance`) and the job (running -> saved, its reservation
+        released). Raises StorageError when the job is no longer running.
+        """
+        ...
+
+    async def mark_posted(
+        self, job_id: int, turn_id: int, message_id: int, image_url: str | None
+    ) -> bool:
+        """Record where a saved job's image was posted and end the job (saved -> done)."""
+        ...
+
+    async def saved_jobs(self) -> list[Job]:
+        """Return the jobs whose image is saved but not yet posted, oldest first."""
+        ...
+
+    async def get_turn_image(self, turn_id: int) -> tuple[bytes, str] | None:
+        """Return the saved image (bytes, format) of a turn, or None."""
+        ...
+
+    async def delete_turn_rolling_back(self, turn_id: int) -> bool:
+        """Delete a turn and its image; a conversation whose head it was goes back to its parent."""
         ...
 
     async def queue_position(self, job_id: int) -> int:
@@ -348,9 +468,14 @@ class Store(Protocol):
         ...
 
     async def usage_totals(
-        self, *, since: float, user_id: int | None = None, guild_id: int | None = None
+        self,
+        *,
+        since: float,
+        until: float | None = None,
+        user_id: int | None = None,
+        guild_id: int | None = None,
     ) -> UsageTotals:
-        """Sum usage since a time, optionally for one user and/or one server."""
+        """Sum usage in [since, until), optionally for one user and/or one server."""
         ...
 
     async def usage_by_day(

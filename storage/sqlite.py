@@ -22,9 +22,11 @@ from typing import Self
 import aiosqlite
 
 from storage.base import (
+    ACTIVE_JOB_STATUSES,
     ANONYMOUS_USER_ID,
     FINISHED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
+    AdmissionGate,
     Conversation,
     DayUsage,
     Job,
@@ -32,6 +34,7 @@ from storage.base import (
     NewJob,
     NewTurn,
     NewUsageEntry,
+    Occupancy,
     SchemaVersionError,
     StorageError,
     Turn,
@@ -39,6 +42,7 @@ from storage.base import (
     UsageEntry,
     UsageTotals,
     UserUsage,
+    Window,
 )
 
 log = logging.getLogger(__name__)
@@ -169,7 +173,8 @@ _TURN_COLUMNS = (
 )
 _JOB_COLUMNS = (
     "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
-    "attempts, error, created_at, started_at, finished_at"
+    "attempts, error, created_at, started_at, finished_at, reserved_usd, reserved_images, "
+    "response_id, turn_id"
 )
 _USAGE_COLUMNS = (
     "id, at, guild_id, user_id, channel_id, response_id, model, engine, images, input_tokens, "
@@ -253,6 +258,10 @@ def _job(row: Row) -> Job:
         created_at=row[11],
         started_at=row[12],
         finished_at=row[13],
+        reserved_usd=row[14],
+        reserved_images=row[15],
+        response_id=row[16],
+        turn_id=row[17],
     )
 
 
@@ -275,14 +284,20 @@ def _usage_entry(row: Row) -> UsageEntry:
     )
 
 
+_ACTIVE = tuple(sorted(status.value for status in ACTIVE_JOB_STATUSES))
+
+
 def _usage_filter(
-    since: float, user_id: int | None, guild_id: int | None
+    since: float, user_id: int | None, guild_id: int | None, until: float | None = None
 ) -> tuple[str, list[object]]:
     """Build a WHERE clause for the usage ledger from fixed fragments and `?` parameters."""
     # Optional filters are left out rather than written as `(? IS NULL OR col = ?)`, which
     # would stop SQLite from using the (user_id, at) and (guild_id, at) indexes.
     clauses = ["at >= ?"]
     params: list[object] = [since]
+    if until is not None:
+        clauses.append("at < ?")
+        params.append(until)
     if user_id is not None:
         clauses.append("user_id = ?")
         params.append(user_id)
@@ -481,8 +496,12 @@ class SqliteStore:
 
     async def add_turn(self, turn: NewTurn) -> Turn:
         """Record a turn and return it with its id and creation time."""
+        async with self._transaction() as conn:
+            return await self._insert_turn(conn, turn)
+
+    async def _insert_turn(self, conn: aiosqlite.Connection, turn: NewTurn) -> Turn:
         created_at = self._clock()
-        rows = await self._write_returning(
+        rows = await conn.execute_fetchall(
             "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
             " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
             " cost_usd, status, image_url, created_at)"
@@ -507,7 +526,7 @@ class SqliteStore:
             ),
         )
         return Turn(
-            id=rows[0][0],
+            id=next(iter(rows))[0],
             channel_id=turn.channel_id,
             guild_id=turn.guild_id,
             user_id=turn.user_id,
@@ -578,33 +597,197 @@ class SqliteStore:
         return [_turn(row) for row in rows]
 
     async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn; return whether it existed."""
-        return await self._write("DELETE FROM turns WHERE id = ?", (turn_id,)) > 0
+        """Delete a turn and its saved image; return whether it existed."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM turn_images WHERE turn_id = ?", (turn_id,))
+            cursor = await conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
+            return cursor.rowcount > 0
+
+    async def delete_turn_rolling_back(self, turn_id: int) -> bool:
+        """Delete a turn and its image; a conversation whose head it was goes back to its parent.
+
+        The parent is the turn's `parent_response_id` (and the message that showed it, if that
+        turn is still known), or nothing for a first turn: the next message starts afresh.
+        """
+        async with self._transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT channel_id, response_id, parent_response_id FROM turns WHERE id = ?",
+                    (turn_id,),
+                )
+            )
+            if not rows:
+                return False
+            channel_id, response_id, parent_response_id = rows[0]
+            await conn.execute("DELETE FROM turn_images WHERE turn_id = ?", (turn_id,))
+            await conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
+            if response_id is not None:
+                parent_message = list(
+                    await conn.execute_fetchall(
+                        "SELECT message_id FROM turns WHERE response_id = ? AND channel_id = ?"
+                        " ORDER BY id DESC LIMIT 1",
+                        (parent_response_id, channel_id),
+                    )
+                )
+                await conn.execute(
+                    "UPDATE conversations SET latest_response_id = ?, latest_message_id = ?,"
+                    " updated_at = ? WHERE channel_id = ? AND latest_response_id = ?",
+                    (
+                        parent_response_id,
+                        parent_message[0][0] if parent_message else None,
+                        self._clock(),
+                        channel_id,
+                        response_id,
+                    ),
+                )
+            return True
 
     # Jobs
 
     async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job and return it."""
+        """Add a queued job (with its reservation) and return it, without a limit check."""
+        async with self._transaction() as conn:
+            return await self._insert_job(conn, job)
+
+    async def _insert_job(self, conn: aiosqlite.Connection, job: NewJob) -> Job:
         now = self._clock()
-        rows = await self._write_returning(
-            "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
-            " progress_message_id, attempts, created_at, queued_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
-            f" RETURNING {_JOB_COLUMNS}",
-            (
-                job.kind,
-                JobStatus.QUEUED.value,
-                job.guild_id,
-                job.channel_id,
-                job.user_id,
-                _dump_json(job.payload),
-                job.locale,
-                job.progress_message_id,
-                now,
-                now,
-            ),
+        rows = list(
+            await conn.execute_fetchall(
+                "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
+                " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
+                " reserved_images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+                f" RETURNING {_JOB_COLUMNS}",
+                (
+                    job.kind,
+                    JobStatus.QUEUED.value,
+                    job.guild_id,
+                    job.channel_id,
+                    job.user_id,
+                    _dump_json(job.payload),
+                    job.locale,
+                    job.progress_message_id,
+                    now,
+                    now,
+                    job.reserved_usd,
+                    job.reserved_images,
+                ),
+            )
         )
         return _job(rows[0])
+
+    async def _occupancy(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        user_window: Window,
+        guild_window: Window,
+    ) -> Occupancy:
+        """Spent usage in the windows plus the reservations of active jobs (inside a transaction)."""
+
+        async def one(sql: str, params: Sequence[object]) -> Row:
+            rows = list(await conn.execute_fetchall(sql, params))
+            return rows[0]
+
+        spent_user = await one(
+            "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(cost_usd), 0.0) FROM usage_ledger"
+            " WHERE user_id = ? AND at >= ? AND at < ?",
+            (user_id, user_window.since, user_window.until),
+        )
+        held_user = await one(
+            "SELECT COUNT(*), COALESCE(SUM(reserved_images), 0), COALESCE(SUM(reserved_usd), 0.0)"
+            " FROM jobs WHERE user_id = ? AND status IN (?, ?)",
+            (user_id, *_ACTIVE),
+        )
+        guild_images, guild_usd = 0, 0.0
+        if guild_id is not None:
+            spent_guild = await one(
+                "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(cost_usd), 0.0) FROM usage_ledger"
+                " WHERE guild_id = ? AND at >= ? AND at < ?",
+                (guild_id, guild_window.since, guild_window.until),
+            )
+            held_guild = await one(
+                "SELECT COALESCE(SUM(reserved_images), 0), COALESCE(SUM(reserved_usd), 0.0)"
+                " FROM jobs WHERE guild_id = ? AND status IN (?, ?)",
+                (guild_id, *_ACTIVE),
+            )
+            guild_images = int(spent_guild[0]) + int(held_guild[0])
+            guild_usd = float(spent_guild[1]) + float(held_guild[1])
+        return Occupancy(
+            user_pending=int(held_user[0]),
+            user_images=int(spent_user[0]) + int(held_user[1]),
+            user_usd=float(spent_user[1]) + float(held_user[2]),
+            guild_images=guild_images,
+            guild_usd=guild_usd,
+        )
+
+    async def admit_job(
+        self,
+        job: NewJob,
+        *,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job:
+        """Add a queued job with its reservation, atomically with the limit check."""
+        async with self._transaction() as conn:
+            gate(
+                await self._occupancy(
+                    conn,
+                    user_id=job.user_id,
+                    guild_id=job.guild_id,
+                    user_window=user_window,
+                    guild_window=guild_window,
+                )
+            )
+            return await self._insert_job(conn, job)
+
+    async def readmit_job(
+        self,
+        job_id: int,
+        *,
+        reserved_usd: float,
+        reserved_images: int,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job | None:
+        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+
+        The same row is re-queued (same id, payload and progress message; error and times
+        cleared; attempts kept and counted on), so a second click on Retry finds it already
+        queued and returns None instead of running the request twice.
+        """
+        retryable = sorted(status.value for status in RETRYABLE_JOB_STATUSES)
+        async with self._transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND status IN (?, ?)",
+                    (job_id, *retryable),
+                )
+            )
+            if not rows:
+                return None
+            job = _job(rows[0])
+            gate(
+                await self._occupancy(
+                    conn,
+                    user_id=job.user_id,
+                    guild_id=job.guild_id,
+                    user_window=user_window,
+                    guild_window=guild_window,
+                )
+            )
+            rows = list(
+                await conn.execute_fetchall(
+                    "UPDATE jobs SET status = ?, queued_at = ?, error = NULL, started_at = NULL,"
+                    " finished_at = NULL, reserved_usd = ?, reserved_images = ?,"
+                    f" response_id = NULL WHERE id = ? RETURNING {_JOB_COLUMNS}",
+                    (JobStatus.QUEUED.value, self._clock(), reserved_usd, reserved_images, job_id),
+                )
+            )
+            return _job(rows[0])
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
@@ -621,27 +804,110 @@ class SqliteStore:
         )
         return changed > 0
 
-    async def finish_job(self, job_id: int, status: str, error: str | None = None) -> bool:
-        """End a queued or running job with a final status; False if it had already ended.
+    async def set_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember the OpenAI response a running job streams; False if it is not running."""
+        changed = await self._write(
+            "UPDATE jobs SET response_id = ? WHERE id = ? AND status = ?",
+            (response_id, job_id, JobStatus.RUNNING.value),
+        )
+        return changed > 0
+
+    async def finish_job(
+        self,
+        job_id: int,
+        status: str,
+        error: str | None = None,
+        *,
+        usage: NewUsageEntry | None = None,
+    ) -> bool:
+        """End a queued or running job with a final status, releasing its reservation; False if
+        it had already ended. `usage` is charged in the same transaction.
 
         Raises ValueError for a status that is not final.
         """
         if status not in FINISHED_JOB_STATUSES:
             allowed = ", ".join(sorted(FINISHED_JOB_STATUSES))
             raise ValueError(f"a job cannot finish as {status!r}; use one of {allowed}")
-        changed = await self._write(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?"
-            " WHERE id = ? AND status IN (?, ?)",
-            (
-                str(status),
-                error,
-                self._clock(),
-                job_id,
-                JobStatus.QUEUED.value,
-                JobStatus.RUNNING.value,
-            ),
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, reserved_usd = 0,"
+                " reserved_images = 0 WHERE id = ? AND status IN (?, ?)",
+                (str(status), error, self._clock(), job_id, *_ACTIVE),
+            )
+            if cursor.rowcount == 0:
+                return False
+            if usage is not None:
+                await self._insert_usage(conn, usage)
+            return True
+
+    async def save_result(
+        self,
+        job_id: int | None,
+        turn: NewTurn,
+        *,
+        image: bytes,
+        image_format: str,
+        usage: NewUsageEntry,
+        advance: bool,
+    ) -> Turn:
+        """Save a finished image, its turn, its usage and the new head in one transaction."""
+        async with self._transaction() as conn:
+            saved = await self._insert_turn(conn, turn)
+            await conn.execute(
+                "INSERT INTO turn_images (turn_id, format, data) VALUES (?, ?, ?)",
+                (saved.id, image_format, image),
+            )
+            await self._insert_usage(conn, usage)
+            if advance and turn.response_id is not None:
+                await conn.execute(
+                    "UPDATE conversations SET latest_response_id = ?, latest_message_id = NULL,"
+                    " updated_at = ? WHERE channel_id = ?",
+                    (turn.response_id, self._clock(), turn.channel_id),
+                )
+            if job_id is not None:
+                cursor = await conn.execute(
+                    "UPDATE jobs SET status = ?, turn_id = ?, reserved_usd = 0,"
+                    " reserved_images = 0 WHERE id = ? AND status = ?",
+                    (JobStatus.SAVED.value, saved.id, job_id, JobStatus.RUNNING.value),
+                )
+                if cursor.rowcount == 0:
+                    raise StorageError(f"job {job_id} is not running; its result was not saved")
+            return saved
+
+    async def mark_posted(
+        self, job_id: int, turn_id: int, message_id: int, image_url: str | None
+    ) -> bool:
+        """Record where a saved job's image was posted and end the job (saved -> done)."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE turns SET message_id = ?, image_url = ? WHERE id = ?",
+                (message_id, image_url, turn_id),
+            )
+            # The head's message follows only if the head is still this turn's response.
+            await conn.execute(
+                "UPDATE conversations SET latest_message_id = ? WHERE latest_response_id ="
+                " (SELECT response_id FROM turns WHERE id = ?) AND channel_id ="
+                " (SELECT channel_id FROM turns WHERE id = ?)",
+                (message_id, turn_id, turn_id),
+            )
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ? WHERE id = ? AND status = ?",
+                (JobStatus.DONE.value, self._clock(), job_id, JobStatus.SAVED.value),
+            )
+            return cursor.rowcount > 0
+
+    async def saved_jobs(self) -> list[Job]:
+        """Return the jobs whose image is saved but not yet posted, oldest first."""
+        rows = await self._rows(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
+            (JobStatus.SAVED.value,),
         )
-        return changed > 0
+        return [_job(row) for row in rows]
+
+    async def get_turn_image(self, turn_id: int) -> tuple[bytes, str] | None:
+        """Return the saved image (bytes, format) of a turn, or None."""
+        row = await self._row("SELECT data, format FROM turn_images WHERE turn_id = ?", (turn_id,))
+        return (bytes(row[0]), str(row[1])) if row is not None else None
 
     async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
         """Remember the message that shows a job's progress; False if no such job."""
@@ -669,27 +935,12 @@ class SqliteStore:
     async def interrupt_running_jobs(self) -> list[Job]:
         """Mark every running job interrupted (at start-up) and return them in enqueue order."""
         rows = await self._write_returning(
-            "UPDATE jobs SET status = ?, finished_at = ? WHERE status = ?"
-            f" RETURNING {_JOB_COLUMNS}",
+            "UPDATE jobs SET status = ?, finished_at = ?, reserved_usd = 0, reserved_images = 0"
+            f" WHERE status = ? RETURNING {_JOB_COLUMNS}",
             (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
         )
         # RETURNING gives no order guarantee.
         return sorted((_job(row) for row in rows), key=lambda job: job.id)
-
-    async def requeue_job(self, job_id: int) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue; None if not retryable.
-
-        The same row is re-queued (same id, payload and progress message; error and times
-        cleared; attempts kept and counted on), so a second click on Retry finds it already
-        queued and returns None instead of running the request twice.
-        """
-        retryable = sorted(status.value for status in RETRYABLE_JOB_STATUSES)
-        rows = await self._write_returning(
-            "UPDATE jobs SET status = ?, queued_at = ?, error = NULL, started_at = NULL,"
-            f" finished_at = NULL WHERE id = ? AND status IN (?, ?) RETURNING {_JOB_COLUMNS}",
-            (JobStatus.QUEUED.value, self._clock(), job_id, *retryable),
-        )
-        return _job(rows[0]) if rows else None
 
     async def queue_position(self, job_id: int) -> int:
         """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
@@ -733,8 +984,12 @@ class SqliteStore:
 
     async def record_usage(self, entry: NewUsageEntry) -> None:
         """Append what one request cost to the ledger."""
+        async with self._transaction() as conn:
+            await self._insert_usage(conn, entry)
+
+    async def _insert_usage(self, conn: aiosqlite.Connection, entry: NewUsageEntry) -> None:
         at = self._clock()
-        await self._write(
+        await conn.execute(
             "INSERT INTO usage_ledger (at, day, guild_id, user_id, channel_id, response_id,"
             " model, engine, images, input_tokens, output_tokens, image_input_tokens,"
             " image_output_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -757,10 +1012,15 @@ class SqliteStore:
         )
 
     async def usage_totals(
-        self, *, since: float, user_id: int | None = None, guild_id: int | None = None
+        self,
+        *,
+        since: float,
+        until: float | None = None,
+        user_id: int | None = None,
+        guild_id: int | None = None,
     ) -> UsageTotals:
-        """Sum usage since a time (inclusive), optionally for one user and/or one server."""
-        where, params = _usage_filter(since, user_id, guild_id)
+        """Sum usage in [since, until), optionally for one user and/or one server."""
+        where, params = _usage_filter(since, user_id, guild_id, until)
         row = await self._row(
             "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(input_tokens), 0),"
             " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0.0)"
@@ -861,6 +1121,10 @@ class SqliteStore:
         finished = sorted(status.value for status in FINISHED_JOB_STATUSES)
         statements: list[tuple[str, Sequence[object]]] = [
             ("DELETE FROM user_settings WHERE user_id = ?", (user_id,)),
+            (
+                "DELETE FROM turn_images WHERE turn_id IN (SELECT id FROM turns WHERE user_id = ?)",
+                (user_id,),
+            ),
             ("DELETE FROM turns WHERE user_id = ?", (user_id,)),
             (
                 "DELETE FROM jobs WHERE user_id = ? AND status IN (?, ?, ?, ?)",

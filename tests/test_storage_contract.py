@@ -17,10 +17,12 @@ from storage import (
     ANONYMOUS_USER_ID,
     Conversation,
     DayUsage,
+    Job,
     JobStatus,
     NewJob,
     NewTurn,
     NewUsageEntry,
+    Occupancy,
     SchemaVersionError,
     SqliteStore,
     StorageError,
@@ -28,6 +30,7 @@ from storage import (
     TurnStatus,
     UsageTotals,
     UserUsage,
+    Window,
     open_store,
     sqlite_path_from_url,
 )
@@ -123,6 +126,25 @@ def new_turn(channel_id: int = 100, **changes: object) -> NewTurn:
         cost_usd=0.17,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+WHOLE_TIME = Window(since=0.0, until=float("inf"))
+
+
+def allow_all(occupancy: Occupancy) -> None:
+    """An admission gate that refuses nothing."""
+
+
+async def readmit(store: Store, job_id: int) -> Job | None:
+    """Retry a job through a gate that refuses nothing."""
+    return await store.readmit_job(
+        job_id,
+        reserved_usd=0.0,
+        reserved_images=0,
+        user_window=WHOLE_TIME,
+        guild_window=WHOLE_TIME,
+        gate=allow_all,
+    )
 
 
 def new_job(user_id: int = 10, **changes: object) -> NewJob:
@@ -470,7 +492,7 @@ async def test_requeue_puts_the_same_job_at_the_back(store: Store, clock: FakeCl
     await store.finish_job(failed.id, "failed", "transient")
     clock.advance(1)
 
-    retried = await store.requeue_job(failed.id)
+    retried = await readmit(store, failed.id)
     assert retried is not None
     assert retried.id == failed.id
     assert (retried.status, retried.error, retried.started_at, retried.finished_at) == (
@@ -488,7 +510,7 @@ async def test_requeue_puts_the_same_job_at_the_back(store: Store, clock: FakeCl
     assert [job.id for job in await store.queued_jobs()] == [waiting.id, failed.id]
     assert await store.queue_position(failed.id) == 2
     # A second click on Retry must not queue the request twice.
-    assert await store.requeue_job(failed.id) is None
+    assert await readmit(store, failed.id) is None
 
     assert await store.start_job(failed.id)
     again = await store.get_job(failed.id)
@@ -500,7 +522,7 @@ async def test_requeue_accepts_interrupted_jobs(store: Store) -> None:
     job = await store.enqueue_job(new_job())
     await store.start_job(job.id)
     await store.interrupt_running_jobs()
-    retried = await store.requeue_job(job.id)
+    retried = await readmit(store, job.id)
     assert retried is not None
     assert retried.status == JobStatus.QUEUED
 
@@ -508,14 +530,234 @@ async def test_requeue_accepts_interrupted_jobs(store: Store) -> None:
 @pytest.mark.parametrize("final", ["done", "cancelled"])
 async def test_requeue_refuses_jobs_that_are_not_retryable(store: Store, final: str) -> None:
     queued = await store.enqueue_job(new_job())
-    assert await store.requeue_job(queued.id) is None
+    assert await readmit(store, queued.id) is None
     ended = await store.enqueue_job(new_job())
     await store.finish_job(ended.id, final)
-    assert await store.requeue_job(ended.id) is None
-    assert await store.requeue_job(ended.id + 1000) is None
+    assert await readmit(store, ended.id) is None
+    assert await readmit(store, ended.id + 1000) is None
 
 
 # Uploaded-file cache
+
+
+# The job ledger
+
+
+class Refused(Exception):
+    pass
+
+
+def cap(max_images: int) -> Callable[[Occupancy], None]:
+    """A gate that admits while the user's images (spent + reserved) stay under `max_images`."""
+
+    def gate(occupancy: Occupancy) -> None:
+        if occupancy.user_images + 1 > max_images:
+            raise Refused(occupancy)
+
+    return gate
+
+
+async def test_admission_counts_spent_and_reserved_and_is_atomic(store: Store) -> None:
+    await store.record_usage(usage(user_id=10, images=1, cost_usd=0.5))
+    seen: list[Occupancy] = []
+
+    def watch(occupancy: Occupancy) -> None:
+        seen.append(occupancy)
+        cap(3)(occupancy)
+
+    async def admit() -> Job | None:
+        try:
+            return await store.admit_job(
+                new_job(10, reserved_usd=0.25, reserved_images=1),
+                user_window=WHOLE_TIME,
+                guild_window=WHOLE_TIME,
+                gate=watch,
+            )
+        except Refused:
+            return None
+
+    results = await asyncio.gather(*(admit() for _ in range(8)))
+    # One image spent: only two more fit under a cap of three, however the burst interleaves.
+    assert sum(r is not None for r in results) == 2
+    assert seen[0] == Occupancy(
+        user_pending=0, user_images=1, user_usd=0.5, guild_images=1, guild_usd=0.5
+    )
+    assert max(o.user_pending for o in seen) == 2
+    assert max(o.user_usd for o in seen) == pytest.approx(1.0)
+
+
+async def test_windows_bound_spent_usage_on_both_sides(store: Store, clock: FakeClock) -> None:
+    clock.now = 1000.0
+    await store.record_usage(usage(user_id=10, images=1))
+    clock.now = 5000.0
+    await store.record_usage(usage(user_id=10, images=1))
+    seen: list[Occupancy] = []
+    await store.admit_job(
+        new_job(10),
+        user_window=Window(since=2000.0, until=4000.0),
+        guild_window=Window(since=0.0, until=1500.0),
+        gate=seen.append,
+    )
+    assert seen[0].user_images == 0
+    assert seen[0].guild_images == 1
+    totals = await store.usage_totals(since=0, until=2000.0, user_id=10)
+    assert totals.images == 1
+
+
+async def test_reservations_end_with_the_job(store: Store) -> None:
+    def held() -> Callable[[Occupancy], None]:
+        def gate(occupancy: Occupancy) -> None:
+            seen.append(occupancy)
+
+        return gate
+
+    seen: list[Occupancy] = []
+    job = await store.admit_job(
+        new_job(10, reserved_usd=1.0, reserved_images=1),
+        user_window=WHOLE_TIME,
+        guild_window=WHOLE_TIME,
+        gate=held(),
+    )
+    assert job.reserved_usd == 1.0 and job.reserved_images == 1
+    await store.start_job(job.id)
+    billed = usage(user_id=10, images=0, cost_usd=0.3)
+    assert await store.finish_job(job.id, "failed", "moderation", usage=billed)
+    await store.admit_job(new_job(10), user_window=WHOLE_TIME, guild_window=WHOLE_TIME, gate=held())
+    assert seen[-1].user_pending == 0
+    assert seen[-1].user_usd == pytest.approx(0.3)
+    assert seen[-1].user_images == 0
+
+
+async def test_retry_passes_the_gate_again(store: Store) -> None:
+    job = await store.enqueue_job(new_job(10, reserved_images=1))
+    await store.start_job(job.id)
+    await store.finish_job(job.id, "interrupted")
+    with pytest.raises(Refused):
+        await store.readmit_job(
+            job.id,
+            reserved_usd=0.1,
+            reserved_images=1,
+            user_window=WHOLE_TIME,
+            guild_window=WHOLE_TIME,
+            gate=cap(0),
+        )
+    assert (await store.get_job(job.id)).status == "interrupted"  # type: ignore[union-attr]
+    again = await store.readmit_job(
+        job.id,
+        reserved_usd=0.1,
+        reserved_images=1,
+        user_window=WHOLE_TIME,
+        guild_window=WHOLE_TIME,
+        gate=cap(1),
+    )
+    assert again is not None and again.status == "queued" and again.reserved_usd == 0.1
+
+
+async def test_save_then_post(store: Store) -> None:
+    await store.create_conversation(conversation(100))
+    job = await store.enqueue_job(new_job(10, reserved_usd=0.2, reserved_images=1))
+    assert await store.start_job(job.id)
+    assert await store.set_job_response(job.id, "resp_1")
+    turn = await store.save_result(
+        job.id,
+        new_turn(100, response_id="resp_1"),
+        image=b"\x89PNG image",
+        image_format="png",
+        usage=usage(user_id=10, images=1, cost_usd=0.21),
+        advance=True,
+    )
+    saved = await store.get_job(job.id)
+    assert saved is not None
+    assert (saved.status, saved.turn_id, saved.reserved_usd, saved.response_id) == (
+        "saved",
+        turn.id,
+        0.0,
+        "resp_1",
+    )
+    assert [j.id for j in await store.saved_jobs()] == [job.id]
+    assert await store.get_turn_image(turn.id) == (b"\x89PNG image", "png")
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "resp_1"
+    assert head.latest_message_id is None
+    assert (await store.usage_totals(since=0, user_id=10)).images == 1
+
+    assert await store.mark_posted(job.id, turn.id, 555, "https://cdn/x.png")
+    assert not await store.mark_posted(job.id, turn.id, 555, "https://cdn/x.png")
+    done = await store.get_job(job.id)
+    assert done is not None and done.status == "done"
+    assert await store.saved_jobs() == []
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_message_id == 555
+    posted = await store.get_turn(turn.id)
+    assert posted is not None and posted.message_id == 555
+
+
+async def test_a_result_is_saved_only_for_a_running_job(store: Store) -> None:
+    job = await store.enqueue_job(new_job(10))
+    with pytest.raises(StorageError):
+        await store.save_result(
+            job.id,
+            new_turn(100, response_id="resp_x"),
+            image=b"x",
+            image_format="png",
+            usage=usage(user_id=10, images=1),
+            advance=False,
+        )
+    # Nothing of the refused save is left behind.
+    assert await store.get_turn_by_response("resp_x") is None
+    assert (await store.usage_totals(since=0, user_id=10)).images == 0
+
+
+async def test_deleting_the_head_turn_rolls_the_conversation_back(store: Store) -> None:
+    await store.create_conversation(conversation(100))
+    first = await store.save_result(
+        None,
+        new_turn(100, response_id="resp_1", message_id=11),
+        image=b"1",
+        image_format="png",
+        usage=usage(),
+        advance=True,
+    )
+    second = await store.save_result(
+        None,
+        new_turn(100, response_id="resp_2", parent_response_id="resp_1"),
+        image=b"2",
+        image_format="png",
+        usage=usage(),
+        advance=True,
+    )
+    assert await store.delete_turn_rolling_back(second.id)
+    head = await store.get_conversation(100)
+    assert head is not None
+    assert (head.latest_response_id, head.latest_message_id) == ("resp_1", 11)
+    assert await store.get_turn_image(second.id) is None
+    assert not await store.delete_turn_rolling_back(second.id)
+    assert await store.delete_turn_rolling_back(first.id)
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id is None
+
+
+async def test_deleting_an_old_turn_keeps_the_head(store: Store) -> None:
+    await store.create_conversation(conversation(100))
+    old = await store.save_result(
+        None,
+        new_turn(100, response_id="a"),
+        image=b"a",
+        image_format="png",
+        usage=usage(),
+        advance=True,
+    )
+    await store.save_result(
+        None,
+        new_turn(100, response_id="b"),
+        image=b"b",
+        image_format="png",
+        usage=usage(),
+        advance=True,
+    )
+    assert await store.delete_turn_rolling_back(old.id)
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "b"
 
 
 async def test_uploaded_file_cache(store: Store) -> None:
