@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code: int = asyncio.run(run_demo(args.out, settings))
         return code
-    from bot.app import run_bot
+    from cogs.app import run_bot
 
     return asyncio.run(run_bot(settings))
 

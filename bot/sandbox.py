@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.app import ImagineBot
 from bot.services import Services, open_services
 from bot.settings import Settings
+from cogs.app import ImagineBot
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
 

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     # Prices in USD per 1M tokens; JSON in the environment overrides the published defaults.
     prices_json: str | None = None
 
+    # First wait before posting a finished image again when Discord refused it for now
+    # (doubling up to a minute); the image is saved, so it is never generated twice.
+    post_retry_seconds: float = 1.0
+    # Kill tests only: SIGKILL the process right after this ledger step (see bot.core.studio).
+    test_crash_at: str | None = None
+
     log_level: str = "INFO"
     # When set, the event loop's lag is measured and written to this JSON file (bot/loopmonitor.py).
     loop_lag_file: str | None = None

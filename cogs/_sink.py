@@ -8,22 +8,29 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot.core import images
 from bot.core.events import Completed, Failed, Partial, Started
-from bot.core.studio import JobSpec
+from bot.core.jobs import JobSpec
+from bot.core.studio import PostingFailed
 from cogs._ui import clip, t
 from storage.base import Job, Turn
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 log = logging.getLogger(__name__)
 
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 # How many times a final image that Discord refused as too large is made smaller and sent again.
 MAX_REFUSED_UPLOADS = 6
+# Discord errors that mean the destination is gone or closed to the bot: posting there again
+# cannot help (Unknown Channel, Missing Access, thread archived/locked).
+GONE_CODES = frozenset({10003, 50001, 50083, 160005})
+# Errors of a request that may work later: Discord or the network is down for now.
+TRANSIENT_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 
 
 def upload_limit(channel: Any) -> int:
@@ -49,12 +56,12 @@ def footer(done: Completed, locale: str) -> str:
 class DiscordTurnSink:
     """One progress message per turn; partials replace each other (latest wins), the final replaces them."""
 
-    def __init__(self, bot: ImagineBot, job: Job, channel: Any) -> None:
+    def __init__(self, bot: ImagineBot, job: Job, spec: JobSpec, channel: Any) -> None:
         self.bot = bot
         self.job = job
         self.channel = channel
         self.locale = job.locale
-        self.spec = JobSpec.from_payload(job.payload)
+        self.spec = spec
         self.message: discord.Message | None = None
         self._message_lock = asyncio.Lock()
         self._pending: Partial | None = None
@@ -62,10 +69,10 @@ class DiscordTurnSink:
         self._final = False
 
     @classmethod
-    async def for_job(cls, bot: ImagineBot, job: Job) -> DiscordTurnSink:
+    async def for_job(cls, bot: ImagineBot, job: Job, spec: JobSpec) -> DiscordTurnSink:
         """The sink for `job`, in its channel."""
         channel = await bot.resolve_channel(job.channel_id)
-        sink = cls(bot, job, channel)
+        sink = cls(bot, job, spec, channel)
         if job.progress_message_id is not None and channel is not None:
             sink.message = channel.get_partial_message(job.progress_message_id)
         return sink
@@ -81,19 +88,21 @@ class DiscordTurnSink:
         async with self._message_lock:
             if self.message is None:
                 self.message = await self.channel.send(content)
-                await self.bot.services.store.set_job_progress_message(self.job.id, self.message.id)
+                await self.bot.studio.remember_progress(self.job, self.message.id)
             else:
                 await self._edit(content=content)
         return self.message
 
     async def _edit(self, **fields: Any) -> None:
-        """Edit the progress message; when Discord refuses (too old, deleted), post a new one."""
+        """Edit the progress message; when it is gone or too old to edit, post a new one."""
         assert self.message is not None
         try:
             self.message = await self.message.edit(**fields)
         except discord.HTTPException as exc:
-            if isinstance(exc, discord.Forbidden) or exc.status == 413:
-                # No permission, or a file over the upload limit: posting anew cannot help.
+            replaceable = exc.code == 10008 or exc.code == 30046
+            if not replaceable or exc.status == 413:
+                # No permission, a file over the upload limit, Discord down: posting anew
+                # cannot help now (the caller decides whether to try again later).
                 raise
             log.info("editing progress message failed (%s); posting a new one", exc.code)
             content = fields.pop("content", None)
@@ -106,21 +115,28 @@ class DiscordTurnSink:
             if view is not None:
                 kwargs["view"] = view
             stale, self.message = self.message, await self.channel.send(**kwargs)
-            await self.bot.services.store.set_job_progress_message(self.job.id, self.message.id)
+            await self.bot.studio.remember_progress(self.job, self.message.id)
             try:
                 # Do not leave a "Drawing…" message behind the one that replaces it.
                 await stale.delete()
             except discord.HTTPException:
                 log.info("could not delete the old progress message of job %s", self.job.id)
 
+    async def _progress(self, content: str) -> None:
+        """Show progress text; a failure only costs the progress line, never the turn."""
+        try:
+            await self._ensure_message(content)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not show the progress of job %s: %r", self.job.id, exc)
+
     async def queued(self, position: int) -> None:
-        await self._ensure_message(
+        await self._progress(
             self._header() + "\n" + t(self.locale, "discord.queued", position=position)
         )
 
     async def started(self, event: Started) -> None:
         key = "discord.reseeding" if event.reseeded else "discord.drawing"
-        await self._ensure_message(self._header() + "\n" + t(self.locale, key))
+        await self._progress(self._header() + "\n" + t(self.locale, key))
 
     async def partial(self, event: Partial) -> None:
         if self._final:
@@ -151,7 +167,7 @@ class DiscordTurnSink:
                     await self._ensure_message(content)
                 async with self._message_lock:
                     await self._edit(content=content, attachments=[file])
-            except discord.HTTPException as exc:
+            except TRANSIENT_ERRORS as exc:
                 # A lost preview is not worth failing the turn over.
                 log.warning(
                     "could not show partial %d of job %s: %s", event.index, self.job.id, exc
@@ -163,51 +179,76 @@ class DiscordTurnSink:
         return value if isinstance(value, int) else 0
 
     async def completed(self, event: Completed, turn: Turn) -> tuple[int | None, str | None]:
-        from cogs.buttons import final_view
+        """Show the final image in place of the progress; elsewhere if the channel is gone.
 
+        Raises PostingFailed when Discord refuses for now: the studio tries again later.
+        """
         self._final = True
         self._pending = None
         if self._uploader is not None:
             # An upload in flight finishes first (it cannot be recalled); then the final replaces it.
             await asyncio.gather(self._uploader, return_exceptions=True)
-        limit = upload_limit(self.channel)
-        target = limit - 64 * 1024
+        try:
+            if self.channel is None:
+                raise _Gone("the channel is gone")
+            try:
+                await self._post_final(event, turn)
+            except discord.HTTPException as exc:
+                if exc.code in GONE_CODES or (exc.status == 404 and exc.code != 10008):
+                    raise _Gone(f"{exc.status} {exc.code}") from exc
+                raise
+        except _Gone as gone:
+            log.warning("job %s: %s; posting its image elsewhere", self.job.id, gone)
+            return await self._deliver_elsewhere(event)
+        except TRANSIENT_ERRORS as exc:
+            raise PostingFailed(repr(exc)) from exc
+        assert self.message is not None
+        url = self.message.attachments[0].url if self.message.attachments else None
+        self.bot.dispatch("turn_posted", self.job, turn, self.message, time.monotonic())
+        return self.message.id, url
+
+    def _final_content(self, event: Completed, fitted: images.FittedImage, refused: int) -> str:
+        lines = [self._header()]
+        if event.text:
+            lines.append(clip(event.text, 800))
+        if event.reseeded:
+            lines.append(t(self.locale, "note.reseeded"))
+        if fitted.reencoded:
+            size = round(len(fitted.data) / 1024 / 1024, 1)
+            if refused:
+                # The limit discord.py reports was not the real one: it is not known here.
+                note = t(self.locale, "discord.reencoded_refused", format=fitted.format, size=size)
+            else:
+                limit_mb = round(upload_limit(self.channel) / 1024 / 1024, 1)
+                note = t(
+                    self.locale,
+                    "discord.reencoded",
+                    format=fitted.format,
+                    size=size,
+                    limit=limit_mb,
+                )
+            lines.append(note)
+        lines.append(footer(event, self.locale))
+        return clip("\n".join(lines), 2000)
+
+    async def _post_final(self, event: Completed, turn: Turn) -> None:
+        from cogs.buttons import final_view
+
+        target = upload_limit(self.channel) - 64 * 1024
         refused = 0
         while True:
             fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, target)
-            lines = [self._header()]
-            if event.text:
-                lines.append(clip(event.text, 800))
-            if event.reseeded:
-                lines.append(t(self.locale, "note.reseeded"))
-            if fitted.reencoded:
-                size = round(len(fitted.data) / 1024 / 1024, 1)
-                if refused:
-                    # The limit discord.py reports was not the real one: it is not known here.
-                    note = t(
-                        self.locale, "discord.reencoded_refused", format=fitted.format, size=size
-                    )
-                else:
-                    limit_mb = round(limit / 1024 / 1024, 1)
-                    note = t(
-                        self.locale,
-                        "discord.reencoded",
-                        format=fitted.format,
-                        size=size,
-                        limit=limit_mb,
-                    )
-                lines.append(note)
-            lines.append(footer(event, self.locale))
-            content = clip("\n".join(lines), 2000)
+            content = self._final_content(event, fitted, refused)
             file = discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}")
             view = final_view(turn.id, self.locale)
             try:
                 if self.message is None:
                     self.message = await self.channel.send(content, file=file, view=view)
+                    await self.bot.studio.remember_progress(self.job, self.message.id)
                 else:
                     async with self._message_lock:
                         await self._edit(content=content, attachments=[file], view=view)
-                break
+                return
             except discord.HTTPException as exc:
                 # 413: this channel's real limit is below what discord.py derives from the
                 # server's boost tier. Halve the file until Discord takes it.
@@ -221,10 +262,47 @@ class DiscordTurnSink:
                     len(fitted.data),
                     target,
                 )
-        assert self.message is not None
-        url = self.message.attachments[0].url if self.message.attachments else None
-        self.bot.dispatch("turn_posted", self.job, turn, self.message, time.monotonic())
-        return self.message.id, url
+
+    async def _deliver_elsewhere(self, event: Completed) -> tuple[int | None, str | None]:
+        """Show an image whose channel is gone where its requester can still see it: the parent
+        channel of its thread, else a DM. (None, None) when Discord refuses both for good.
+        """
+        places: list[Any] = []
+        conversation = await self.bot.studio.conversation(self.job.channel_id)
+        parent_id = conversation.parent_channel_id if conversation is not None else None
+        if parent_id is not None:
+            parent = await self.bot.resolve_channel(parent_id)
+            if parent is not None:
+                places.append(parent)
+        try:
+            user = await self.bot.fetch_user(self.job.user_id)
+            places.append(await user.create_dm())
+        except discord.NotFound:
+            log.info("job %s: its requester is unknown to Discord", self.job.id)
+        for place in places:
+            self.channel = place
+            fitted = await asyncio.to_thread(
+                images.fit_to_limit, event.image, event.format, upload_limit(place) - 64 * 1024
+            )
+            content = clip(
+                f"<@{self.job.user_id}> "
+                + t(self.locale, "discord.delivered_elsewhere")
+                + "\n"
+                + self._final_content(event, fitted, 0),
+                2000,
+            )
+            try:
+                message = await place.send(
+                    content,
+                    file=discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}"),
+                )
+            except (discord.Forbidden, discord.NotFound) as exc:
+                log.info("job %s: cannot post in %s either (%s)", self.job.id, place.id, exc.code)
+                continue
+            url = message.attachments[0].url if message.attachments else None
+            return message.id, url
+        log.warning("job %s: nowhere left to show its image; it stays saved", self.job.id)
+        return None, None
 
     async def failed(self, event: Failed, job: Job) -> None:
         from cogs.buttons import retry_view
@@ -240,8 +318,15 @@ class DiscordTurnSink:
         if self.channel is None:
             log.warning("job %s failed and its channel is gone", job.id)
             return
-        if self.message is None:
-            self.message = await self.channel.send(content, view=view)
-        else:
-            async with self._message_lock:
-                await self._edit(content=content, attachments=[], view=view)
+        try:
+            if self.message is None:
+                self.message = await self.channel.send(content, view=view)
+            else:
+                async with self._message_lock:
+                    await self._edit(content=content, attachments=[], view=view)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not report the failure of job %s: %r", job.id, exc)
+
+
+class _Gone(Exception):
+    """The job's channel is gone or closed to the bot."""

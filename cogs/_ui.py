@@ -10,11 +10,11 @@ import discord
 
 from bot.core import i18n, images
 from bot.core.errors import BadInput
+from bot.core.jobs import Requester
 from bot.core.options import InputImage
-from bot.core.studio import Requester
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +41,34 @@ def is_admin(user: discord.abc.User, channel: Any) -> bool:
     return bool(perms.manage_guild or perms.manage_messages or perms.administrator)
 
 
-async def locale_for(bot: ImagineBot, user_id: int, fallback: object) -> str:
-    """A member's chosen language, else the Discord locale given."""
-    chosen = (await bot.services.store.get_user_settings(user_id)).get("language")
-    return i18n.normalize_locale(str(chosen) if chosen else str(fallback) if fallback else None)
-
-
 async def requester_for_interaction(
     bot: ImagineBot, interaction: discord.Interaction[Any]
 ) -> Requester:
-    """The requester behind an interaction."""
+    """The requester behind an interaction (their own language, else their client's)."""
     user = interaction.user
-    roles = tuple(r.id for r in getattr(user, "roles", []))
-    return Requester(
+    channel = interaction.channel
+    return await bot.studio.requester(
         user_id=user.id,
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id or 0,
-        locale=await locale_for(bot, user.id, interaction.locale),
-        role_ids=roles,
-        is_admin=is_admin(user, interaction.channel) if interaction.channel else False,
+        client_locale=str(interaction.locale),
+        role_ids=tuple(r.id for r in getattr(user, "roles", [])),
+        is_admin=is_admin(user, channel) if channel else False,
+        parent_channel_id=parent_channel_id(channel),
     )
 
 
 async def requester_for_message(bot: ImagineBot, message: discord.Message) -> Requester:
-    """The requester behind a message in a conversation (the server's language by default)."""
+    """The requester behind a message (their own language, else the server's)."""
     guild_locale = message.guild.preferred_locale if message.guild else None
-    return Requester(
+    return await bot.studio.requester(
         user_id=message.author.id,
         guild_id=message.guild.id if message.guild else None,
         channel_id=message.channel.id,
-        locale=await locale_for(bot, message.author.id, guild_locale),
+        client_locale=str(guild_locale) if guild_locale else None,
         role_ids=tuple(r.id for r in getattr(message.author, "roles", [])),
         is_admin=is_admin(message.author, message.channel),
+        parent_channel_id=parent_channel_id(message.channel),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import time
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -13,11 +12,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core import images
-from bot.core.errors import BotError
-from bot.core.options import ImageOptions, validate_options
-from bot.core.studio import CONTINUE_POLICIES, day_start, month_start
+from bot.core.config import ContinuePolicy, GuildConfig
+from bot.core.usage import CHART_DAYS
 from cogs._translator import L, choices
-from cogs._ui import is_admin, locale_for, requester_for_interaction, t
+from cogs._ui import is_admin, requester_for_interaction, t
 from cogs.imagine import (
     MODERATIONS,
     model_autocomplete,
@@ -26,11 +24,13 @@ from cogs.imagine import (
 )
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 LANGUAGES = ("en", "ko")
 ENGINES = ("responses", "images")
-CHART_DAYS = 30
+# The values of ContinuePolicy, written out for the catalog check (tests/test_i18n.py).
+CONTINUE_POLICIES = ("anyone", "author", "role")
+assert CONTINUE_POLICIES == tuple(p.value for p in ContinuePolicy)
 
 
 def _format_options(values: dict[str, object], locale: str) -> str:
@@ -39,14 +39,14 @@ def _format_options(values: dict[str, object], locale: str) -> str:
     return "\n".join(f"• `{k}` = `{v}`" for k, v in sorted(values.items()))
 
 
-# Stored /config keys, and the option (catalog key `opt.<name>.name`) an admin types for each.
+# /config fields, and the option (catalog key `opt.<name>.name`) an admin types for each.
 CONFIG_OPTIONS = {
     "user_daily_usd": "user_daily_usd",
     "user_daily_images": "user_daily_images",
     "guild_monthly_usd": "server_monthly_usd",
     "guild_monthly_images": "server_monthly_images",
     "allowed_channels": "allowed_channels",
-    "defaults": "default_model",
+    "default_model": "default_model",
     "allowed_models": "allowed_models",
     "moderation": "moderation",
     "continue_policy": "continue_policy",
@@ -56,20 +56,19 @@ CONFIG_OPTIONS = {
 }
 
 
-def _format_config(config: dict[str, Any], locale: str) -> str:
+def _format_config(config: GuildConfig, locale: str) -> str:
     """A server's configuration under the option names admins type, with mentions for places."""
+    stored = config.to_dict()
     shown: list[str] = []
     for key, option in CONFIG_OPTIONS.items():
-        if key not in config:
+        value = getattr(config, key)
+        if key not in stored and not (key == "default_model" and value):
             continue
-        value = config[key]
         if key == "allowed_channels":
             text = " ".join(f"<#{c}>" for c in value) or "-"
         elif key == "continue_role_id":
             text = f"<@&{value}>"
-        elif key == "defaults":
-            text = f"`{value.get('model', '-')}`"
-        elif isinstance(value, list):
+        elif isinstance(value, tuple):
             text = ", ".join(f"`{v}`" for v in value) or "-"
         else:
             text = f"`{value}`"
@@ -109,22 +108,18 @@ class AdminCog(commands.Cog):
         reset: bool = False,
     ) -> None:
         """Show or change your own defaults."""
-        store = self.bot.services.store
-        user_id = interaction.user.id
-        current: dict[str, object] = {} if reset else dict(await store.get_user_settings(user_id))
-        changes = output_options(
-            size, quality, format, background, compression, moderation, partials, model
-        )
-        changes["language"] = language
-        current.update({k: v for k, v in changes.items() if v is not None})
-        locale = str(current.get("language") or interaction.locale)
-        options_only = {k: v for k, v in current.items() if k != "language"}
-        # The defaults must make a valid request on their own (e.g. not transparent + jpeg).
-        validate_options(self.bot.services.default_options.merged(options_only))
-        if reset or any(v is not None for v in changes.values()):
-            await store.set_user_settings(user_id, current)
+        requester = await requester_for_interaction(self.bot, interaction)
+        changes: dict[str, object | None] = {
+            **output_options(
+                size, quality, format, background, compression, moderation, partials, model
+            ),
+            "language": language,
+        }
+        updated = await self.bot.studio.update_settings(requester, changes, reset=reset)
+        locale = updated.language or requester.locale
         await interaction.response.send_message(
-            t(locale, "settings.current", values=_format_options(current, locale)), ephemeral=True
+            t(locale, "settings.current", values=_format_options(updated.to_dict(), locale)),
+            ephemeral=True,
         )
 
     @app_commands.command(name=L("cmd.usage.name"), description=L("cmd.usage.desc"))
@@ -132,11 +127,9 @@ class AdminCog(commands.Cog):
         """Your images, tokens and estimated cost; the server's too, with a chart, for admins."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         requester = await requester_for_interaction(self.bot, interaction)
-        store = self.bot.services.store
         locale = requester.locale
-        now = time.time()
-        today = await store.usage_totals(since=day_start(now), user_id=requester.user_id)
-        month = await store.usage_totals(since=month_start(now), user_id=requester.user_id)
+        report = await self.bot.studio.usage(requester)
+        today, month, limits = report.today, report.month, report.limits
         lines = [
             t(
                 locale,
@@ -153,15 +146,13 @@ class AdminCog(commands.Cog):
                 cost=month.cost_usd,
             ),
         ]
-        limits = await self.bot.studio.effective_limits(requester.guild_id)
         if limits.user_daily_usd is not None:
             lines.append(t(locale, "usage.limit_daily_usd", limit=limits.user_daily_usd))
         if limits.user_daily_images is not None:
             lines.append(t(locale, "usage.limit_daily_images", limit=limits.user_daily_images))
-        since = now - CHART_DAYS * 86400
         by_user: list[tuple[str, float]] | None = None
-        if requester.guild_id is not None and requester.is_admin:
-            server = await store.usage_totals(since=month_start(now), guild_id=requester.guild_id)
+        if report.server_month is not None:
+            server = report.server_month
             lines.append(
                 t(locale, "usage.server_month", images=server.images, cost=server.cost_usd)
             )
@@ -171,15 +162,18 @@ class AdminCog(commands.Cog):
                 lines.append(
                     t(locale, "usage.limit_monthly_images", limit=limits.guild_monthly_images)
                 )
-            days = await store.usage_by_day(since=since, guild_id=requester.guild_id)
-            users = await store.usage_by_user(since=since, guild_id=requester.guild_id)
-            by_user = [(self._user_label(interaction, u.user_id), u.cost_usd) for u in users[:10]]
+            by_user = [
+                (self._user_label(interaction, u.user_id), u.cost_usd)
+                for u in report.top_users or []
+            ]
             title = t(locale, "usage.chart_server", days=CHART_DAYS)
         else:
-            days = await store.usage_by_day(since=since, user_id=requester.user_id)
             title = t(locale, "usage.chart_you", days=CHART_DAYS)
         chart = await asyncio.to_thread(
-            images.usage_chart, [(d.day, d.cost_usd) for d in days], title=title, per_user=by_user
+            images.usage_chart,
+            [(d.day, d.cost_usd) for d in report.days],
+            title=title,
+            per_user=by_user,
         )
         await interaction.followup.send(
             "\n".join(lines),
@@ -253,55 +247,31 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         if not is_admin(interaction.user, interaction.channel):
             raise app_commands.MissingPermissions(["manage_guild"])
-        store = self.bot.services.store
-        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
-        config: dict[str, Any] = (
-            {} if reset else dict(await store.get_guild_config(interaction.guild_id))
-        )
-        updates: dict[str, Any] = {
+        requester = await requester_for_interaction(self.bot, interaction)
+        changes: dict[str, Any] = {
             "user_daily_usd": user_daily_usd,
             "user_daily_images": user_daily_images,
             "guild_monthly_usd": server_monthly_usd,
             "guild_monthly_images": server_monthly_images,
             "moderation": moderation,
             "continue_policy": continue_policy,
+            "continue_role_id": continue_role.id if continue_role is not None else None,
             "partials_enabled": partials,
             "engine": engine,
+            "default_model": default_model,
         }
-        if continue_role is not None:
-            updates["continue_role_id"] = continue_role.id
         if allowed_channels is not None:
-            updates["allowed_channels"] = [
+            changes["allowed_channels"] = [
                 int(c) for c in re.findall(r"\d{15,21}", allowed_channels)
             ]
         if allowed_models is not None:
-            names = [m.strip() for m in re.split(r"[,\s]+", allowed_models) if m.strip()]
-            for name in names:
-                validate_options(ImageOptions(model=name))
-            updates["allowed_models"] = names
-        if default_model is not None:
-            validate_options(ImageOptions(model=default_model))
-            defaults = dict(config.get("defaults") or {})
-            defaults["model"] = default_model
-            updates["defaults"] = defaults
-        changed = {k: v for k, v in updates.items() if v is not None}
-        for key in (
-            "user_daily_usd",
-            "user_daily_images",
-            "guild_monthly_usd",
-            "guild_monthly_images",
-        ):
-            if changed.get(key) == 0:
-                # 0 means "no limit" in the form; the stored config simply drops the key.
-                changed.pop(key)
-                config.pop(key, None)
-        config.update(changed)
-        if config.get("continue_policy") == "role" and not config.get("continue_role_id"):
-            raise BotError("config.role_needed")
-        if reset or changed or allowed_channels is not None:
-            await store.set_guild_config(interaction.guild_id, config)
+            changes["allowed_models"] = [
+                m.strip() for m in re.split(r"[,\s]+", allowed_models) if m.strip()
+            ]
+        config = await self.bot.studio.update_config(requester, changes, reset=reset)
         await interaction.response.send_message(
-            t(locale, "config.current", values=_format_config(config, locale)), ephemeral=True
+            t(requester.locale, "config.current", values=_format_config(config, requester.locale)),
+            ephemeral=True,
         )
 
     @app_commands.command(name=L("cmd.privacy.name"), description=L("cmd.privacy.desc"))
@@ -309,11 +279,11 @@ class AdminCog(commands.Cog):
     @app_commands.describe(confirm=L("opt.confirm.desc"))
     async def privacy(self, interaction: discord.Interaction[Any], confirm: bool = False) -> None:
         """Delete everything the bot keeps about you."""
-        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
+        locale = (await requester_for_interaction(self.bot, interaction)).locale
         if not confirm:
             await interaction.response.send_message(t(locale, "privacy.explain"), ephemeral=True)
             return
-        removed = await self.bot.services.store.delete_user_data(interaction.user.id)
+        removed = await self.bot.studio.forget_user(interaction.user.id)
         await interaction.response.send_message(
             t(locale, "privacy.done", count=removed), ephemeral=True
         )

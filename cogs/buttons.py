@@ -13,12 +13,12 @@ from discord.ext import commands
 
 from bot.core import images
 from bot.core.errors import BotError
-from bot.core.studio import JobSpec, Requester
+from bot.core.jobs import JobSpec, Requester
 from cogs._ui import reply_error, requester_for_interaction, t
 from storage.base import Turn
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +61,16 @@ async def _turn_for(
     bot: ImagineBot, interaction: discord.Interaction[Any], turn_id: int
 ) -> tuple[Turn, Requester]:
     """The turn a button names, after checking the button really belongs where it was pressed."""
-    turn = await bot.services.store.get_turn(turn_id)
-    # A crafted custom_id could name a turn elsewhere: it must be in this very channel.
-    if turn is None or turn.channel_id != interaction.channel_id:
-        raise BotError("discord.unknown_image")
     requester = await requester_for_interaction(bot, interaction)
-    conversation = await bot.services.store.get_conversation(turn.channel_id)
-    if conversation is not None and not await bot.studio.may_continue(conversation, requester):
-        raise BotError("discord.not_allowed_continue")
-    if conversation is None and turn.user_id != requester.user_id and not requester.is_admin:
-        raise BotError("discord.not_allowed_continue")
-    return turn, requester
+    return await bot.studio.button_turn(turn_id, requester), requester
 
 
 async def _submit(
     bot: ImagineBot, interaction: discord.Interaction[Any], spec: JobSpec, requester: Requester
 ) -> None:
+    """Check and queue a job through the same gates as a new command."""
     try:
-        await bot.studio.submit(spec, requester)
+        await bot.studio.submit(bot.studio.check(spec, requester))
     except BotError as exc:
         await reply_error(interaction, exc.localized(requester.locale))
 
@@ -135,23 +127,8 @@ class TurnButton(
             await self._delete(bot, interaction, turn, requester)
             return
         await interaction.response.defer()
-        if self.action == "reroll":
-            spec = JobSpec(
-                kind="reroll",
-                prompt=turn.prompt,
-                options=turn.options,
-                parent="response" if turn.parent_response_id else "none",
-                parent_response_id=turn.parent_response_id,
-            )
-        else:
-            spec = JobSpec(
-                kind="vary",
-                prompt=t("en", "prompt.vary"),
-                options=turn.options,
-                parent="response",
-                parent_response_id=turn.response_id,
-                parent_turn_id=turn.id,
-            )
+        studio = bot.studio
+        spec = studio.reroll_spec(turn) if self.action == "reroll" else studio.vary_spec(turn)
         await _submit(bot, interaction, spec, requester)
 
     async def _delete(
@@ -161,12 +138,14 @@ class TurnButton(
         turn: Turn,
         requester: Requester,
     ) -> None:
-        if turn.user_id != requester.user_id and not requester.is_admin:
-            await reply_error(interaction, t(requester.locale, "discord.not_allowed_delete"))
+        try:
+            # The record goes first (and the conversation back to the image before this one):
+            # once the image disappears from Discord, nothing is left to do.
+            await bot.studio.delete_image(turn, requester)
+        except BotError as exc:
+            await reply_error(interaction, exc.localized(requester.locale))
             return
         await interaction.response.defer()
-        # The record goes first: once the image disappears from Discord, nothing is left to do.
-        await bot.services.store.delete_turn(turn.id)
         if interaction.message is not None:
             await interaction.message.delete()
 
@@ -174,7 +153,7 @@ class TurnButton(
         self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data = await bot.fetch_turn_image(turn)
+        data = await bot.studio.turn_image(turn)
         if data is None:
             await reply_error(interaction, t(locale, "studio.parent_image_missing"))
             return
@@ -263,15 +242,7 @@ class EditModal(discord.ui.Modal):
             await reply_error(interaction, exc.localized(str(interaction.locale)))
             return
         await interaction.response.defer()
-        spec = JobSpec(
-            kind="region" if self.cells else "edit",
-            prompt=self.instruction.value,
-            options=turn.options,
-            mask_cells=self.cells,
-            parent="response",
-            parent_response_id=turn.response_id,
-            parent_turn_id=turn.id,
-        )
+        spec = bot.studio.edit_spec(turn, self.instruction.value, self.cells)
         await _submit(bot, interaction, spec, requester)
 
 
@@ -308,22 +279,25 @@ class RetryButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)
         requester = await requester_for_interaction(bot, interaction)
-        job = await bot.services.store.get_job(self.job_id)
-        if job is None or job.channel_id != interaction.channel_id:
-            await reply_error(interaction, t(requester.locale, "discord.unknown_job"))
-            return
-        if job.user_id != requester.user_id and not requester.is_admin:
-            await reply_error(interaction, t(requester.locale, "discord.not_allowed_retry"))
-            return
         await interaction.response.defer()
-        if interaction.message is not None:
-            try:
-                await interaction.message.edit(view=None)
-            except discord.HTTPException:
-                log.info("could not remove the Retry button of job %s", job.id)
-        new_job = await bot.studio.retry(job.id)
-        if new_job is None:
-            await reply_error(interaction, t(requester.locale, "discord.unknown_job"))
+        # The button goes first: the job's progress then takes over this message.
+        await self._show_button(interaction, False)
+        try:
+            # The same gates as a new request: the server's rules and budgets as they are now.
+            await bot.studio.retry(self.job_id, requester)
+        except BotError as exc:
+            await self._show_button(interaction, True, requester.locale)
+            await reply_error(interaction, exc.localized(requester.locale))
+
+    async def _show_button(
+        self, interaction: discord.Interaction[Any], shown: bool, locale: str = "en"
+    ) -> None:
+        if interaction.message is None:
+            return
+        try:
+            await interaction.message.edit(view=retry_view(self.job_id, locale) if shown else None)
+        except discord.HTTPException:
+            log.info("could not change the Retry button of job %s", self.job_id)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -9,10 +9,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._translator import L
-from cogs._ui import locale_for, t
+from cogs._ui import requester_for_interaction, t
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 
 class HelpCog(commands.Cog):
@@ -24,7 +24,7 @@ class HelpCog(commands.Cog):
     @app_commands.command(name=L("cmd.help.name"), description=L("cmd.help.desc"))
     async def help(self, interaction: discord.Interaction[Any]) -> None:
         """How it works."""
-        locale = await locale_for(self.bot, interaction.user.id, interaction.locale)
+        locale = (await requester_for_interaction(self.bot, interaction)).locale
         await interaction.response.send_message(t(locale, "help.text"), ephemeral=True)
 
 

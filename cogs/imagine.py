@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
@@ -14,13 +13,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
+from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
 from bot.core.models import MODELS, STANDARD_SIZES
 from bot.core.options import OUTPUT_OPTIONS, InputImage, validate_prompt
-from bot.core.studio import JobSpec, Requester
+from bot.core.studio import StartPlan
 from cogs._translator import L, choices
 from cogs._ui import (
     clip,
-    parent_channel_id,
     prepare_bytes,
     read_image,
     read_mask,
@@ -29,10 +28,10 @@ from cogs._ui import (
     requester_for_message,
     t,
 )
-from storage.base import Conversation
+from storage.base import Job
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    from cogs.app import ImagineBot
 
 log = logging.getLogger(__name__)
 
@@ -118,70 +117,107 @@ class ImagineCog(commands.Cog):
         spec: JobSpec,
         requester: Requester,
     ) -> None:
-        """Check the job, open (or reuse) its conversation, and queue it."""
-        bot = self.bot
-        store = bot.services.store
+        """Admit the job (its cost reserved within every limit), then open its place and queue it.
+
+        Nothing is posted before the admission succeeds; if opening the place fails after it,
+        the job is cancelled (its reservation released) and the starter message says so.
+        """
+        studio = self.bot.studio
         channel = interaction.channel
-        await bot.studio.precheck(spec, requester)
-        conversation = await store.get_conversation(requester.channel_id)
-        if conversation is not None:
-            # /imagine inside a bot thread (or a DM conversation) continues it.
-            if not await bot.studio.may_continue(conversation, requester):
-                raise BotError("discord.not_allowed_continue")
-            await interaction.followup.send(
-                t(requester.locale, "discord.continuing"), ephemeral=True
-            )
-            await bot.studio.submit(spec, requester)
-            return
-        starter = await interaction.followup.send(
-            t(
-                requester.locale,
-                "discord.starting",
-                prompt=clip(spec.prompt, 1500),
-                user=interaction.user.mention,
-            ),
-            wait=True,
+        plan = await studio.start_plan(
+            requester,
+            in_dm=interaction.guild_id is None,
+            in_thread=isinstance(channel, discord.Thread),
         )
-        target = requester.channel_id
-        if isinstance(channel, discord.TextChannel):
-            try:
-                thread = await channel.create_thread(
-                    name=clip(spec.prompt.replace("\n", " "), THREAD_NAME_LIMIT),
-                    message=starter,
-                    auto_archive_duration=1440,
+        if plan is not StartPlan.CONTINUE:
+            spec = dataclasses.replace(spec, parent=ParentMode.NONE)
+        job = await studio.admit(studio.check(spec, requester))
+        starter: discord.Message | None = None
+        try:
+            if plan is StartPlan.CONTINUE:
+                await _quietly(
+                    interaction.followup.send(
+                        t(requester.locale, "discord.continuing"), ephemeral=True
+                    )
                 )
-                target = thread.id
-            except discord.Forbidden:
-                # Without the permission to create threads, the image is posted in the channel;
-                # replies to it still continue the conversation.
-                log.info(
-                    "no permission to create threads in %s; replying in the channel", channel.id
-                )
-                await interaction.followup.send(
-                    t(requester.locale, "discord.no_thread_permission"), ephemeral=True
-                )
-                target = 0
-        if target:
-            now = time.time()
-            await store.create_conversation(
-                Conversation(
-                    channel_id=target,
-                    guild_id=requester.guild_id,
-                    owner_id=requester.user_id,
-                    parent_channel_id=requester.channel_id
-                    if target != requester.channel_id
-                    else None,
-                    latest_response_id=None,
-                    latest_message_id=None,
-                    engine=await bot.studio.engine_for(requester.guild_id),
-                    options=dict(spec.options),
-                    created_at=now,
-                    updated_at=now,
-                )
+                await studio.place(job, requester.channel_id)
+                return
+            starter = await self._starter(interaction, spec, requester)
+            if plan is StartPlan.NEW_THREAD and isinstance(channel, discord.TextChannel):
+                thread = await self._open_thread(interaction, channel, starter, spec, requester)
+                if thread is not None:
+                    conversation = studio.new_conversation(requester, thread.id, spec)
+                    await studio.place(job, thread.id, conversation)
+                    return
+            elif plan is StartPlan.FRESH_DM:
+                conversation = studio.new_conversation(requester, requester.channel_id, spec)
+                await studio.place(job, requester.channel_id, conversation)
+                return
+            # A thread the bot did not create, or no thread could be opened: the image is posted
+            # here and replies to it continue it, but ordinary chat here is not a conversation.
+            await studio.place(job, requester.channel_id)
+        except Exception:
+            await self._abandon(job, starter, requester)
+            raise
+
+    async def _abandon(
+        self, job: Job, starter: discord.Message | None, requester: Requester
+    ) -> None:
+        """Cancel a job that could not be placed, and leave no "asked for" message behind."""
+        try:
+            await self.bot.studio.abandon(job)
+        except Exception:
+            log.exception("could not cancel job %s", job.id)
+        if starter is not None:
+            await _quietly(starter.edit(content=t(requester.locale, "discord.start_failed")))
+
+    async def _starter(
+        self, interaction: discord.Interaction[Any], spec: JobSpec, requester: Requester
+    ) -> discord.Message:
+        """The public "asked for" message; a plain channel message if the interaction is gone."""
+        text = t(
+            requester.locale,
+            "discord.starting",
+            prompt=clip(spec.prompt, 1500),
+            user=interaction.user.mention,
+        )
+        try:
+            return await interaction.followup.send(text, wait=True)
+        except discord.HTTPException as exc:
+            # 50027 (the interaction token expired) or 10015: the work never depends on it.
+            log.info("follow-up refused (%s); posting the starter in the channel", exc.code)
+            assert interaction.channel is not None
+            message: discord.Message = await interaction.channel.send(text)  # type: ignore[union-attr]
+            return message
+
+    async def _open_thread(
+        self,
+        interaction: discord.Interaction[Any],
+        channel: discord.TextChannel,
+        starter: discord.Message,
+        spec: JobSpec,
+        requester: Requester,
+    ) -> discord.Thread | None:
+        """A thread on the starter message; None (and the user is told) when Discord refuses."""
+        try:
+            return await channel.create_thread(
+                name=clip(spec.prompt.replace("\n", " "), THREAD_NAME_LIMIT),
+                message=starter,
+                auto_archive_duration=1440,
             )
-        else:
-            target = requester.channel_id
-        await bot.studio.submit(spec, _moved(requester, target))
+        except discord.HTTPException as exc:
+            # Without the permission (or with Discord refusing for another reason) the image is
+            # posted in the channel; replies to it still continue the conversation.
+            log.info(
+                "no thread in %s (%s %s); replying in the channel", channel.id, exc.status, exc.code
+            )
+            key = (
+                "discord.no_thread_permission"
+                if isinstance(exc, discord.Forbidden)
+                else "discord.no_thread"
+            )
+            await _quietly(interaction.followup.send(t(requester.locale, key), ephemeral=True))
+            return None
 
     async def _read_inputs(
         self,
@@ -239,16 +275,15 @@ class ImagineCog(commands.Cog):
                 size, quality, format, background, compression, moderation, partials, model
             )
             # Place and options first: a mistake there is reported before any download.
-            await self.bot.studio.check_channel(requester, parent_channel_id(interaction.channel))
-            await self.bot.studio.resolve_options(requester, options)
+            self.bot.studio.check_place(requester)
+            self.bot.studio.options_for(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image, image2, image3], mask)
             spec = JobSpec(
-                kind="imagine",
+                kind=JobKind.IMAGINE,
                 prompt=text,
                 options=options,
                 images=images,
                 mask=mask_bytes,
-                parent="latest",
             )
             await self._start(interaction, spec, requester)
         except BotError as exc:
@@ -292,16 +327,15 @@ class ImagineCog(commands.Cog):
                 size, quality, format, background, compression, moderation, partials, model
             )
             # Place and options first: a mistake there is reported before any download.
-            await self.bot.studio.check_channel(requester, parent_channel_id(interaction.channel))
-            await self.bot.studio.resolve_options(requester, options)
+            self.bot.studio.check_place(requester)
+            self.bot.studio.options_for(requester, options)
             images, mask_bytes = await self._read_inputs(requester, [image], mask)
             spec = JobSpec(
-                kind="edit_upload",
+                kind=JobKind.EDIT_UPLOAD,
                 prompt=text,
                 options=options,
                 images=images,
                 mask=mask_bytes,
-                parent="latest",
             )
             await self._start(interaction, spec, requester)
         except BotError as exc:
@@ -316,30 +350,17 @@ class ImagineCog(commands.Cog):
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        store = self.bot.services.store
-        conversation = await store.get_conversation(message.channel.id)
-        parent_turn = None
-        if message.reference is not None and message.reference.message_id is not None:
-            parent_turn = await store.get_turn_by_message(message.reference.message_id)
-            if parent_turn is not None and parent_turn.channel_id != message.channel.id:
-                parent_turn = None
-        if conversation is None and parent_turn is None:
+        studio = self.bot.studio
+        reply_to = message.reference.message_id if message.reference is not None else None
+        target = await studio.message_target(message.channel.id, reply_to=reply_to)
+        if target is None:
             return
+        owner_id, parent_turn = target
         requester = await requester_for_message(self.bot, message)
         try:
-            if conversation is not None and not await self.bot.studio.may_continue(
-                conversation, requester
-            ):
-                raise BotError("discord.not_allowed_continue")
-            if (
-                conversation is None
-                and parent_turn is not None
-                and parent_turn.user_id != requester.user_id
-            ):
-                if not requester.is_admin:
-                    raise BotError("discord.not_allowed_continue")
+            studio.check_continue(owner_id, requester)
             spec = await self._spec_from_message(message, requester, parent_turn)
-            await self.bot.studio.submit(spec, requester)
+            await studio.submit(studio.check(spec, requester))
         except BotError as exc:
             try:
                 await message.reply("⚠️ " + exc.localized(requester.locale), mention_author=False)
@@ -367,15 +388,14 @@ class ImagineCog(commands.Cog):
         mask = None
         if mask_attachment is not None:
             target = images[0] if images else None
-            if target is None and parent_turn is None:
-                # The mask applies to the conversation's latest image.
-                latest = await self.bot.services.store.latest_turn(message.channel.id)
-                parent_image = await self.bot.fetch_turn_image(latest) if latest else None
-                if parent_image is None:
-                    raise BadInput("bad.mask_without_image")
-                target = await prepare_bytes(self.bot, parent_image, "parent.png")
-            elif target is None:
-                parent_image = await self.bot.fetch_turn_image(parent_turn)
+            if target is None:
+                # The mask applies to the image replied to, else the conversation's latest.
+                studio = self.bot.studio
+                parent_image = await (
+                    studio.turn_image(parent_turn)
+                    if parent_turn is not None
+                    else studio.latest_image(message.channel.id)
+                )
                 if parent_image is None:
                     raise BadInput("bad.mask_without_image")
                 target = await prepare_bytes(self.bot, parent_image, "parent.png")
@@ -384,17 +404,15 @@ class ImagineCog(commands.Cog):
         validate_prompt(prompt)
         if parent_turn is not None:
             return JobSpec(
-                kind="reply",
+                kind=JobKind.REPLY,
                 prompt=prompt,
                 images=tuple(images),
                 mask=mask,
-                parent="response",
+                parent=ParentMode.RESPONSE,
                 parent_response_id=parent_turn.response_id,
                 parent_turn_id=parent_turn.id,
             )
-        return JobSpec(
-            kind="message", prompt=prompt, images=tuple(images), mask=mask, parent="latest"
-        )
+        return JobSpec(kind=JobKind.MESSAGE, prompt=prompt, images=tuple(images), mask=mask)
 
 
 async def _tell_conversions(
@@ -410,8 +428,12 @@ async def _tell_conversions(
         log.warning("could not tell about converted input images")
 
 
-def _moved(requester: Requester, channel_id: int) -> Requester:
-    return dataclasses.replace(requester, channel_id=channel_id)
+async def _quietly(send: Awaitable[Any]) -> None:
+    """Send a courtesy message whose loss changes nothing (e.g. after the token expired)."""
+    try:
+        await send
+    except discord.HTTPException as exc:
+        log.info("a courtesy message was refused (%s %s)", exc.status, exc.code)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -94,6 +94,7 @@ class NewTurn:
     cost_usd: float = 0.0
     status: str = TurnStatus.COMPLETED
     image_url: str | None = None
+    result: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class Turn:
     status: str
     image_url: str | None
     created_at: float
+    result: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,8 +157,9 @@ class Job:
     finished_at: float | None
     reserved_usd: float = 0.0
     reserved_images: int = 0
-    # The OpenAI response the running job streams (known from its first event), and the turn
-    # its image was saved as.
+    # The OpenAI response a running job streams (recorded as soon as OpenAI names it, so a
+    # restart can fetch a finished image instead of paying for it again), and the turn its
+    # image was saved as.
     response_id: str | None = None
     turn_id: int | None = None
 
@@ -405,6 +408,14 @@ class Store(Protocol):
         """
         ...
 
+    async def place_job(
+        self, job_id: int, channel_id: int, conversation: Conversation | None
+    ) -> bool:
+        """Move a queued job to the channel it will be shown in, and open that channel's
+        conversation (replacing one there), in one transaction; False if the job is not queued.
+        """
+        ...
+
     async def set_job_response(self, job_id: int, response_id: str) -> bool:
         """Remember the OpenAI response a running job streams; False if it is not running."""
         ...
@@ -426,7 +437,7 @@ class Store(Protocol):
         ...
 
     async def mark_posted(
-        self, job_id: int, turn_id: int, message_id: int, image_url: str | None
+        self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None
     ) -> bool:
         """Record where a saved job's image was posted and end the job (saved -> done)."""
         ...

@@ -169,7 +169,7 @@ _CONVERSATION_COLUMNS = (
 )
 _TURN_COLUMNS = (
     "id, channel_id, guild_id, user_id, message_id, response_id, parent_response_id, prompt, "
-    "revised_prompt, options, engine, model, usage, cost_usd, status, image_url, created_at"
+    "revised_prompt, options, engine, model, usage, cost_usd, status, image_url, created_at, result"
 )
 _JOB_COLUMNS = (
     "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
@@ -239,6 +239,7 @@ def _turn(row: Row) -> Turn:
         status=row[14],
         image_url=row[15],
         created_at=row[16],
+        result=_load_json(row[17]),
     )
 
 
@@ -446,7 +447,13 @@ class SqliteStore:
 
     async def create_conversation(self, conversation: Conversation) -> None:
         """Insert a conversation, or replace it (keeping its original `created_at`)."""
-        await self._write(
+        async with self._transaction() as conn:
+            await self._upsert_conversation(conn, conversation)
+
+    async def _upsert_conversation(
+        self, conn: aiosqlite.Connection, conversation: Conversation
+    ) -> None:
+        await conn.execute(
             f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (channel_id) DO UPDATE SET"
@@ -504,8 +511,8 @@ class SqliteStore:
         rows = await conn.execute_fetchall(
             "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
             " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
-            " cost_usd, status, image_url, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " cost_usd, status, image_url, created_at, result)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 turn.channel_id,
                 turn.guild_id,
@@ -523,6 +530,7 @@ class SqliteStore:
                 str(turn.status),
                 turn.image_url,
                 created_at,
+                _dump_json(turn.result),
             ),
         )
         return Turn(
@@ -544,6 +552,7 @@ class SqliteStore:
             status=str(turn.status),
             image_url=turn.image_url,
             created_at=created_at,
+            result=dict(turn.result),
         )
 
     async def get_turn(self, turn_id: int) -> Turn | None:
@@ -804,13 +813,22 @@ class SqliteStore:
         )
         return changed > 0
 
-    async def set_job_response(self, job_id: int, response_id: str) -> bool:
-        """Remember the OpenAI response a running job streams; False if it is not running."""
-        changed = await self._write(
-            "UPDATE jobs SET response_id = ? WHERE id = ? AND status = ?",
-            (response_id, job_id, JobStatus.RUNNING.value),
-        )
-        return changed > 0
+    async def place_job(
+        self, job_id: int, channel_id: int, conversation: Conversation | None
+    ) -> bool:
+        """Move a queued job to the channel it will be shown in, and open that channel's
+        conversation (replacing one there), in one transaction; False if the job is not queued.
+        """
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET channel_id = ? WHERE id = ? AND status = ?",
+                (channel_id, job_id, JobStatus.QUEUED.value),
+            )
+            if cursor.rowcount == 0:
+                return False
+            if conversation is not None:
+                await self._upsert_conversation(conn, conversation)
+            return True
 
     async def finish_job(
         self,
@@ -840,6 +858,14 @@ class SqliteStore:
                 await self._insert_usage(conn, usage)
             return True
 
+    async def set_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember the OpenAI response a running job streams; False if it is not running."""
+        changed = await self._write(
+            "UPDATE jobs SET response_id = ? WHERE id = ? AND status = ?",
+            (response_id, job_id, JobStatus.RUNNING.value),
+        )
+        return changed > 0
+
     async def save_result(
         self,
         job_id: int | None,
@@ -865,6 +891,14 @@ class SqliteStore:
                     (turn.response_id, self._clock(), turn.channel_id),
                 )
             if job_id is not None:
+                # The job's progress message becomes the final image: a reply to it continues
+                # from this turn even before the posting is recorded.
+                await conn.execute(
+                    "UPDATE turns SET message_id ="
+                    " (SELECT progress_message_id FROM jobs WHERE id = ?)"
+                    " WHERE id = ? AND message_id IS NULL",
+                    (job_id, saved.id),
+                )
                 cursor = await conn.execute(
                     "UPDATE jobs SET status = ?, turn_id = ?, reserved_usd = 0,"
                     " reserved_images = 0 WHERE id = ? AND status = ?",
@@ -875,7 +909,7 @@ class SqliteStore:
             return saved
 
     async def mark_posted(
-        self, job_id: int, turn_id: int, message_id: int, image_url: str | None
+        self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None
     ) -> bool:
         """Record where a saved job's image was posted and end the job (saved -> done)."""
         async with self._transaction() as conn:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
+import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from fakes.discord_api import FakeDiscord
+from fakes.openai_api import FakeOpenAI
+from tests.conftest import cli_env
 
 
 def png(size: tuple[int, int] = (1024, 1024), color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
@@ -95,3 +101,58 @@ def no_errors_logged() -> Iterator[ErrorLog]:
 def error_log() -> Iterator[ErrorLog]:
     with no_errors_logged() as handler:
         yield handler
+
+
+class BotProcess:
+    """One `python -m bot run` process, logging to a file."""
+
+    def __init__(self, discord: FakeDiscord, openai: FakeOpenAI, workdir: Path) -> None:
+        self.discord = discord
+        self.openai = openai
+        self.workdir = workdir
+        self.process: asyncio.subprocess.Process | None = None
+        self.runs = 0
+
+    @property
+    def log(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.workdir.glob("bot-*.log")))
+
+    async def start(self, env_extra: dict[str, str] | None = None, *, ready: bool = True) -> None:
+        """Start the bot; wait until it is ready (or, with `ready=False`, connected)."""
+        sessions = self.discord.gateway_sessions
+        self.runs += 1
+        env = cli_env(
+            self.openai,
+            self.workdir,
+            {
+                "DISCORD_TOKEN": self.discord.token,
+                "DISCORD_API_BASE_URL": self.discord.api_base,
+                "DISCORD_GATEWAY_URL": self.discord.gateway_url,
+                "LOG_LEVEL": "INFO",
+                **(env_extra or {}),
+            },
+        )
+        log = (self.workdir / f"bot-{self.runs}.log").open("w")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", cwd=self.workdir, env=env, stdout=log, stderr=log
+        )
+        log.close()
+        await self.discord.wait_for(lambda: self.discord.gateway_sessions > sessions, timeout=30)
+        if ready:
+            await self.discord.wait_for(lambda: self.log.count("ready as") >= self.runs, timeout=30)
+
+    async def exited(self, timeout: float = 30) -> int:
+        """Wait for the process to end by itself; return its exit code."""
+        assert self.process is not None
+        async with asyncio.timeout(timeout):
+            code = await self.process.wait()
+        self.process = None
+        return code
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        async with asyncio.timeout(30):
+            code = await self.process.wait()
+        self.process = None
+        return code

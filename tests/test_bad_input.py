@@ -16,7 +16,7 @@ so a prompt over the 32,000-character limit never arrives; `partials` and `compr
 integer ranges Discord enforces; a command carries at most 3 images and a message at most 10
 attachments, fewer than the 16 reference images allowed. Those cases check that the stand-in
 refuses them as Discord does, and run the bot's own check at the service level
-(`Studio.precheck` of the running bot, which calls the same `validate_request` that
+(`Studio.check` of the running bot, which calls the same `validate_request` that
 `python -m bot generate` runs).
 
 The last test prints the whole table (case, expected, got), even under `-q`.
@@ -41,9 +41,9 @@ from PIL import Image
 
 from bot.core import i18n
 from bot.core.errors import BadInput
+from bot.core.jobs import JobKind, JobSpec, Requester
 from bot.core.models import MODELS
 from bot.core.options import MAX_INPUT_IMAGES, MAX_PROMPT_CHARS, InputImage
-from bot.core.studio import JobSpec, Requester
 from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import FakeDiscord, Interaction
 from fakes.openai_api import Timeline
@@ -189,7 +189,7 @@ class Case:
     stickers: tuple[dict[str, Any], ...] = ()
     # Filenames the bot downloads (each once; the others never); None: every file of the case.
     fetched: tuple[str, ...] | None = None
-    # Service level: the spec handed to the running bot's Studio.precheck.
+    # Service level: the spec handed to the running bot's Studio.check.
     spec: Callable[[], JobSpec] | None = None
     # What Discord's own client refuses before the bot sees anything (service-level cases).
     client_refuses: Mapping[str, Any] | None = None
@@ -462,14 +462,14 @@ CASES: tuple[Case, ...] = (
     service(
         "prompt over 32,000 characters",
         en("bad.prompt_too_long", length=MAX_PROMPT_CHARS + 1, limit=MAX_PROMPT_CHARS),
-        lambda: JobSpec(kind="imagine", prompt="x" * (MAX_PROMPT_CHARS + 1)),
+        lambda: JobSpec(kind=JobKind.IMAGINE, prompt="x" * (MAX_PROMPT_CHARS + 1)),
         client_refuses={"prompt": "x" * 6001},
         why="Discord caps option strings at 6,000 and messages at 2,000 characters",
     ),
     service(
         "partials out of range",
         en("bad.partials_range", value=5),
-        lambda: JobSpec(kind="imagine", prompt="a cat", options={"partials": 5}),
+        lambda: JobSpec(kind=JobKind.IMAGINE, prompt="a cat", options={"partials": 5}),
         client_refuses={"prompt": "a cat", "partials": 5},
         why="`partials` is an integer option with the range 0-3, enforced by Discord",
     ),
@@ -477,7 +477,7 @@ CASES: tuple[Case, ...] = (
         "compression out of range",
         en("bad.compression_range", value=150),
         lambda: JobSpec(
-            kind="imagine", prompt="a cat", options={"compression": 150, "format": "jpeg"}
+            kind=JobKind.IMAGINE, prompt="a cat", options={"compression": 150, "format": "jpeg"}
         ),
         client_refuses={"prompt": "a cat", "compression": 150},
         why="`compression` is an integer option with the range 0-100, enforced by Discord",
@@ -486,7 +486,7 @@ CASES: tuple[Case, ...] = (
         "too many images",
         en("bad.too_many_images", limit=MAX_INPUT_IMAGES, count=MAX_INPUT_IMAGES + 1),
         lambda: JobSpec(
-            kind="imagine",
+            kind=JobKind.IMAGINE,
             prompt="a collage",
             images=tuple(reference(i) for i in range(MAX_INPUT_IMAGES + 1)),
         ),
@@ -629,7 +629,7 @@ async def run_service(box: Sandbox, case: Case) -> tuple[str, dict[str, str], li
         user_id=int(d.user["id"]), guild_id=int(d.guild["id"]), channel_id=int(d.channel["id"])
     )
     with pytest.raises(BadInput) as caught:
-        await box.bot.studio.precheck(case.spec(), requester)
+        box.bot.studio.check(case.spec(), requester)
     return caught.value.localized("en"), {}, []
 
 

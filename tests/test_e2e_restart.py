@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,52 +12,7 @@ import pytest
 
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
-from tests.conftest import cli_env
-from tests.e2e import button, failures, finals
-
-
-class BotProcess:
-    """One `python -m bot run` process, logging to a file."""
-
-    def __init__(self, discord: FakeDiscord, openai: FakeOpenAI, workdir: Path) -> None:
-        self.discord = discord
-        self.openai = openai
-        self.workdir = workdir
-        self.process: asyncio.subprocess.Process | None = None
-        self.runs = 0
-
-    @property
-    def log(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.workdir.glob("bot-*.log")))
-
-    async def start(self) -> None:
-        sessions = self.discord.gateway_sessions
-        self.runs += 1
-        env = cli_env(
-            self.openai,
-            self.workdir,
-            {
-                "DISCORD_TOKEN": self.discord.token,
-                "DISCORD_API_BASE_URL": self.discord.api_base,
-                "DISCORD_GATEWAY_URL": self.discord.gateway_url,
-                "LOG_LEVEL": "INFO",
-            },
-        )
-        log = (self.workdir / f"bot-{self.runs}.log").open("w")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", cwd=self.workdir, env=env, stdout=log, stderr=log
-        )
-        log.close()
-        await self.discord.wait_for(lambda: self.discord.gateway_sessions > sessions, timeout=30)
-        await self.discord.wait_for(lambda: self.log.count("ready as") >= self.runs, timeout=30)
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        async with asyncio.timeout(30):
-            code = await self.process.wait()
-        self.process = None
-        return code
+from tests.e2e import BotProcess, button, failures, finals
 
 
 @pytest.fixture

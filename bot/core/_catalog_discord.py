@@ -371,29 +371,21 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "Stickers can't be used as images. Write what to change, or attach an image file.",
         "ko": "스티커는 이미지로 쓸 수 없습니다. 바꿀 내용을 적거나 이미지 파일을 첨부해 주세요.",
     },
-    "discord.unknown_image": {
-        "en": "I can't find this image any more (it may have been deleted).",
-        "ko": "이 이미지를 더 이상 찾을 수 없습니다 (삭제되었을 수 있습니다).",
-    },
-    "discord.unknown_job": {
-        "en": "I can't find this request any more. Start again with /imagine.",
-        "ko": "이 요청을 더 이상 찾을 수 없습니다. /그리기로 새로 시작해 주세요.",
-    },
     "discord.not_allowed": {
         "en": "You don't have permission to use this command.",
         "ko": "이 명령을 사용할 권한이 없습니다.",
     },
-    "discord.not_allowed_continue": {
-        "en": "On this server, only the person who started this conversation (or members the server allows) can continue it.",
-        "ko": "이 서버에서는 대화를 시작한 사람(또는 서버가 허용한 멤버)만 이 대화를 이어갈 수 있습니다.",
+    "discord.start_failed": {
+        "en": "⚠️ This request could not be started, and nothing was charged. Please try again.",
+        "ko": "⚠️ 이 요청을 시작하지 못했습니다. 비용은 청구되지 않았습니다. 다시 시도해 주세요.",
     },
-    "discord.not_allowed_delete": {
-        "en": "Only the person who made this image or a moderator can delete it.",
-        "ko": "이 이미지를 만든 사람이나 관리자만 삭제할 수 있습니다.",
+    "discord.no_thread": {
+        "en": "Discord did not let me open a thread here, so the image will be posted in this channel. Reply to it to continue.",
+        "ko": "Discord가 여기에서 스레드를 열지 못하게 해서 이미지를 이 채널에 올립니다. 이미지에 답장하면 이어서 작업할 수 있습니다.",
     },
-    "discord.not_allowed_retry": {
-        "en": "Only the person who made this request or a moderator can retry it.",
-        "ko": "이 요청을 보낸 사람이나 관리자만 다시 시도할 수 있습니다.",
+    "discord.delivered_elsewhere": {
+        "en": "The conversation where you asked for this image is gone, so here it is:",
+        "ko": "이 이미지를 요청한 대화가 없어져서 여기에 보내 드립니다:",
     },
     "discord.internal_error": {
         "en": "Something went wrong on the bot's side. It has been logged; please try again.",
@@ -411,10 +403,6 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "config.current": {
         "en": "🛠️ **This server's configuration**\n{values}",
         "ko": "🛠️ **이 서버의 설정**\n{values}",
-    },
-    "config.role_needed": {
-        "en": "The “Members with the chosen role” policy needs a role: set the `continue_role` option as well.",
-        "ko": "'지정한 역할이 있는 멤버' 정책을 쓰려면 `이어가기_역할` 옵션도 함께 지정해 주세요.",
     },
     # --- /usage --------------------------------------------------------------------------
     "usage.you_today": {

@@ -46,6 +46,13 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    """OpenAI named the response it is drawing (a finished one can be fetched by this id)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Partial:
     """A coarse preview of the image (index 0 is the first)."""
 
@@ -94,7 +101,7 @@ class Failed:
         return i18n.t(locale, self.message_key, **self.params)
 
 
-TurnEvent = Queued | Started | Partial | Completed | Failed
+TurnEvent = Queued | Started | ResponseCreated | Partial | Completed | Failed
 
 
 class TurnFailure(Exception):

@@ -144,20 +144,20 @@ CATALOG: dict[str, dict[str, str]] = {
         "ko": "이미지를 만드는 동안 봇이 재시작되었습니다. 다시 시도 버튼을 눌러 주세요.",
     },
     "fail.budget_user_usd": {
-        "en": "You have reached today's limit of ${limit:.2f} (used ${used:.2f}, this image ≈ ${estimate:.2f}). It resets at midnight UTC.",
-        "ko": "오늘 한도 ${limit:.2f}에 도달했습니다 (사용 ${used:.2f}, 이번 이미지 약 ${estimate:.2f}). UTC 자정에 초기화됩니다.",
+        "en": "You have reached today's limit of ${limit:.2f} (${used:.2f} spent or held by images in progress, this image ≈ ${estimate:.2f}). It resets at midnight UTC.",
+        "ko": "오늘 한도 ${limit:.2f}에 도달했습니다 (사용했거나 진행 중인 이미지에 잡힌 금액 ${used:.2f}, 이번 이미지 약 ${estimate:.2f}). UTC 자정에 초기화됩니다.",
     },
     "fail.budget_user_images": {
-        "en": "You have made {used} of today's {limit} images. It resets at midnight UTC.",
-        "ko": "오늘 만들 수 있는 이미지 {limit}장 중 {used}장을 만들었습니다. UTC 자정에 초기화됩니다.",
+        "en": "You have made or started {used} of today's {limit} images. It resets at midnight UTC.",
+        "ko": "오늘 만들 수 있는 이미지 {limit}장 중 {used}장을 만들었거나 만드는 중입니다. UTC 자정에 초기화됩니다.",
     },
     "fail.budget_guild_usd": {
-        "en": "This server has reached its monthly budget of ${limit:.2f} (used ${used:.2f}).",
-        "ko": "이 서버의 월 예산 ${limit:.2f}에 도달했습니다 (사용 ${used:.2f}).",
+        "en": "This server has reached its monthly budget of ${limit:.2f} (${used:.2f} spent or held by images in progress).",
+        "ko": "이 서버의 월 예산 ${limit:.2f}에 도달했습니다 (사용했거나 진행 중인 이미지에 잡힌 금액 ${used:.2f}).",
     },
     "fail.budget_guild_images": {
-        "en": "This server has made {used} of its {limit} images this month.",
-        "ko": "이 서버는 이번 달 이미지 {limit}장 중 {used}장을 만들었습니다.",
+        "en": "This server has made or started {used} of its {limit} images this month.",
+        "ko": "이 서버는 이번 달 이미지 {limit}장 중 {used}장을 만들었거나 만드는 중입니다.",
     },
     "fail.too_many_jobs": {
         "en": "You already have {count} image(s) in progress; wait for them to finish.",
@@ -184,6 +184,34 @@ CATALOG: dict[str, dict[str, str]] = {
     "studio.parent_image_missing": {
         "en": "I could not load the image to continue from (it may have been deleted). Start again with /imagine.",
         "ko": "이어서 만들 이미지를 불러올 수 없습니다 (삭제되었을 수 있습니다). /imagine으로 새로 시작해 주세요.",
+    },
+    "studio.unknown_image": {
+        "en": "I can't find this image any more (it may have been deleted).",
+        "ko": "이 이미지를 더 이상 찾을 수 없습니다 (삭제되었을 수 있습니다).",
+    },
+    "studio.unknown_job": {
+        "en": "I can't find this request any more. Start again with /imagine.",
+        "ko": "이 요청을 더 이상 찾을 수 없습니다. /그리기로 새로 시작해 주세요.",
+    },
+    "studio.not_allowed_continue": {
+        "en": "On this server, only the person who started this conversation (or members the server allows) can continue it.",
+        "ko": "이 서버에서는 대화를 시작한 사람(또는 서버가 허용한 멤버)만 이 대화를 이어갈 수 있습니다.",
+    },
+    "studio.not_allowed_delete": {
+        "en": "Only the person who made this image or a moderator can delete it.",
+        "ko": "이 이미지를 만든 사람이나 관리자만 삭제할 수 있습니다.",
+    },
+    "studio.not_allowed_retry": {
+        "en": "Only the person who made this request or a moderator can retry it.",
+        "ko": "이 요청을 보낸 사람이나 관리자만 다시 시도할 수 있습니다.",
+    },
+    "config.role_needed": {
+        "en": "The “Members with the chosen role” policy needs a role: set the `continue_role` option as well.",
+        "ko": "'지정한 역할이 있는 멤버' 정책을 쓰려면 `이어가기_역할` 옵션도 함께 지정해 주세요.",
+    },
+    "studio.not_allowed_config": {
+        "en": "Only members who can manage this server can change its configuration.",
+        "ko": "서버 관리 권한이 있는 멤버만 서버 설정을 바꿀 수 있습니다.",
     },
     # --- images ---------------------------------------------------------------------
     "images.empty": {

@@ -17,9 +17,9 @@ from openai import AsyncOpenAI
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 from bot.core.errors import FailureKind
-from bot.core.events import Completed, Failed, Partial, TurnFailure, Usage
+from bot.core.events import Completed, Failed, Partial, ResponseCreated, TurnFailure, Usage
 from bot.core.images import to_data_url
-from bot.core.options import InputImage, TurnRequest
+from bot.core.options import ImageOptions, InputImage, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +391,41 @@ class OpenAIImageClient:
             params["safety_identifier"] = request.user_hash
         return params
 
+    async def finished_image(self, response_id: str, options: ImageOptions) -> Completed | None:
+        """The image of a response that finished while nobody was listening, or None.
+
+        Used after a restart: a response whose stream the bot lost may still have completed
+        (and been billed); fetching it shows the image without paying for another.
+        """
+        started = time.monotonic()
+        try:
+            response = await self._client.responses.retrieve(response_id)
+        except openai.OpenAIError as exc:
+            log.warning("could not fetch response %s: %r", response_id, exc)
+            return None
+        if _get(response, "status") != "completed":
+            return None
+        for item in _get(response, "output") or []:
+            if _get(item, "type") == "image_generation_call" and _get(item, "result"):
+                return Completed(
+                    image=await _decode(_get(item, "result")),
+                    format=_get(item, "output_format") or options.format,
+                    response_id=response_id,
+                    revised_prompt=_get(item, "revised_prompt"),
+                    usage=_usage_from_response(response),
+                    cost=0.0,
+                    text=_text_of(_get(response, "output")),
+                    size=_get(item, "size"),
+                    quality=_get(item, "quality"),
+                    model=options.model,
+                    engine="responses",
+                    seconds=time.monotonic() - started,
+                )
+        return None
+
     async def stream_responses(
         self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
-    ) -> AsyncIterator[Partial | Completed | Failed]:
+    ) -> AsyncIterator[ResponseCreated | Partial | Completed | Failed]:
         """Run one turn through the Responses API with the image tool, yielding core events."""
         started = time.monotonic()
         opts = request.options
@@ -410,6 +442,8 @@ class OpenAIImageClient:
                 async for event in self._events(stream):
                     kind = event.type
                     if kind in ("response.created", "response.in_progress"):
+                        if response_id is None:
+                            yield ResponseCreated(event.response.id)
                         response_id = event.response.id
                     elif kind == "response.image_generation_call.generating":
                         drawing = True

@@ -11,8 +11,17 @@ from typing import Protocol
 
 from bot.core.costs import PriceTable, estimate_usage
 from bot.core.errors import FailureKind
-from bot.core.events import Completed, Failed, Partial, Started, TurnEvent, TurnFailure, Usage
-from bot.core.options import InputImage, TurnRequest
+from bot.core.events import (
+    Completed,
+    Failed,
+    Partial,
+    ResponseCreated,
+    Started,
+    TurnEvent,
+    TurnFailure,
+    Usage,
+)
+from bot.core.options import ImageOptions, InputImage, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +33,9 @@ class ImageBackend(Protocol):
 
     def stream_responses(
         self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
-    ) -> AsyncIterator[Partial | Completed | Failed]: ...
+    ) -> AsyncIterator[ResponseCreated | Partial | Completed | Failed]: ...
+
+    async def finished_image(self, response_id: str, options: ImageOptions) -> Completed | None: ...
 
     def stream_images(
         self, request: TurnRequest
@@ -89,7 +100,7 @@ class TurnRunner:
 
     def _engine_stream(
         self, request: TurnRequest, engine: str, file_ids: dict[str, str]
-    ) -> AsyncIterator[Partial | Completed | Failed]:
+    ) -> AsyncIterator[ResponseCreated | Partial | Completed | Failed]:
         if engine == "images":
             return self._backend.stream_images(request)
         return self._backend.stream_responses(request, file_ids=file_ids)
@@ -107,6 +118,14 @@ class TurnRunner:
         cost = self._prices.cost(usage, model=request.options.model, engine=engine)
         return dataclasses.replace(done, usage=usage, cost=cost, reseeded=reseeded)
 
+    async def finished(self, response_id: str, options: ImageOptions) -> Completed | None:
+        """The priced image of a response that completed while its stream was lost, or None."""
+        done = await self._backend.finished_image(response_id, options)
+        if done is None:
+            return None
+        request = TurnRequest(prompt="", options=options)
+        return self._priced(done, request, "responses", reseeded=False)
+
     async def run(
         self, request: TurnRequest, *, engine: str = "responses", reseed: ReseedSource | None = None
     ) -> AsyncIterator[TurnEvent]:
@@ -123,7 +142,9 @@ class TurnRunner:
             partials = 0
             retry: Failed | None = None
             async for event in self._engine_stream(request, engine, file_ids):
-                if isinstance(event, Partial):
+                if isinstance(event, ResponseCreated):
+                    yield event
+                elif isinstance(event, Partial):
                     partials += 1
                     yield event
                 elif isinstance(event, Completed):

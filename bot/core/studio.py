@@ -1,33 +1,38 @@
-"""The studio: conversation rules, the durable job queue, budgets, and recording each turn.
+"""The studio: the one front door of the core. The Discord side asks it everything.
 
-The Discord layer hands it jobs and a way to show them (a `TurnSink` per job); the studio
-decides when each job runs, what it continues from, and what it costs.
+It holds the conversation rules (who may continue, where a command starts), admits jobs into
+the ledger (reserving their estimated cost in the transaction that checks every limit), runs
+them, saves each image with its turn and usage before it is posted, and posts it with retries.
+
+The money invariant: every image OpenAI billed is shown to its user at least once and charged
+exactly once, and no limit is ever exceeded, whatever fails and whenever the process dies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
+from bot.core import i18n
+from bot.core.budgets import Limits, admission_gate, day_window, month_window
+from bot.core.config import ContinuePolicy, GuildConfig, UserSettings, resolve_options
 from bot.core.costs import PriceTable
 from bot.core.errors import BadInput, BotError, FailureKind
-from bot.core.events import Completed, Failed, Partial, Queued, Started
-from bot.core.options import (
-    ImageOptions,
-    InputImage,
-    TurnRequest,
-    validate_options,
-    validate_request,
-)
+from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started, Usage
+from bot.core.jobs import Engine, JobKind, JobSpec, ParentMode, Requester, user_hash
+from bot.core.options import ImageOptions, InputImage, TurnRequest, validate_request
+from bot.core.queue import JobQueue
 from bot.core.runner import TurnRunner
+from bot.core.usage import UsageReport, usage_report
 from storage.base import (
     Conversation,
     Job,
@@ -42,12 +47,35 @@ from storage.base import (
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_PER_USER = 5
-CONTINUE_POLICIES = ("anyone", "author", "role")
+__all__ = [
+    "CheckedRequest",
+    "Engine",
+    "JobKind",
+    "JobSpec",
+    "Limits",
+    "ParentMode",
+    "PostingFailed",
+    "Requester",
+    "StartPlan",
+    "Studio",
+    "TurnSink",
+    "record_turn",
+]
+
+# The ledger's steps, in order; `crash_at` kills the process right after one (kill tests).
+CRASH_POINTS = ("admitted", "running", "received", "saved", "posted")
+
+
+class PostingFailed(Exception):
+    """Showing a final image failed for now (Discord down, rate limited): try again later."""
 
 
 class TurnSink(Protocol):
-    """Shows one job's progress to people (a Discord thread, a terminal)."""
+    """Shows one job's progress to people (a Discord thread, a terminal).
+
+    Progress calls never raise (a lost preview is not worth failing a paid turn over);
+    `completed` raises PostingFailed when the image could not be shown yet.
+    """
 
     async def queued(self, position: int) -> None: ...
 
@@ -62,123 +90,123 @@ class TurnSink(Protocol):
     async def failed(self, event: Failed, job: Job) -> None: ...
 
 
-SinkFactory = Callable[[Job], Awaitable[TurnSink]]
+SinkFactory = Callable[[Job, JobSpec], Awaitable[TurnSink]]
 
 
 class ImageFetcher(Protocol):
-    """Loads the final image of an earlier turn (from wherever it was posted)."""
+    """Loads the final image of a turn saved before the bot kept image bytes (from Discord)."""
 
     async def fetch_turn_image(self, turn: Turn) -> bytes | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Budgets and concurrency; a server's /config can tighten the money limits."""
+class StartPlan(StrEnum):
+    """Where a new /imagine or /edit goes."""
 
-    global_concurrency: int = 4
-    user_concurrency: int = 1
-    user_daily_usd: float | None = None
-    user_daily_images: int | None = None
-    guild_monthly_usd: float | None = None
-    guild_monthly_images: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """Who asks, and where."""
-
-    user_id: int
-    guild_id: int | None
-    channel_id: int
-    locale: str = "en"
-    role_ids: tuple[int, ...] = ()
-    is_admin: bool = False
+    # Inside a conversation (a bot thread): the command is its next turn.
+    CONTINUE = "continue"
+    # In a server text channel: a new thread is the conversation.
+    NEW_THREAD = "new_thread"
+    # In a DM: the DM starts afresh (its old head is dropped).
+    FRESH_DM = "fresh_dm"
+    # Anywhere else (a thread the bot did not create): the image is posted here and replies
+    # to it continue, but ordinary chat in that thread never becomes a paid turn.
+    IN_PLACE = "in_place"
 
 
 @dataclass(frozen=True, slots=True)
-class JobSpec:
-    """Everything a job needs to run, also after a restart (it is stored as the job payload)."""
+class CheckedRequest:
+    """A job that passed every check that needs no database: ready to be admitted."""
 
-    kind: str
-    prompt: str
-    options: Mapping[str, object] = field(default_factory=dict)
-    images: tuple[InputImage, ...] = ()
-    mask: bytes | None = None
-    mask_cells: tuple[int, ...] = ()
-    # "latest": continue the conversation's latest response when the job starts;
-    # "response": continue `parent_response_id` (a reply, a button); "none": start fresh.
-    parent: str = "latest"
-    parent_response_id: str | None = None
-    parent_turn_id: int | None = None
-    engine: str | None = None
-
-    def to_payload(self) -> dict[str, object]:
-        """A JSON-ready dict (images as base64)."""
-        return {
-            "kind": self.kind,
-            "prompt": self.prompt,
-            "options": dict(self.options),
-            "images": [
-                {
-                    "filename": i.filename,
-                    "mime": i.mime,
-                    "sha256": i.sha256,
-                    "width": i.width,
-                    "height": i.height,
-                    "b64": base64.b64encode(i.data).decode(),
-                }
-                for i in self.images
-            ],
-            "mask": base64.b64encode(self.mask).decode() if self.mask else None,
-            "mask_cells": list(self.mask_cells),
-            "parent": self.parent,
-            "parent_response_id": self.parent_response_id,
-            "parent_turn_id": self.parent_turn_id,
-            "engine": self.engine,
-        }
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> JobSpec:
-        """The spec stored in a job payload."""
-        return cls(
-            kind=str(payload["kind"]),
-            prompt=str(payload["prompt"]),
-            options=dict(payload.get("options") or {}),
-            images=tuple(
-                InputImage(
-                    data=base64.b64decode(i["b64"]),
-                    mime=i["mime"],
-                    filename=i["filename"],
-                    sha256=i["sha256"],
-                    width=int(i.get("width") or 0),
-                    height=int(i.get("height") or 0),
-                )
-                for i in payload.get("images") or []
-            ),
-            mask=base64.b64decode(payload["mask"]) if payload.get("mask") else None,
-            mask_cells=tuple(int(c) for c in payload.get("mask_cells") or []),
-            parent=str(payload.get("parent") or "latest"),
-            parent_response_id=payload.get("parent_response_id"),
-            parent_turn_id=payload.get("parent_turn_id"),
-            engine=payload.get("engine"),
-        )
+    spec: JobSpec
+    requester: Requester
+    options: ImageOptions
+    estimate: float
 
 
-def user_hash(user_id: int) -> str:
-    """A stable, non-reversible id for OpenAI's `safety_identifier`."""
-    return hashlib.sha256(f"discord:{user_id}".encode()).hexdigest()
+def _usage_of(turn: Turn) -> Usage:
+    fields = {f.name for f in dataclasses.fields(Usage)}
+    return Usage(**{k: int(str(v)) for k, v in turn.usage.items() if k in fields})
 
 
-def day_start(now: float) -> float:
-    """Midnight UTC of the day of `now`."""
-    d = datetime.fromtimestamp(now, UTC)
-    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+def completed_from_turn(turn: Turn, image: bytes, image_format: str) -> Completed:
+    """The Completed event of a saved turn, to post it again exactly as it first would have been."""
+    result = turn.result
+
+    def text(key: str) -> str | None:
+        value = result.get(key)
+        return str(value) if value is not None else None
+
+    seconds = result.get("seconds")
+    return Completed(
+        image=image,
+        format=image_format,
+        response_id=turn.response_id,
+        revised_prompt=turn.revised_prompt,
+        usage=_usage_of(turn),
+        cost=turn.cost_usd,
+        text=text("text"),
+        size=text("size"),
+        quality=text("quality"),
+        model=turn.model,
+        engine=turn.engine,
+        seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
+        reseeded=bool(result.get("reseeded")),
+    )
 
 
-def month_start(now: float) -> float:
-    """The first day of the month of `now`, at midnight UTC."""
-    d = datetime.fromtimestamp(now, UTC)
-    return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
+def _result_of(done: Completed) -> dict[str, object]:
+    return {
+        "text": done.text,
+        "size": done.size,
+        "quality": done.quality,
+        "seconds": round(done.seconds, 3),
+        "reseeded": done.reseeded,
+    }
+
+
+def _new_turn(
+    done: Completed,
+    *,
+    options: ImageOptions,
+    prompt: str,
+    parent_response_id: str | None,
+    channel_id: int,
+    guild_id: int | None,
+    user_id: int,
+    image_url: str | None = None,
+) -> tuple[NewTurn, NewUsageEntry]:
+    turn = NewTurn(
+        channel_id=channel_id,
+        guild_id=guild_id,
+        user_id=user_id,
+        response_id=done.response_id,
+        parent_response_id=parent_response_id,
+        prompt=prompt,
+        revised_prompt=done.revised_prompt,
+        options=options.as_dict(),
+        engine=done.engine,
+        model=done.model,
+        usage=dict(done.usage.as_dict()),
+        cost_usd=done.cost,
+        status=TurnStatus.COMPLETED,
+        image_url=image_url,
+        result=_result_of(done),
+    )
+    usage = NewUsageEntry(
+        guild_id=guild_id,
+        user_id=user_id,
+        channel_id=channel_id or None,
+        response_id=done.response_id,
+        model=done.model,
+        engine=done.engine,
+        images=1,
+        input_tokens=done.usage.input_tokens,
+        output_tokens=done.usage.output_tokens,
+        image_input_tokens=done.usage.image_input_tokens,
+        image_output_tokens=done.usage.image_output_tokens,
+        cost_usd=done.cost,
+    )
+    return turn, usage
 
 
 async def record_turn(
@@ -193,53 +221,24 @@ async def record_turn(
     user_id: int,
     image_url: str | None = None,
 ) -> Turn:
-    """Remember a finished turn (so it can be continued) and charge its usage to the ledger."""
-    turn = await store.add_turn(
-        NewTurn(
-            channel_id=channel_id,
-            guild_id=guild_id,
-            user_id=user_id,
-            response_id=done.response_id,
-            parent_response_id=parent_response_id,
-            prompt=prompt,
-            revised_prompt=done.revised_prompt,
-            options=options.as_dict(),
-            engine=done.engine,
-            model=done.model,
-            usage=dict(done.usage.as_dict()),
-            cost_usd=done.cost,
-            status=TurnStatus.COMPLETED,
-            image_url=image_url,
-        )
+    """Save a turn made outside the queue (the CLI) with its image and usage, in one transaction."""
+    turn, usage = _new_turn(
+        done,
+        options=options,
+        prompt=prompt,
+        parent_response_id=parent_response_id,
+        channel_id=channel_id,
+        guild_id=guild_id,
+        user_id=user_id,
+        image_url=image_url,
     )
-    await store.record_usage(
-        NewUsageEntry(
-            guild_id=guild_id,
-            user_id=user_id,
-            channel_id=channel_id or None,
-            response_id=done.response_id,
-            model=done.model,
-            engine=done.engine,
-            images=1,
-            input_tokens=done.usage.input_tokens,
-            output_tokens=done.usage.output_tokens,
-            image_input_tokens=done.usage.image_input_tokens,
-            image_output_tokens=done.usage.image_output_tokens,
-            cost_usd=done.cost,
-        )
+    return await store.save_result(
+        None, turn, image=done.image, image_format=done.format, usage=usage, advance=False
     )
-    return turn
-
-
-@dataclass
-class _Waiting:
-    job: Job
-    sink: TurnSink
-    position: int = 0
 
 
 class Studio:
-    """Runs image jobs: in order per conversation, within budgets and concurrency limits."""
+    """The core's front door: conversation rules, settings, the ledger, the queue, usage."""
 
     def __init__(
         self,
@@ -253,288 +252,452 @@ class Studio:
         sink_factory: SinkFactory,
         fetcher: ImageFetcher | None = None,
         clock: Callable[[], float] = time.time,
+        crash_at: str | None = None,
+        post_backoff: tuple[float, float] = (1.0, 60.0),
     ) -> None:
-        self.store = store
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"crash_at must be one of {', '.join(CRASH_POINTS)}")
+        self._store = store
         self.runner = runner
         self.prices = prices
         self.defaults = defaults
-        self.engine = engine
+        self.engine = Engine(engine)
         self.limits = limits or Limits()
         self._sink_factory = sink_factory
         self._fetcher = fetcher
         self._clock = clock
-        self._waiting: list[_Waiting] = []
-        self._running_by_user: dict[int, int] = {}
-        self._busy_channels: set[int] = set()
-        self._running = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._finishing: set[asyncio.Future[None]] = set()
-        self._closing = False
+        self._crash_at = crash_at
+        self._backoff = post_backoff
+        self._queue: JobQueue[TurnSink] = JobQueue(
+            run=self._run,
+            global_concurrency=self.limits.global_concurrency,
+            user_concurrency=self.limits.user_concurrency,
+        )
+        self._finishing: set[asyncio.Task[None]] = set()
 
-    # --- configuration ------------------------------------------------------------------
+    # --- who asks, and what the bot keeps about them ---------------------------------------
 
-    async def guild_config(self, guild_id: int | None) -> dict[str, Any]:
-        """A server's /config (empty for DMs)."""
-        return dict(await self.store.get_guild_config(guild_id)) if guild_id else {}
+    async def requester(
+        self,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        client_locale: str | None,
+        role_ids: tuple[int, ...] = (),
+        is_admin: bool = False,
+        parent_channel_id: int | None = None,
+    ) -> Requester:
+        """The person behind a command, message or button, with their settings and server config."""
+        settings = UserSettings.from_dict(await self._store.get_user_settings(user_id))
+        config = (
+            GuildConfig.from_dict(await self._store.get_guild_config(guild_id))
+            if guild_id is not None
+            else GuildConfig()
+        )
+        return Requester(
+            user_id=user_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            locale=i18n.normalize_locale(settings.language or client_locale),
+            role_ids=role_ids,
+            is_admin=is_admin,
+            parent_channel_id=parent_channel_id,
+            settings=settings,
+            config=config,
+        )
 
-    async def resolve_options(
+    def limits_for(self, requester: Requester) -> Limits:
+        """The settings' limits, tightened by the requester's server."""
+        return self.limits.tightened_by(requester.config)
+
+    def check_place(self, requester: Requester) -> None:
+        """BadInput when the server allows image commands elsewhere only."""
+        config = requester.config
+        if not config.allows_channel(requester.channel_id, requester.parent_channel_id):
+            raise BadInput(
+                "studio.channel_not_allowed",
+                channels=", ".join(f"<#{c}>" for c in config.allowed_channels),
+            )
+
+    def options_for(
         self, requester: Requester, overrides: Mapping[str, object] | None = None
     ) -> ImageOptions:
-        """Defaults, then the server's defaults, the member's /settings and this command's options."""
-        config = await self.guild_config(requester.guild_id)
-        options = self.defaults.merged(config.get("defaults") or {})
-        if config.get("moderation"):
-            options = options.merged({"moderation": config["moderation"]})
-        options = options.merged(await self.store.get_user_settings(requester.user_id))
-        options = options.merged(overrides or {})
-        if config.get("partials_enabled") is False:
-            options = options.merged({"partials": 0})
-        if config.get("moderation") == "auto" and options.moderation != "auto":
-            # The server asked for the stricter level; members cannot loosen it.
-            options = options.merged({"moderation": "auto"})
-        validate_options(options, allowed_models=config.get("allowed_models") or None)
-        return options
+        """The options a request of this member gets; BadInput when the API or server refuses them."""
+        return resolve_options(self.defaults, requester.config, requester.settings, overrides)
 
-    async def engine_for(self, guild_id: int | None) -> str:
-        """The engine a server uses."""
-        config = await self.guild_config(guild_id)
-        return str(config.get("engine") or self.engine)
+    def engine_for(self, requester: Requester) -> Engine:
+        """The engine the requester's server uses."""
+        return Engine(requester.config.engine or self.engine)
 
-    async def check_channel(self, requester: Requester, parent_channel_id: int | None) -> None:
-        """BadInput when the server allows image commands elsewhere only."""
-        config = await self.guild_config(requester.guild_id)
-        allowed = config.get("allowed_channels") or []
-        if not allowed:
-            return
-        if requester.channel_id in allowed or (parent_channel_id in allowed):
-            return
-        raise BadInput("studio.channel_not_allowed", channels=", ".join(f"<#{c}>" for c in allowed))
-
-    async def may_continue(self, conversation: Conversation, requester: Requester) -> bool:
-        """Whether `requester` may add turns to (or press buttons in) `conversation`."""
-        if requester.is_admin or conversation.owner_id == requester.user_id:
+    def may_continue(self, owner_id: int, requester: Requester) -> bool:
+        """Whether `requester` may add turns to (or press buttons in) a conversation of `owner_id`."""
+        if requester.is_admin or owner_id == requester.user_id:
             return True
-        config = await self.guild_config(conversation.guild_id)
-        policy = config.get("continue_policy") or "anyone"
-        if policy == "author":
+        policy = requester.config.continue_policy
+        if policy is ContinuePolicy.AUTHOR:
             return False
-        if policy == "role":
-            role = config.get("continue_role_id")
-            return role is not None and int(str(role)) in requester.role_ids
+        if policy is ContinuePolicy.ROLE:
+            role = requester.config.continue_role_id
+            return role is not None and role in requester.role_ids
         return True
 
-    # --- budgets ------------------------------------------------------------------------
+    async def update_settings(
+        self, requester: Requester, changes: Mapping[str, object | None], *, reset: bool = False
+    ) -> UserSettings:
+        """Change a member's /settings (None values are left as they are); returns the result."""
+        current = UserSettings() if reset else requester.settings
+        language = changes.get("language") or current.language
+        options = dict(current.options)
+        options.update({k: v for k, v in changes.items() if k != "language" and v is not None})
+        updated = UserSettings(language=str(language) if language else None, options=options)
+        # The defaults must make a valid request on their own (e.g. not transparent + jpeg).
+        resolve_options(self.defaults, GuildConfig(), updated)
+        if reset or any(v is not None for v in changes.values()):
+            await self._store.set_user_settings(requester.user_id, updated.to_dict())
+        return updated
 
-    async def effective_limits(self, guild_id: int | None) -> Limits:
-        """The settings' limits, tightened (never loosened) by the server's /config."""
-        config = await self.guild_config(guild_id)
-        limits = self.limits
-        changes: dict[str, Any] = {}
-        for name in (
+    async def update_config(
+        self, requester: Requester, changes: Mapping[str, Any], *, reset: bool = False
+    ) -> GuildConfig:
+        """Change a server's /config (None values are left as they are; 0 budgets mean no limit)."""
+        if requester.guild_id is None or not requester.is_admin:
+            raise BotError("studio.not_allowed_config")
+        config = GuildConfig() if reset else requester.config
+        updates = {k: v for k, v in changes.items() if v is not None}
+        for key in (
             "user_daily_usd",
             "user_daily_images",
             "guild_monthly_usd",
             "guild_monthly_images",
         ):
-            value = config.get(name)
-            if value is None:
-                continue
-            current = getattr(limits, name)
-            changes[name] = value if current is None else min(current, value)
-        return dataclasses.replace(limits, **changes)
+            if updates.get(key) == 0:
+                updates[key] = None
+        for model in (*updates.get("allowed_models", ()), updates.get("default_model")):
+            if model:
+                resolve_options(ImageOptions(model=str(model)), GuildConfig(), UserSettings())
+        if "continue_policy" in updates:
+            updates["continue_policy"] = ContinuePolicy(updates["continue_policy"])
+        for key in ("allowed_channels", "allowed_models"):
+            if key in updates:
+                updates[key] = tuple(updates[key])
+        config = config.replace(**updates)
+        if config.continue_policy is ContinuePolicy.ROLE and config.continue_role_id is None:
+            raise BotError("config.role_needed")
+        if reset or updates or "allowed_channels" in changes:
+            await self._store.set_guild_config(requester.guild_id, config.to_dict())
+        return config
 
-    async def check_budget(self, requester: Requester, estimate: float) -> None:
-        """BotError when this turn would go over a budget (checked before anything is sent)."""
-        limits = await self.effective_limits(requester.guild_id)
+    async def usage(self, requester: Requester) -> UsageReport:
+        """What /usage shows this member (and the server's usage to its admins)."""
+        return await usage_report(
+            self._store,
+            user_id=requester.user_id,
+            guild_id=requester.guild_id,
+            is_admin=requester.is_admin,
+            limits=self.limits_for(requester),
+            now=self._clock(),
+        )
+
+    async def forget_user(self, user_id: int) -> int:
+        """Erase what the bot keeps about a member (/privacy); returns the rows affected."""
+        return await self._store.delete_user_data(user_id)
+
+    # --- conversations -----------------------------------------------------------------
+
+    async def conversation(self, channel_id: int) -> Conversation | None:
+        """The conversation a channel holds, or None."""
+        return await self._store.get_conversation(channel_id)
+
+    async def start_plan(self, requester: Requester, *, in_dm: bool, in_thread: bool) -> StartPlan:
+        """Where a new /imagine or /edit goes; BotError when the requester may not continue here."""
+        if in_dm:
+            return StartPlan.FRESH_DM
+        conversation = await self._store.get_conversation(requester.channel_id)
+        if conversation is not None:
+            self.check_continue(conversation.owner_id, requester)
+            return StartPlan.CONTINUE
+        return StartPlan.IN_PLACE if in_thread else StartPlan.NEW_THREAD
+
+    def new_conversation(
+        self, requester: Requester, channel_id: int, spec: JobSpec
+    ) -> Conversation:
+        """The conversation a new thread (or a DM started afresh) holds."""
         now = self._clock()
-        if limits.user_daily_usd is not None or limits.user_daily_images is not None:
-            used = await self.store.usage_totals(since=day_start(now), user_id=requester.user_id)
-            if limits.user_daily_images is not None and used.images + 1 > limits.user_daily_images:
-                raise BotError(
-                    "fail.budget_user_images", used=used.images, limit=limits.user_daily_images
-                )
-            if (
-                limits.user_daily_usd is not None
-                and used.cost_usd + estimate > limits.user_daily_usd
-            ):
-                raise BotError(
-                    "fail.budget_user_usd",
-                    used=used.cost_usd,
-                    limit=limits.user_daily_usd,
-                    estimate=estimate,
-                )
-        if requester.guild_id is not None and (
-            limits.guild_monthly_usd is not None or limits.guild_monthly_images is not None
-        ):
-            used = await self.store.usage_totals(
-                since=month_start(now), guild_id=requester.guild_id
-            )
-            if (
-                limits.guild_monthly_images is not None
-                and used.images + 1 > limits.guild_monthly_images
-            ):
-                raise BotError(
-                    "fail.budget_guild_images", used=used.images, limit=limits.guild_monthly_images
-                )
-            if (
-                limits.guild_monthly_usd is not None
-                and used.cost_usd + estimate > limits.guild_monthly_usd
-            ):
-                raise BotError(
-                    "fail.budget_guild_usd", used=used.cost_usd, limit=limits.guild_monthly_usd
-                )
+        return Conversation(
+            channel_id=channel_id,
+            guild_id=requester.guild_id,
+            owner_id=requester.user_id,
+            parent_channel_id=requester.channel_id if channel_id != requester.channel_id else None,
+            latest_response_id=None,
+            latest_message_id=None,
+            engine=self.engine_for(requester).value,
+            options=dict(spec.options),
+            created_at=now,
+            updated_at=now,
+        )
 
-    # --- jobs ---------------------------------------------------------------------------
+    async def message_target(
+        self, channel_id: int, *, reply_to: int | None
+    ) -> tuple[int, Turn | None] | None:
+        """Whether a message is a turn: (whose conversation it continues, the replied-to turn).
 
-    async def precheck(self, spec: JobSpec, requester: Requester) -> JobSpec:
-        """The spec with its options resolved; BotError (nothing spent) when it cannot run."""
-        options = await self.resolve_options(requester, spec.options)
-        engine = spec.engine or await self.engine_for(requester.guild_id)
+        None for ordinary chat: outside a conversation, only a reply to one of the bot's
+        images is a turn.
+        """
+        parent: Turn | None = None
+        if reply_to is not None:
+            parent = await self._store.get_turn_by_message(reply_to)
+            if parent is not None and parent.channel_id != channel_id:
+                parent = None
+        conversation = await self._store.get_conversation(channel_id)
+        if conversation is not None:
+            return conversation.owner_id, parent
+        if parent is not None:
+            return parent.user_id, parent
+        return None
+
+    def check_continue(self, owner_id: int, requester: Requester) -> None:
+        """BotError when `requester` may not continue a conversation of `owner_id`."""
+        if not self.may_continue(owner_id, requester):
+            raise BotError("studio.not_allowed_continue")
+
+    async def button_turn(self, turn_id: int, requester: Requester) -> Turn:
+        """The turn a button names, after checking it is in this channel and may be continued."""
+        turn = await self._store.get_turn(turn_id)
+        # A crafted custom_id could name a turn elsewhere: it must be in this very channel.
+        if turn is None or turn.channel_id != requester.channel_id:
+            raise BotError("studio.unknown_image")
+        conversation = await self._store.get_conversation(turn.channel_id)
+        self.check_continue(conversation.owner_id if conversation else turn.user_id, requester)
+        return turn
+
+    async def delete_image(self, turn: Turn, requester: Requester) -> None:
+        """Forget an image (its author or a moderator); the conversation goes back to its parent."""
+        if turn.user_id != requester.user_id and not requester.is_admin:
+            raise BotError("studio.not_allowed_delete")
+        await self._store.delete_turn_rolling_back(turn.id)
+
+    async def turn_image(self, turn: Turn) -> bytes | None:
+        """The final image of a turn: from the database, else from where it was posted."""
+        saved = await self._store.get_turn_image(turn.id)
+        if saved is not None:
+            return saved[0]
+        if self._fetcher is None:
+            return None
+        return await self._fetcher.fetch_turn_image(turn)
+
+    async def latest_image(self, channel_id: int) -> bytes | None:
+        """The newest image of a conversation, or None."""
+        conversation = await self._store.get_conversation(channel_id)
+        if conversation is None or conversation.latest_response_id is None:
+            return None
+        turn = await self._store.get_turn_by_response(conversation.latest_response_id)
+        return await self.turn_image(turn) if turn is not None else None
+
+    async def remember_progress(self, job: Job, message_id: int) -> None:
+        """Remember the message that shows a job, so a restart edits it instead of posting anew."""
+        await self._store.set_job_progress_message(job.id, message_id)
+
+    # --- specs for the buttons ---------------------------------------------------------
+
+    @staticmethod
+    def reroll_spec(turn: Turn) -> JobSpec:
+        """The same prompt once more, from the same parent."""
+        return JobSpec(
+            kind=JobKind.REROLL,
+            prompt=turn.prompt,
+            options=turn.options,
+            parent=ParentMode.RESPONSE if turn.parent_response_id else ParentMode.NONE,
+            parent_response_id=turn.parent_response_id,
+        )
+
+    @staticmethod
+    def vary_spec(turn: Turn) -> JobSpec:
+        """A variation of this image."""
+        return JobSpec(
+            kind=JobKind.VARY,
+            prompt=i18n.t("en", "prompt.vary"),
+            options=turn.options,
+            parent=ParentMode.RESPONSE,
+            parent_response_id=turn.response_id,
+            parent_turn_id=turn.id,
+        )
+
+    @staticmethod
+    def edit_spec(turn: Turn, instruction: str, cells: tuple[int, ...] = ()) -> JobSpec:
+        """An instruction that continues from this image (only inside `cells`, if any)."""
+        return JobSpec(
+            kind=JobKind.REGION if cells else JobKind.EDIT,
+            prompt=instruction,
+            options=turn.options,
+            mask_cells=cells,
+            parent=ParentMode.RESPONSE,
+            parent_response_id=turn.response_id,
+            parent_turn_id=turn.id,
+        )
+
+    # --- admission -------------------------------------------------------------------
+
+    def check(self, spec: JobSpec, requester: Requester) -> CheckedRequest:
+        """Every check that needs no database; BotError (nothing spent) when it cannot run."""
+        self.check_place(requester)
+        options = self.options_for(requester, spec.options)
+        engine = spec.engine or self.engine_for(requester)
         spec = dataclasses.replace(spec, options=options.as_dict(), engine=engine)
-        continues = spec.parent_response_id or (spec.parent == "latest" and spec.kind != "imagine")
         validate_request(
             TurnRequest(
                 prompt=spec.prompt,
                 options=options,
                 images=spec.images,
                 mask=spec.mask,
-                previous_response_id=spec.parent_response_id or ("latest" if continues else None),
+                previous_response_id=spec.parent_response_id
+                or ("latest" if spec.continues else None),
             )
         )
-        pending = await self.store.count_active_jobs(requester.user_id)
-        if pending >= MAX_PENDING_PER_USER:
-            raise BotError("fail.too_many_jobs", count=pending)
-        inputs = len(spec.images) + (1 if continues else 0)
+        inputs = len(spec.images) + (1 if spec.continues else 0)
         estimate = self.prices.estimate(
-            options, prompt=spec.prompt, input_images=inputs, engine=engine
+            options, prompt=spec.prompt, input_images=inputs, engine=engine.value
         )
-        await self.check_budget(requester, estimate)
-        return spec
+        return CheckedRequest(spec=spec, requester=requester, options=options, estimate=estimate)
 
-    async def submit(
-        self, spec: JobSpec, requester: Requester, *, progress_message_id: int | None = None
-    ) -> Job:
-        """Check and store a job, then schedule it; BotError (nothing spent) when it cannot run."""
-        spec = await self.precheck(spec, requester)
-        job = await self.store.enqueue_job(
+    def _windows_and_gate(self, checked: CheckedRequest) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "user_window": day_window(now),
+            "guild_window": month_window(now),
+            "gate": admission_gate(self.limits_for(checked.requester), estimate=checked.estimate),
+        }
+
+    async def admit(self, checked: CheckedRequest) -> Job:
+        """Put a checked job in the ledger, reserving its estimate, without starting it yet.
+
+        The limits are checked in the same transaction (BotError when one would be exceeded).
+        """
+        requester = checked.requester
+        job = await self._store.admit_job(
             NewJob(
-                kind=spec.kind,
+                kind=checked.spec.kind.value,
                 guild_id=requester.guild_id,
                 channel_id=requester.channel_id,
                 user_id=requester.user_id,
-                payload=spec.to_payload(),
+                payload=checked.spec.to_payload(),
                 locale=requester.locale,
-            )
+                reserved_usd=checked.estimate,
+                reserved_images=1,
+            ),
+            **self._windows_and_gate(checked),
         )
-        if progress_message_id is not None:
-            await self.store.set_job_progress_message(job.id, progress_message_id)
-            job = dataclasses.replace(job, progress_message_id=progress_message_id)
+        self._crashpoint("admitted")
+        return job
+
+    async def place(
+        self, job: Job, channel_id: int, conversation: Conversation | None = None
+    ) -> Job:
+        """Move an admitted job to where it is shown (opening a conversation there) and queue it."""
+        if channel_id != job.channel_id or conversation is not None:
+            await self._store.place_job(job.id, channel_id, conversation)
+            job = dataclasses.replace(job, channel_id=channel_id)
         await self._enqueue(job)
         return job
 
-    async def retry(self, job_id: int) -> Job | None:
-        """Queue a failed or interrupted job again."""
-        job = await self.store.requeue_job(job_id)
-        if job is not None:
-            await self._enqueue(job)
+    async def abandon(self, job: Job) -> None:
+        """Cancel an admitted job that could not be placed: its reservation is released."""
+        await self._store.finish_job(job.id, JobStatus.CANCELLED, error="not placed")
+
+    async def submit(self, checked: CheckedRequest) -> Job:
+        """Admit a checked job and queue it where it was asked for."""
+        job = await self.admit(checked)
+        await self._enqueue(job)
         return job
 
-    async def recover(self) -> tuple[list[Job], list[Job]]:
-        """At start-up: report jobs that were running as interrupted, and resume queued ones."""
-        interrupted = []
-        for job in await self.store.interrupt_running_jobs():
-            if job.progress_message_id is not None and (
-                await self.store.get_turn_by_message(job.progress_message_id)
-            ):
-                # The final image was posted just before the stop: the job is done.
-                await self.store.finish_job(job.id, JobStatus.DONE)
-                continue
-            interrupted.append(job)
-        for job in interrupted:
-            sink = await self._sink_factory(job)
-            try:
-                await sink.failed(Failed(FailureKind.INTERRUPTED, "fail.interrupted"), job)
-            except Exception:
-                log.exception("could not report interrupted job %s", job.id)
-        queued = await self.store.queued_jobs()
-        for job in queued:
-            await self._enqueue(job)
-        return interrupted, queued
+    async def retry(self, job_id: int, requester: Requester) -> Job:
+        """Queue a failed or interrupted job again, through the same gates as a new request."""
+        job = await self._store.get_job(job_id)
+        if job is None or job.channel_id != requester.channel_id:
+            raise BotError("studio.unknown_job")
+        if job.user_id != requester.user_id and not requester.is_admin:
+            raise BotError("studio.not_allowed_retry")
+        # The server's rules and budgets as they are now apply, to the job's owner.
+        owner = dataclasses.replace(requester, user_id=job.user_id)
+        checked = self.check(JobSpec.from_payload(job.payload), owner)
+        again = await self._store.readmit_job(
+            job.id,
+            reserved_usd=checked.estimate,
+            reserved_images=1,
+            **self._windows_and_gate(checked),
+        )
+        if again is None:
+            raise BotError("studio.unknown_job")
+        await self._enqueue(again)
+        return again
 
     async def _enqueue(self, job: Job) -> None:
-        sink = await self._sink_factory(job)
-        self._waiting.append(_Waiting(job=job, sink=sink))
-        await self._pump()
+        sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+        await self._queue.put(job, sink)
 
-    async def _pump(self) -> None:
-        """Start every waiting job that may run now; tell the others their new position."""
-        if self._closing:
-            return
-        still: list[_Waiting] = []
-        for waiting in self._waiting:
-            job = waiting.job
-            can_run = (
-                self._running < self.limits.global_concurrency
-                and self._running_by_user.get(job.user_id, 0) < self.limits.user_concurrency
-                and job.channel_id not in self._busy_channels
-            )
-            if can_run:
-                self._running += 1
-                self._running_by_user[job.user_id] = self._running_by_user.get(job.user_id, 0) + 1
-                self._busy_channels.add(job.channel_id)
-                task = asyncio.create_task(self._run(waiting), name=f"job-{job.id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
-                still.append(waiting)
-        self._waiting = still
-        for position, waiting in enumerate(self._waiting, start=1):
-            if waiting.position != position:
-                waiting.position = position
-                try:
-                    await waiting.sink.queued(position)
-                except Exception:
-                    log.exception("could not show the queue position of job %s", waiting.job.id)
+    # --- running ---------------------------------------------------------------------
 
-    async def _run(self, waiting: _Waiting) -> None:
-        job = waiting.job
+    def _crashpoint(self, name: str) -> None:
+        if self._crash_at == name:
+            log.warning("crash_at=%s: killing the process", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def _run(self, job: Job, sink: TurnSink) -> None:
         try:
-            if not await self.store.start_job(job.id):
+            if not await self._store.start_job(job.id):
                 return
-            await self._execute(job, waiting.sink)
+            self._crashpoint("running")
+            await self._execute(job, sink)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("job %s crashed", job.id)
-            await self.store.finish_job(job.id, JobStatus.FAILED, error=repr(exc))
-            try:
-                await waiting.sink.failed(
-                    Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc)), job
-                )
-            except Exception:
-                log.exception("could not report the failure of job %s", job.id)
-        finally:
-            self._running -= 1
-            self._running_by_user[job.user_id] -= 1
-            self._busy_channels.discard(job.channel_id)
-            if not self._closing:
-                await self._pump()
+            await self._fail(
+                job, sink, Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(exc))
+            )
+
+    async def _fail(self, job: Job, sink: TurnSink, event: Failed) -> None:
+        """End a job without an image: charge what OpenAI billed, release the rest, say why."""
+        billed: NewUsageEntry | None = None
+        if event.usage is not None and event.usage != Usage():
+            spec = JobSpec.from_payload(job.payload)
+            model = str(spec.options.get("model") or self.defaults.model)
+            engine = (spec.engine or self.engine).value
+            billed = NewUsageEntry(
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                channel_id=job.channel_id or None,
+                model=model,
+                engine=engine,
+                images=0,
+                input_tokens=event.usage.input_tokens,
+                output_tokens=event.usage.output_tokens,
+                image_input_tokens=event.usage.image_input_tokens,
+                image_output_tokens=event.usage.image_output_tokens,
+                cost_usd=self.prices.cost(event.usage, model=model, engine=engine),
+            )
+        await self._store.finish_job(job.id, JobStatus.FAILED, error=event.kind.value, usage=billed)
+        try:
+            await sink.failed(event, job)
+        except Exception:
+            log.exception("could not report the failure of job %s", job.id)
 
     async def _parent_turn(self, spec: JobSpec, conversation: Conversation | None) -> Turn | None:
-        if spec.parent == "none":
+        if spec.parent is ParentMode.NONE:
             return None
         if spec.parent_turn_id is not None:
-            return await self.store.get_turn(spec.parent_turn_id)
-        if spec.parent == "response" and spec.parent_response_id:
-            return await self.store.get_turn_by_response(spec.parent_response_id)
+            return await self._store.get_turn(spec.parent_turn_id)
+        if spec.parent is ParentMode.RESPONSE and spec.parent_response_id:
+            return await self._store.get_turn_by_response(spec.parent_response_id)
         if conversation is not None and conversation.latest_response_id:
-            return await self.store.get_turn_by_response(conversation.latest_response_id)
+            return await self._store.get_turn_by_response(conversation.latest_response_id)
         return None
 
-    async def _turn_image(self, turn: Turn | None) -> InputImage | None:
-        if turn is None or self._fetcher is None:
+    async def _input_of(self, turn: Turn | None) -> InputImage | None:
+        if turn is None:
             return None
-        data = await self._fetcher.fetch_turn_image(turn)
+        data = await self.turn_image(turn)
         if data is None:
             return None
         fmt = str(turn.options.get("format") or "png")
@@ -545,80 +708,90 @@ class Studio:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
-    async def build_request(self, job: Job) -> tuple[TurnRequest, str, Turn | None]:
+    async def build_request(
+        self, job: Job, spec: JobSpec
+    ) -> tuple[TurnRequest, Engine, Turn | None]:
         """The request a job sends, resolving its parent at the moment it starts."""
-        spec = JobSpec.from_payload(job.payload)
         engine = spec.engine or self.engine
-        conversation = await self.store.get_conversation(job.channel_id)
+        conversation = (
+            await self._store.get_conversation(job.channel_id)
+            if spec.parent is ParentMode.LATEST
+            else None
+        )
         parent = await self._parent_turn(spec, conversation)
         previous: str | None = None
-        if spec.parent == "response":
+        if spec.parent is ParentMode.RESPONSE:
             previous = spec.parent_response_id or (parent.response_id if parent else None)
-        elif spec.parent == "latest" and conversation is not None:
+        elif spec.parent is ParentMode.LATEST and conversation is not None:
             previous = conversation.latest_response_id
         parent_image: InputImage | None = None
         mask = spec.mask
-        needs_image = engine == "images" or spec.kind in ("vary", "region")
+        needs_image = engine is Engine.IMAGES or spec.kind in (JobKind.VARY, JobKind.REGION)
         if previous is not None and needs_image:
-            parent_image = await self._turn_image(parent)
+            parent_image = await self._input_of(parent)
         if spec.mask_cells and parent_image is not None:
             from bot.core.images import grid_mask, image_size
 
             width, height = image_size(parent_image.data)
             mask = await asyncio.to_thread(grid_mask, width, height, spec.mask_cells)
-        if engine == "images" and previous is not None and parent_image is None:
+        if engine is Engine.IMAGES and previous is not None and parent_image is None:
             raise BadInput("studio.parent_image_missing")
         request = TurnRequest(
             prompt=spec.prompt,
             options=ImageOptions().merged(spec.options),
             images=spec.images,
             mask=mask,
-            previous_response_id=previous if engine == "responses" else None,
-            parent_image=parent_image if (engine == "images" or spec.kind == "region") else None,
+            previous_response_id=previous if engine is Engine.RESPONSES else None,
+            parent_image=parent_image
+            if (engine is Engine.IMAGES or spec.kind is JobKind.REGION)
+            else None,
             parent_prompt=parent.prompt if parent else None,
             user_hash=user_hash(job.user_id),
         )
         return request, engine, parent
 
     async def _execute(self, job: Job, sink: TurnSink) -> None:
+        spec = JobSpec.from_payload(job.payload)
         try:
-            request, engine, parent = await self.build_request(job)
+            request, engine, parent = await self.build_request(job, spec)
         except BotError as exc:
-            await self.store.finish_job(job.id, JobStatus.FAILED, error=exc.key)
-            await sink.failed(Failed(FailureKind.BAD_REQUEST, exc.key, dict(exc.params)), job)
+            await self._fail(job, sink, Failed(FailureKind.BAD_REQUEST, exc.key, dict(exc.params)))
             return
 
         async def reseed() -> tuple[InputImage, str] | None:
-            turn = parent or await self.store.latest_turn(job.channel_id)
-            image = await self._turn_image(turn)
+            turn = parent or await self._store.latest_turn(job.channel_id)
+            image = await self._input_of(turn)
             return (image, turn.prompt) if image is not None and turn is not None else None
 
-        async for event in self.runner.run(request, engine=engine, reseed=reseed):
-            if isinstance(event, Queued):
-                await sink.queued(event.position)
+        async for event in self.runner.run(request, engine=engine.value, reseed=reseed):
+            if isinstance(event, ResponseCreated):
+                # Known before anything is billed: a restart can fetch the finished image by it.
+                await self._store.set_job_response(job.id, event.response_id)
             elif isinstance(event, Started):
                 await sink.started(event)
             elif isinstance(event, Partial):
                 await sink.partial(event)
             elif isinstance(event, Completed):
-                # Once the image exists, posting and recording it must not be cut in half by a
-                # shutdown: the finishing work runs to its end even if the job is cancelled.
-                finishing = asyncio.ensure_future(self._complete(job, sink, request, event))
-                self._finishing.add(finishing)
-                finishing.add_done_callback(self._finishing.discard)
+                # From here the image is paid for: saving and posting it must not be cut in half
+                # by a shutdown, so they run in their own task that a cancelled job leaves alone.
+                finishing = self._spawn(self._save_and_post(job, spec, sink, request, event))
                 await asyncio.shield(finishing)
                 return
-            else:
-                await self.store.finish_job(job.id, JobStatus.FAILED, error=event.kind.value)
-                await sink.failed(event, job)
+            elif isinstance(event, Failed):
+                await self._fail(job, sink, event)
                 return
 
-    async def _complete(
-        self, job: Job, sink: TurnSink, request: TurnRequest, done: Completed
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
+    async def _save_and_post(
+        self, job: Job, spec: JobSpec, sink: TurnSink, request: TurnRequest, done: Completed
     ) -> None:
-        spec = JobSpec.from_payload(job.payload)
-        turn = await record_turn(
-            self.store,
+        self._crashpoint("received")
+        turn, usage = _new_turn(
             done,
             options=request.options,
             prompt=spec.prompt,
@@ -627,40 +800,132 @@ class Studio:
             guild_id=job.guild_id,
             user_id=job.user_id,
         )
-        message_id, url = await sink.completed(done, turn)
-        if message_id is not None:
-            await self.store.set_turn_message(turn.id, message_id, url)
-        if done.response_id is not None:
-            await self.store.advance_conversation(
-                job.channel_id, response_id=done.response_id, message_id=message_id
-            )
-        await self.store.finish_job(job.id, JobStatus.DONE)
+        saved = await self._persist(
+            f"save the image of job {job.id}",
+            lambda: self._store.save_result(
+                job.id, turn, image=done.image, image_format=done.format, usage=usage, advance=True
+            ),
+        )
+        self._crashpoint("saved")
+        await self._post(job, saved, done, sink)
+
+    async def _persist(self, what: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a ledger write until the database takes it (locked, full or briefly gone)."""
+        delay = self._backoff[0]
+        while True:
+            try:
+                return await write()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not %s (%r); trying again in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+
+    async def _post(self, job: Job, turn: Turn, done: Completed, sink: TurnSink) -> None:
+        """Show a saved image, retrying with backoff until Discord takes it; then mark it posted."""
+        delay = self._backoff[0]
+        while True:
+            try:
+                message_id, url = await sink.completed(done, turn)
+                break
+            except PostingFailed as exc:
+                log.warning(
+                    "could not post the image of job %s (%s); trying again in %.1fs",
+                    job.id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+        self._crashpoint("posted")
+        await self._persist(
+            f"mark job {job.id} posted",
+            lambda: self._store.mark_posted(job.id, turn.id, message_id, url),
+        )
+
+    async def recover(self) -> tuple[list[Job], list[Job], list[Job]]:
+        """At start-up, before anything new runs: settle every job the last run left behind.
+
+        A job cut off while running whose response finished at OpenAI anyway (it was billed)
+        is saved and posted from that response; the others are reported as interrupted, with
+        Retry. Saved images not posted yet are posted, never generated again. The queue
+        resumes. Returns (interrupted, reposted, queued).
+        """
+        for job in await self._store.running_jobs():
+            if job.response_id is not None:
+                await self._finish_lost_response(job)
+        interrupted = await self._store.interrupt_running_jobs()
+        for job in interrupted:
+            sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+            try:
+                await sink.failed(Failed(FailureKind.INTERRUPTED, "fail.interrupted"), job)
+            except Exception:
+                log.exception("could not report interrupted job %s", job.id)
+        reposted = await self._store.saved_jobs()
+        for job in reposted:
+            turn = await self._store.get_turn(job.turn_id) if job.turn_id is not None else None
+            image = await self._store.get_turn_image(turn.id) if turn is not None else None
+            if turn is None or image is None:
+                log.error("job %s is saved but its turn or image is gone", job.id)
+                continue
+            sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+            self._spawn(self._post(job, turn, completed_from_turn(turn, *image), sink))
+        queued = await self._store.queued_jobs()
+        for job in queued:
+            await self._enqueue(job)
+        return interrupted, reposted, queued
+
+    async def _finish_lost_response(self, job: Job) -> None:
+        spec = JobSpec.from_payload(job.payload)
+        if (spec.engine or self.engine) is not Engine.RESPONSES or job.response_id is None:
+            return
+        options = ImageOptions().merged(spec.options)
+        done = await self.runner.finished(job.response_id, options)
+        if done is None:
+            return
+        log.info("job %s: response %s finished while the bot was down", job.id, job.response_id)
+        turn, usage = _new_turn(
+            done,
+            options=options,
+            prompt=spec.prompt,
+            parent_response_id=spec.parent_response_id,
+            channel_id=job.channel_id,
+            guild_id=job.guild_id,
+            user_id=job.user_id,
+        )
+        await self._store.save_result(
+            job.id, turn, image=done.image, image_format=done.format, usage=usage, advance=True
+        )
 
     async def wait_idle(self) -> None:
-        """Wait until no job runs (tests, shutdown); wrap in asyncio.timeout for a deadline."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait until no job runs and no image waits to be posted (tests, shutdown)."""
+        while True:
+            await self._queue.wait_idle()
+            if not self._finishing:
+                return
+            await asyncio.gather(*list(self._finishing), return_exceptions=True)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop starting jobs; give running ones `grace` seconds, then cancel them.
 
-        A cancelled job stays `running` in storage and is reported as interrupted (with Retry)
-        at the next start; one whose image already arrived is posted and recorded first.
+        A job cancelled while drawing stays `running` and is reported as interrupted (with
+        Retry) at the next start; one whose image arrived is saved and posted first, and one
+        whose posting is still being retried stays `saved` and is posted at the next start.
         """
-        self._closing = True
-        tasks = list(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
-        for task in tasks:
+        await self._queue.close(grace)
+        finishing = list(self._finishing)
+        if finishing:
+            await asyncio.wait(finishing, timeout=grace)
+        for task in finishing:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*list(self._finishing), return_exceptions=True)
+        await asyncio.gather(*finishing, return_exceptions=True)
 
     @property
     def running(self) -> int:
         """How many jobs run now."""
-        return self._running
+        return self._queue.running
 
     def waiting_jobs(self) -> Sequence[Job]:
         """The jobs waiting to run, in order."""
-        return [w.job for w in self._waiting]
+        return self._queue.waiting_jobs()

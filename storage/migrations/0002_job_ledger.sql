@@ -49,3 +49,7 @@ CREATE TABLE turn_images (
     format TEXT NOT NULL,
     data BLOB NOT NULL
 );
+
+-- What the finished image looked like when it arrived (actual size and quality, seconds, the
+-- model's words, notes), so a saved image is posted after a restart exactly as it would have been.
+ALTER TABLE turns ADD COLUMN result TEXT NOT NULL DEFAULT '{}';

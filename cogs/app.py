@@ -1,4 +1,4 @@
-"""The Discord bot: wiring discord.py to the studio, and `python -m bot run`."""
+"""The Discord bot: discord.py wired to the studio, and `python -m bot run`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core.budgets import Limits
 from bot.core.errors import BotError
-from bot.core.studio import Limits, Studio
+from bot.core.jobs import JobSpec
+from bot.core.studio import Studio
 from bot.loopmonitor import LoopLagMonitor
 from bot.services import Services, open_services
 from bot.settings import Settings
@@ -95,13 +97,29 @@ class ImagineBot(commands.Bot):
             ),
             sink_factory=self.make_sink,
             fetcher=self,
+            crash_at=settings.test_crash_at,
+            post_backoff=(settings.post_retry_seconds, 60.0),
         )
         self.recovered = False
+        self._frozen = False
 
     async def setup_hook(self) -> None:
-        """Load the cogs, register persistent buttons, and sync the commands."""
+        """Settle the ledger, load the cogs and persistent buttons, and sync the commands.
+
+        Recovery runs before the gateway connects, so no command of this run can be running
+        yet: only jobs cut off by the previous stop are reported as interrupted.
+        """
         from cogs._translator import ImagineTranslator
 
+        interrupted, reposted, queued = await self.studio.recover()
+        if interrupted or reposted or queued:
+            log.info(
+                "recovered %d interrupted, %d saved and %d queued job(s)",
+                len(interrupted),
+                len(reposted),
+                len(queued),
+            )
+        self.recovered = True
         await self.tree.set_translator(ImagineTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -113,31 +131,26 @@ class ImagineBot(commands.Bot):
             await self.tree.sync()
 
     async def on_ready(self) -> None:
-        """Keep resumes on the configured gateway; report and resume jobs from before a restart."""
+        """Keep resumes on the configured gateway."""
         if self.gateway_url and self.ws is not None:
             self.ws.gateway = yarl.URL(self.gateway_url)
         log.info("ready as %s in %d server(s)", self.user, len(self.guilds))
-        if not self.recovered:
-            interrupted, queued = await self.studio.recover()
-            if interrupted or queued:
-                log.info(
-                    "recovered %d interrupted and %d queued job(s)", len(interrupted), len(queued)
-                )
-            self.recovered = True
+        if not self._frozen:
             # Start-up objects live as long as the bot: keep them out of full collections,
             # whose pauses otherwise show up as event-loop lag under load.
             gc.freeze()
+            self._frozen = True
 
     async def on_resumed(self) -> None:
         """RESUME replaces the socket: keep it on the configured gateway."""
         if self.gateway_url and self.ws is not None:
             self.ws.gateway = yarl.URL(self.gateway_url)
 
-    async def make_sink(self, job: Job) -> Any:
+    async def make_sink(self, job: Job, spec: JobSpec) -> Any:
         """The Discord sink that shows `job` in its channel."""
         from cogs._sink import DiscordTurnSink
 
-        return await DiscordTurnSink.for_job(self, job)
+        return await DiscordTurnSink.for_job(self, job, spec)
 
     async def resolve_channel(self, channel_id: int) -> Any:
         """A channel or thread by id, from the cache or from Discord."""
@@ -150,7 +163,7 @@ class ImagineBot(commands.Bot):
         return channel
 
     async def fetch_turn_image(self, turn: Turn) -> bytes | None:
-        """The final image of `turn`, read back from its Discord message."""
+        """The final image of a turn saved before images were kept, read back from Discord."""
         if turn.message_id is None:
             return None
         channel = await self.resolve_channel(turn.channel_id)
