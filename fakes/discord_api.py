@@ -259,6 +259,21 @@ class FakeDiscord(World):
         self.gateway.reconnect()
         await self.gateway.flush()
 
+    async def delete_thread(self, thread_id: Snowflake) -> None:
+        """Delete a thread as a moderator would (the bot gets THREAD_DELETE; later requests 404)."""
+        channel = self.channel_or_404(int(thread_id))
+        self.remove_channel(int(thread_id))
+        self.emit(
+            "THREAD_DELETE",
+            {
+                "id": channel["id"],
+                "guild_id": channel["guild_id"],
+                "parent_id": channel["parent_id"],
+                "type": channel["type"],
+            },
+        )
+        await self.gateway.flush()
+
     def age_message(self, message_id: Snowflake, seconds: float) -> None:
         """Make a message look ``seconds`` older (edits past one hour are refused with 30046)."""
         record = self.stored_message(message_id)

@@ -575,7 +575,20 @@ class Studio:
         The limits are checked in the same transaction (BotError when one would be exceeded).
         """
         requester = checked.requester
-        job = await self._store.admit_job(
+        try:
+            job = await self._admit(checked)
+        except BotError:
+            raise
+        except Exception as exc:
+            # A full disk or a database another process holds: nothing was started or charged.
+            log.warning("could not admit a job of user %s: %r", requester.user_id, exc)
+            raise BotError("studio.not_saved") from exc
+        self._crashpoint("admitted")
+        return job
+
+    async def _admit(self, checked: CheckedRequest) -> Job:
+        requester = checked.requester
+        return await self._store.admit_job(
             NewJob(
                 kind=checked.spec.kind.value,
                 guild_id=requester.guild_id,
@@ -588,8 +601,6 @@ class Studio:
             ),
             **self._windows_and_gate(checked),
         )
-        self._crashpoint("admitted")
-        return job
 
     async def place(
         self, job: Job, channel_id: int, conversation: Conversation | None = None
@@ -774,7 +785,14 @@ class Studio:
             elif isinstance(event, Completed):
                 # From here the image is paid for: saving and posting it must not be cut in half
                 # by a shutdown, so they run in their own task that a cancelled job leaves alone.
-                finishing = self._spawn(self._save_and_post(job, spec, sink, request, event))
+                parent_response_id = (
+                    request.previous_response_id
+                    or (parent.response_id if parent is not None else None)
+                    or spec.parent_response_id
+                )
+                finishing = self._spawn(
+                    self._save_and_post(job, spec, sink, request, event, parent_response_id)
+                )
                 await asyncio.shield(finishing)
                 return
             elif isinstance(event, Failed):
@@ -788,14 +806,20 @@ class Studio:
         return task
 
     async def _save_and_post(
-        self, job: Job, spec: JobSpec, sink: TurnSink, request: TurnRequest, done: Completed
+        self,
+        job: Job,
+        spec: JobSpec,
+        sink: TurnSink,
+        request: TurnRequest,
+        done: Completed,
+        parent_response_id: str | None,
     ) -> None:
         self._crashpoint("received")
         turn, usage = _new_turn(
             done,
             options=request.options,
             prompt=spec.prompt,
-            parent_response_id=request.previous_response_id or spec.parent_response_id,
+            parent_response_id=parent_response_id,
             channel_id=job.channel_id,
             guild_id=job.guild_id,
             user_id=job.user_id,
