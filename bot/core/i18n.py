@@ -14,6 +14,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "The prompt is empty. Describe the image you want.",
         "ko": "프롬프트가 비어 있습니다. 원하는 이미지를 설명해 주세요.",
     },
+    "bad.prompt_invisible": {
+        "en": "The prompt has no visible characters, only spaces or invisible ones (such as zero-width spaces). Describe the image you want.",
+        "ko": "프롬프트에 보이는 글자가 없고 공백이나 보이지 않는 문자(폭 없는 공백 등)만 있습니다. 원하는 이미지를 설명해 주세요.",
+    },
     "bad.prompt_too_long": {
         "en": "The prompt is {length:,} characters long; the limit is {limit:,}.",
         "ko": "프롬프트가 {length:,}자입니다. 최대 {limit:,}자까지 가능합니다.",

@@ -1,0 +1,122 @@
+"""Input that used to get through loosely, end to end through the real bot in the sandbox.
+
+Refusals of this kind live in the corpus of tests/test_bad_input.py (invisible prompts, sizes in
+other digits, two masks on one message). Here: what is accepted must reach the API in the one
+form it takes (sizes, masks of every kind the help describes), user text echoed by the bot must
+show as typed without becoming markdown, and crafted or repeated button clicks must be answered
+without an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.sandbox import Sandbox, sandbox
+from fakes.discord_api import Interaction
+from fakes.openai_api import Timeline
+from tests.e2e import ErrorLog, finals, no_errors_logged
+
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+TIMELINE = Timeline(first_partial=0.05, between_partials=0.05, final=0.05)
+WAIT = 15.0
+# A row id no SQLite (or PostgreSQL) integer can hold.
+HUGE_ID = "9" * 30
+
+
+@pytest.fixture(scope="module")
+def error_log() -> Iterator[ErrorLog]:
+    with no_errors_logged() as handler:
+        yield handler
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def box(
+    tmp_path_factory: pytest.TempPathFactory, error_log: ErrorLog
+) -> AsyncIterator[Sandbox]:
+    async with sandbox(tmp_path_factory.mktemp("strict-input"), timeline=TIMELINE) as running:
+        yield running
+        assert running.discord.unhandled == []
+        assert running.discord.internal_errors == []
+
+
+def responses_bodies(box: Sandbox, since: int = 0) -> list[dict[str, Any]]:
+    return [
+        r.json
+        for r in box.openai.requests[since:]
+        if r.path == "/v1/responses" and r.json is not None
+    ]
+
+
+async def imagine(
+    box: Sandbox, options: dict[str, Any], **kwargs: Any
+) -> tuple[Interaction, dict[str, Any], dict[str, Any]]:
+    """Run a command that opens a thread; return the interaction, the thread and its final image."""
+    d = box.discord
+    command = kwargs.pop("command", "imagine")
+    before = {t["id"] for t in d.threads(d.channel["id"])}
+    interaction = await d.slash(command, options, **kwargs)
+    thread = await d.wait_for(
+        lambda: next((t for t in d.threads(d.channel["id"]) if t["id"] not in before), None),
+        timeout=WAIT,
+    )
+    final = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=WAIT)
+    await box.wait_idle()
+    return interaction, thread, final
+
+
+def encode(im: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def sent_mask_alpha(body: dict[str, Any]) -> Image.Image:
+    """The alpha channel of the mask a Responses request carries."""
+    header, b64 = body["tools"][0]["input_image_mask"]["image_url"].split(",", 1)
+    assert header == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        assert im.mode == "RGBA"
+        return im.getchannel("A")
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+
+@module_loop
+async def test_a_loosely_typed_size_reaches_the_api_in_its_own_spelling(box: Sandbox) -> None:
+    since = len(box.openai.requests)
+    await imagine(box, {"prompt": "a kite", "size": " 1536X1024 ", "partials": 0})
+    # /settings stores it in the same spelling, and later commands send that.
+    d = box.discord
+    answer = await d.slash("settings", {"size": "1024X1536"})
+    await d.wait_for(lambda: answer.response_type is not None, timeout=WAIT)
+    try:
+        await imagine(box, {"prompt": "a kite, upright", "partials": 0})
+    finally:
+        reset = await d.slash("settings", {"reset": True})
+        await d.wait_for(lambda: reset.response_type is not None, timeout=WAIT)
+    sizes = [body["tools"][0]["size"] for body in responses_bodies(box, since)]
+    assert sizes == ["1536x1024", "1024x1536"]
+
+
+@module_loop
+async def test_size_autocomplete_offers_only_sizes_the_api_takes(box: Sandbox) -> None:
+    d = box.discord
+
+    async def offered(typed: str) -> list[str]:
+        choices = await d.autocomplete("imagine", {"prompt": "x", "size": typed}, "size")
+        return [c["value"] for c in choices]
+
+    assert (await offered(" 1536X864 "))[0] == "1536x864"
+    assert (await offered("2048X1152"))[0] == "2048x1152"
+    for loose in ("１０２４x１０２４", "١٠٢٤x١٠٢٤", "1_024x1_024", "1024 x 1024", "1000x1000"):
+        assert await offered(loose) == [], loose
+    assert await offered("15") == ["1536x1024", "1536x864"]
