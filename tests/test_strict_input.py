@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import Interaction
 from fakes.openai_api import Timeline
-from tests.e2e import ErrorLog, finals, no_errors_logged
+from tests.e2e import ErrorLog, finals, no_errors_logged, png
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -120,3 +120,53 @@ async def test_size_autocomplete_offers_only_sizes_the_api_takes(box: Sandbox) -
     for loose in ("１０２４x１０２４", "١٠٢٤x١٠٢٤", "1_024x1_024", "1024 x 1024", "1000x1000"):
         assert await offered(loose) == [], loose
     assert await offered("15") == ["1536x1024", "1536x864"]
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+
+def painted_layer(size: int) -> Image.Image:
+    """What an editor exports after painting white strokes on an empty layer (soft edges too)."""
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.ellipse((40, 50, 120, 110), fill=(255, 255, 255, 255))
+    draw.line((150, 0, 230, 200), fill=(255, 255, 255, 255), width=9)
+    draw.rectangle((20, 200, 60, 230), fill=(255, 255, 255, 128))
+    return layer
+
+
+@module_loop
+async def test_strokes_painted_on_a_transparent_layer_are_what_the_api_edits(
+    box: Sandbox,
+) -> None:
+    layer = painted_layer(256)
+    since = len(box.openai.requests)
+    await imagine(
+        box,
+        {"prompt": "turn the painted parts into gold", "partials": 0},
+        command="edit",
+        attachments={"image": ("photo.png", png((256, 256))), "mask": ("mask.png", encode(layer))},
+    )
+    [body] = responses_bodies(box, since)
+    alpha = sent_mask_alpha(body)
+    assert alpha.size == (256, 256)
+    # Transparent (edit) exactly where the user painted, as strongly as they painted.
+    painted = layer.getchannel("A").tobytes()
+    assert alpha.tobytes() == bytes(255 - value for value in painted)
+    assert alpha.getpixel((80, 80)) == 0 and alpha.getpixel((5, 5)) == 255
+
+
+@module_loop
+async def test_holes_in_an_opaque_mask_are_what_the_api_edits(box: Sandbox) -> None:
+    # OpenAI's own format, sent in a thread: the picture with the area to change erased.
+    _, thread, _ = await imagine(box, {"prompt": "a bowl of fruit", "partials": 0})
+    d = box.discord
+    erased = Image.new("RGBA", (1024, 1024), (30, 90, 160, 255))
+    erased.paste((0, 0, 0, 0), (300, 200, 700, 600))
+    since = len(box.openai.requests)
+    finals_before = len(finals(d, thread["id"]))
+    await d.user_message(thread["id"], "put a pear here", files=[("mask.png", encode(erased))])
+    await d.wait_for(lambda: len(finals(d, thread["id"])) > finals_before, timeout=WAIT)
+    await box.wait_idle()
+    [body] = responses_bodies(box, since)
+    assert sent_mask_alpha(body).tobytes() == erased.getchannel("A").tobytes()
