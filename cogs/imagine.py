@@ -358,12 +358,13 @@ class ImagineCog(commands.Cog):
                 "discord.empty_message" if not message.stickers else "discord.sticker_only"
             )
         refs: list[discord.Attachment] = []
-        mask_attachment: discord.Attachment | None = None
+        masks: list[discord.Attachment] = []
         for attachment in message.attachments:
-            if attachment.filename.lower().startswith("mask"):
-                mask_attachment = attachment
-            else:
-                refs.append(attachment)
+            (masks if attachment.filename.lower().startswith("mask") else refs).append(attachment)
+        if len(masks) > 1:
+            # Which one was meant cannot be guessed; refused before anything is downloaded.
+            raise BadInput("discord.several_masks", count=len(masks))
+        mask_attachment = masks[0] if masks else None
         images = [await read_image(self.bot, a) for a in refs]
         mask = None
         if mask_attachment is not None:

@@ -482,6 +482,26 @@ CASES: tuple[Case, ...] = (
         why="Discord's client sends no empty message; a forward or a poll arrives without content",
     ),
     thread("zero-width message in a thread", INVISIBLE, text="\u200b\u2060"),
+    thread(
+        "two masks on one message",
+        en("discord.several_masks", count=2),
+        files=(
+            ("", "mask.png", lambda: mask_png(1024, white=True)),
+            ("", "mask-2.png", lambda: mask_png(1024, white=True)),
+        ),
+        fetched=(),
+        why="which of the two was meant cannot be guessed; neither is downloaded",
+    ),
+    thread(
+        "two masks and an image",
+        en("discord.several_masks", count=2),
+        files=(
+            ("", "photo.png", image_png),
+            ("", "Mask_a.png", lambda: mask_png(256, white=True)),
+            ("", "mask_b.png", lambda: mask_png(256, white=True)),
+        ),
+        fetched=(),
+    ),
     thread("text named .png in a thread", NOT_AN_IMAGE, files=(("", "notes.png", text_bytes),)),
     thread("pdf in a thread", NOT_AN_IMAGE, files=(("", "scan.pdf", pdf_bytes),)),
     thread(

@@ -373,6 +373,10 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "Stickers can't be used as images. Write what to change, or attach an image file.",
         "ko": "스티커는 이미지로 쓸 수 없습니다. 바꿀 내용을 적거나 이미지 파일을 첨부해 주세요.",
     },
+    "discord.several_masks": {
+        "en": "This message has {count} files whose names start with `mask`, and only one mask can be used. Send a single mask, and give the other images names that don't start with `mask`.",
+        "ko": "이 메시지에는 이름이 `mask`로 시작하는 파일이 {count}개 있는데, 마스크는 하나만 쓸 수 있습니다. 마스크는 하나만 보내고, 다른 이미지는 이름이 `mask`로 시작하지 않게 바꿔 주세요.",
+    },
     "discord.unknown_image": {
         "en": "I can't find this image any more (it may have been deleted).",
         "ko": "이 이미지를 더 이상 찾을 수 없습니다 (삭제되었을 수 있습니다).",
