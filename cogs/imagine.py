@@ -19,6 +19,7 @@ from bot.core.studio import JobSpec, Requester
 from cogs._translator import L, choices
 from cogs._ui import (
     clip,
+    inert,
     parent_channel_id,
     prepare_bytes,
     read_image,
@@ -138,7 +139,7 @@ class ImagineCog(commands.Cog):
             t(
                 requester.locale,
                 "discord.starting",
-                prompt=clip(spec.prompt, 1500),
+                prompt=inert(spec.prompt, 1500),
                 user=interaction.user.mention,
             ),
             wait=True,

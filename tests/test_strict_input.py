@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -170,3 +171,72 @@ async def test_holes_in_an_opaque_mask_are_what_the_api_edits(box: Sandbox) -> N
     await box.wait_idle()
     [body] = responses_bodies(box, since)
     assert sent_mask_alpha(body).tobytes() == erased.getchannel("A").tobytes()
+
+
+# --- echoed text -----------------------------------------------------------------------------
+
+# Discord hides a backslash before any ASCII sign that is not a letter, digit or space.
+DISCORD_ESCAPE = re.compile(r"\\([^0-9A-Za-z\s])")
+INLINE_SIGNS = set("*_~|`[]<>@")
+LINE_START = re.compile(r"[ \t]*(?:[#>+-]|[0-9]+[.)])")
+
+HOSTILE_PROMPT = (
+    "[click](https://evil.example) for a **free** cat\n"
+    "# BIG HEADING\n"
+    "-# small print\n"
+    "> quoted @everyone <@123456789012345678> ||spoiler||\n"
+    "1. step one\n"
+    "```python\nunclosed fence, ending in a backslash \\"
+)
+
+
+def live_markup(shown: str) -> list[str]:
+    """Whatever Discord would still read as markdown in `shown` (escapes honoured)."""
+    found: list[str] = []
+    plain = []
+    i = 0
+    while i < len(shown):
+        if DISCORD_ESCAPE.match(shown, i):
+            # An escaped sign is shown as a plain character.
+            plain.append("x")
+            i += 2
+            continue
+        if shown[i] in INLINE_SIGNS:
+            found.append(shown[i])
+        plain.append(shown[i])
+        i += 1
+    text = "".join(plain)
+    if "://" in text:
+        found.append("a link")
+    found += [line for line in text.split("\n") if LINE_START.match(line)]
+    return found
+
+
+def echoed_prompt(content: str, before: str, after: str) -> str:
+    """The prompt as a message shows it, between the bot's own `before` and `after`."""
+    start = content.index(before) + len(before)
+    return content[start : content.rindex(after)]
+
+
+@module_loop
+async def test_an_echoed_prompt_shows_as_typed_and_makes_no_markdown(box: Sandbox) -> None:
+    d = box.discord
+    interaction, thread, final = await imagine(box, {"prompt": HOSTILE_PROMPT, "partials": 1})
+    user = f"<@{d.user['id']}>"
+    [starter] = [
+        m
+        for m in (d.stored_message(i) for i in interaction.message_ids())
+        if m is not None and not m.deleted and user in m.content
+    ]
+    shown = {
+        "starting message": echoed_prompt(starter.content, f"{user} asked for: **", "**"),
+        "image message": echoed_prompt(final["content"], "**", f"** — {user}"),
+    }
+    for where, text in shown.items():
+        assert DISCORD_ESCAPE.sub(r"\1", text) == HOSTILE_PROMPT, where
+        assert live_markup(text) == [], where
+    # The footer is still its own line under the image, outside any code block.
+    assert final["content"].split("\n")[-1].startswith("-# ")
+    assert "`" not in DISCORD_ESCAPE.sub("", final["content"])
+    # A thread name is plain text in Discord: it is shown as typed, without escapes.
+    assert thread["name"].startswith("[click](https://evil.example) for a **free** cat # BIG")
