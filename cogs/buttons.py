@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 GRID_ROWS = 3
 GRID_COLS = 3
+# Ids in custom_ids are database row ids: a crafted one past a signed 64-bit integer cannot name
+# anything, and SQLite refuses to even look it up (OverflowError) rather than finding nothing.
+MAX_ROW_ID = 2**63 - 1
+# ASCII digits only: \d would also match other scripts' digits, which int() reads as the same id.
+ROW_ID = "[0-9]+"
 
 
 def final_view(turn_id: int, locale: str) -> discord.ui.View:
@@ -61,7 +66,7 @@ async def _turn_for(
     bot: ImagineBot, interaction: discord.Interaction[Any], turn_id: int
 ) -> tuple[Turn, Requester]:
     """The turn a button names, after checking the button really belongs where it was pressed."""
-    turn = await bot.services.store.get_turn(turn_id)
+    turn = await bot.services.store.get_turn(turn_id) if 0 < turn_id <= MAX_ROW_ID else None
     # A crafted custom_id could name a turn elsewhere: it must be in this very channel.
     if turn is None or turn.channel_id != interaction.channel_id:
         raise BotError("discord.unknown_image")
@@ -85,7 +90,7 @@ async def _submit(
 
 class TurnButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>\d+)",
+    template=rf"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>{ROW_ID})",
 ):
     """One of the buttons under an image; the action and turn id live in the custom_id."""
 
@@ -190,7 +195,7 @@ class TurnButton(
 
 
 class CellSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:cells:(?P<turn>\d+)"
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"img:cells:(?P<turn>{ROW_ID})"
 ):
     """The grid-cell picker of Edit region."""
 
@@ -276,7 +281,7 @@ class EditModal(discord.ui.Modal):
 
 
 class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:retry:(?P<job>\d+)"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:retry:(?P<job>{ROW_ID})"
 ):
     """Runs a failed or interrupted job again."""
 
@@ -308,7 +313,7 @@ class RetryButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)
         requester = await requester_for_interaction(bot, interaction)
-        job = await bot.services.store.get_job(self.job_id)
+        job = await bot.services.store.get_job(self.job_id) if self.job_id <= MAX_ROW_ID else None
         if job is None or job.channel_id != interaction.channel_id:
             await reply_error(interaction, t(requester.locale, "discord.unknown_job"))
             return

@@ -19,8 +19,9 @@ import pytest
 import pytest_asyncio
 from PIL import Image, ImageDraw
 
+from bot.core import i18n
 from bot.sandbox import Sandbox, sandbox
-from fakes.discord_api import Interaction
+from fakes.discord_api import FakeDiscord, Interaction
 from fakes.openai_api import Timeline
 from tests.e2e import ErrorLog, finals, no_errors_logged, png
 
@@ -240,3 +241,54 @@ async def test_an_echoed_prompt_shows_as_typed_and_makes_no_markdown(box: Sandbo
     assert "`" not in DISCORD_ESCAPE.sub("", final["content"])
     # A thread name is plain text in Discord: it is shown as typed, without escapes.
     assert thread["name"].startswith("[click](https://evil.example) for a **free** cat # BIG")
+
+
+# --- buttons -------------------------------------------------------------------------------
+
+
+def forge(d: FakeDiscord, message_id: Any, component: dict[str, Any]) -> None:
+    """Put a crafted component on a message, as a modified client could send it."""
+    record = d._messages[int(message_id)]
+    record.components = [{"type": 1, "components": [component]}]
+
+
+def warning_for(d: FakeDiscord, interaction: Interaction) -> str | None:
+    for message_id in interaction.message_ids():
+        record = d.stored_message(message_id)
+        if record is not None and record.content.startswith("⚠️"):
+            return record.content
+    return None
+
+
+CRAFTED = {
+    "reroll": ({"type": 2, "style": 2, "label": "Reroll"}, "discord.unknown_image"),
+    "delete": ({"type": 2, "style": 4, "label": "Delete"}, "discord.unknown_image"),
+    "cells": (
+        {"type": 3, "options": [{"label": "1", "value": "1"}], "min_values": 1, "max_values": 1},
+        "discord.unknown_image",
+    ),
+    "retry": ({"type": 2, "style": 1, "label": "Retry"}, "discord.unknown_job"),
+}
+
+
+@module_loop
+@pytest.mark.parametrize("action", CRAFTED)
+async def test_a_custom_id_past_any_row_id_is_an_unknown_image(
+    box: Sandbox, error_log: ErrorLog, action: str
+) -> None:
+    d = box.discord
+    _, _, final = await imagine(box, {"prompt": f"a {action} target", "partials": 0})
+    component, key = CRAFTED[action]
+    custom_id = f"img:{action}:{HUGE_ID}"
+    forge(d, final["id"], {**component, "custom_id": custom_id})
+    since = len(box.openai.requests)
+    if component["type"] == 3:
+        clicked = await d.select(final["id"], custom_id, ["1"])
+    else:
+        clicked = await d.click(final["id"], custom_id)
+    got = await d.wait_for(lambda: warning_for(d, clicked), timeout=WAIT)
+    assert got == "⚠️ " + i18n.t("en", key)
+    assert d.stored_message(final["id"]) is not None
+    assert not d.stored_message(final["id"]).deleted
+    assert box.openai.requests[since:] == []
+    assert [r.getMessage() for r in error_log.records] == []
