@@ -173,7 +173,11 @@ class TurnButton(
         # The record goes first: once the image disappears from Discord, nothing is left to do.
         await bot.services.store.delete_turn(turn.id)
         if interaction.message is not None:
-            await interaction.message.delete()
+            try:
+                await interaction.message.delete()
+            except discord.NotFound:
+                # A second click of a double-click, or a moderator was quicker: it is gone already.
+                log.info("image message of turn %s was already deleted", turn.id)
 
     async def _region(
         self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str

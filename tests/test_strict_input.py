@@ -9,8 +9,10 @@ without an exception.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -23,7 +25,7 @@ from bot.core import i18n
 from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import FakeDiscord, Interaction
 from fakes.openai_api import Timeline
-from tests.e2e import ErrorLog, finals, no_errors_logged, png
+from tests.e2e import ErrorLog, button, finals, no_errors_logged, png
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -292,3 +294,51 @@ async def test_a_custom_id_past_any_row_id_is_an_unknown_image(
     assert not d.stored_message(final["id"]).deleted
     assert box.openai.requests[since:] == []
     assert [r.getMessage() for r in error_log.records] == []
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@module_loop
+async def test_a_double_clicked_delete_deletes_once_and_quietly(box: Sandbox) -> None:
+    d = box.discord
+    _, thread, final = await imagine(box, {"prompt": "a sandcastle", "partials": 0})
+    delete = button(final, "delete")
+    # Both clicks are read before either is acknowledged, as when Discord delivers a double click.
+    d.set_delay("POST", r"/interactions/\d+/[^/]+/callback$", 0.3)
+    records = Records()
+    root, buttons_log = logging.getLogger(), logging.getLogger("cogs.buttons")
+    level = buttons_log.level
+    root.addHandler(records)
+    buttons_log.setLevel(logging.INFO)
+    try:
+        clicks = await asyncio.gather(d.click(final["id"], delete), d.click(final["id"], delete))
+        path = re.compile(rf"/channels/{thread['id']}/messages/{final['id']}$")
+
+        def deletes_of_the_image() -> list[Any] | None:
+            found = [r for r in d.requests if r.method == "DELETE" and path.search(r.path)]
+            return found if len(found) == 2 else None
+
+        deletes = await d.wait_for(deletes_of_the_image, timeout=WAIT)
+        # The second click's handler has met the 404: it either said so quietly or raised.
+        await d.wait_for(
+            lambda: [
+                r for r in records.records if r.name == "cogs.buttons" or r.levelno >= logging.ERROR
+            ],
+            timeout=WAIT,
+        )
+    finally:
+        d.clear_delays()
+        root.removeHandler(records)
+        buttons_log.setLevel(level)
+    assert sorted(r.status for r in deletes) == [204, 404]
+    assert [r.getMessage() for r in records.records if r.levelno >= logging.ERROR] == []
+    assert d.stored_message(final["id"]).deleted
+    assert all(click.response_type is not None and click.error is None for click in clicks)
+    assert all(warning_for(d, click) is None for click in clicks)
