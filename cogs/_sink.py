@@ -78,8 +78,10 @@ class DiscordTurnSink:
         return sink
 
     def _header(self) -> str:
+        from cogs._ui import inert
+
         who = f"<@{self.job.user_id}>"
-        return f"**{clip(self.spec.prompt, 300)}** — {who}"
+        return f"**{inert(self.spec.prompt, 300)}** — {who}"
 
     async def _ensure_message(self, content: str) -> discord.Message | None:
         """Create the progress message once, or update its text."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -152,3 +153,26 @@ async def _drop_thinking(interaction: discord.Interaction[Any]) -> None:
 def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Signs that format text anywhere in a Discord message: emphasis, strike, spoilers, code spans and
+# fences, masked links, mentions, channel links, timestamps and custom emoji (`<…>`), the colon
+# of a URL (a link in an echoed prompt would be live and fetch an embed), and the backslash
+# itself, so that text ending in one cannot escape what follows it.
+_INLINE_MARKUP = re.compile(r"([\\*_~|`\[\]<>@:])")
+# Signs that format a line they start: headings, subtext (-#), quotes, lists.
+_LINE_MARKUP = re.compile(r"^([ \t]*)([#>+-])", re.MULTILINE)
+_NUMBERED_ITEM = re.compile(r"^([ \t]*[0-9]+)([.)])", re.MULTILINE)
+
+
+def inert(text: str, limit: int) -> str:
+    """User text, cut to `limit` characters, made to show exactly as typed in a Discord message.
+
+    Every sign Discord would read as markdown gets a backslash, which Discord hides: a prompt
+    can then neither make a masked link, nor open a code fence that swallows the rest of the
+    message, nor ping or render a mention (as a second line of defence behind allowed_mentions).
+    """
+    # Cut first: cutting after escaping could leave a lone backslash escaping the bot's own text.
+    text = _INLINE_MARKUP.sub(r"\\\1", clip(text, limit))
+    text = _LINE_MARKUP.sub(r"\1\\\2", text)
+    return _NUMBERED_ITEM.sub(r"\1\\\2", text)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 GRID_ROWS = 3
 GRID_COLS = 3
+# ASCII digits only: \d would also match other scripts' digits, which int() reads as the same id.
+ROW_ID = "[0-9]+"
 
 
 def final_view(turn_id: int, locale: str) -> discord.ui.View:
@@ -77,7 +79,7 @@ async def _submit(
 
 class TurnButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>\d+)",
+    template=rf"img:(?P<action>reroll|vary|edit|region|delete):(?P<turn>{ROW_ID})",
 ):
     """One of the buttons under an image; the action and turn id live in the custom_id."""
 
@@ -147,7 +149,11 @@ class TurnButton(
             return
         await interaction.response.defer()
         if interaction.message is not None:
-            await interaction.message.delete()
+            try:
+                await interaction.message.delete()
+            except discord.NotFound:
+                # A second click of a double-click, or a moderator was quicker: it is gone already.
+                log.info("image message of turn %s was already deleted", turn.id)
 
     async def _region(
         self, bot: ImagineBot, interaction: discord.Interaction[Any], turn: Turn, locale: str
@@ -169,7 +175,7 @@ class TurnButton(
 
 
 class CellSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"img:cells:(?P<turn>\d+)"
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"img:cells:(?P<turn>{ROW_ID})"
 ):
     """The grid-cell picker of Edit region."""
 
@@ -247,7 +253,7 @@ class EditModal(discord.ui.Modal):
 
 
 class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"img:retry:(?P<job>\d+)"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:retry:(?P<job>{ROW_ID})"
 ):
     """Runs a failed or interrupted job again."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,12 +13,13 @@ from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
 from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
-from bot.core.models import MODELS, STANDARD_SIZES
-from bot.core.options import OUTPUT_OPTIONS, InputImage, validate_prompt
+from bot.core.models import MODELS, STANDARD_SIZES, canonical_size, size_rule_violation
+from bot.core.options import OUTPUT_OPTIONS, InputImage, has_visible_text, validate_prompt
 from bot.core.studio import StartPlan
 from cogs._translator import L, choices
 from cogs._ui import (
     clip,
+    inert,
     prepare_bytes,
     read_image,
     read_mask,
@@ -46,12 +46,14 @@ THREAD_NAME_LIMIT = 90
 async def size_autocomplete(
     interaction: discord.Interaction[Any], current: str
 ) -> list[app_commands.Choice[str]]:
-    """Sizes that start with what was typed (a typed free size is offered as is)."""
+    """Sizes that start with what was typed (a typed free size is offered in the API's spelling)."""
     sizes = ["auto", *STANDARD_SIZES, *EXTRA_SIZES]
-    found = [s for s in sizes if s.startswith(current.lower())]
-    typed = current.strip().lower()
-    if re.fullmatch(r"\d{2,4}x\d{2,4}", typed) and typed not in found:
-        found.insert(0, typed)
+    typed = current.strip().lower() if current.isascii() else current
+    found = [s for s in sizes if s.startswith(typed)]
+    # Only what validation would take: ASCII digits, a lower-case x, within the size rules.
+    size = canonical_size(current)
+    if size != "auto" and size_rule_violation(size) is None and size not in found:
+        found.insert(0, size)
     return [app_commands.Choice(name=s, value=s) for s in found[:25]]
 
 
@@ -92,9 +94,9 @@ def output_options(
     partials: int | None,
     model: str | None,
 ) -> dict[str, object]:
-    """The output options a command was given."""
+    """The output options a command was given (a size in the API's spelling, see canonical_size)."""
     return {
-        "size": size,
+        "size": canonical_size(size) if size is not None else None,
         "quality": quality,
         "format": format,
         "background": background,
@@ -178,7 +180,7 @@ class ImagineCog(commands.Cog):
         text = t(
             requester.locale,
             "discord.starting",
-            prompt=clip(spec.prompt, 1500),
+            prompt=inert(spec.prompt, 1500),
             user=interaction.user.mention,
         )
         try:
@@ -378,12 +380,13 @@ class ImagineCog(commands.Cog):
                 "discord.empty_message" if not message.stickers else "discord.sticker_only"
             )
         refs: list[discord.Attachment] = []
-        mask_attachment: discord.Attachment | None = None
+        masks: list[discord.Attachment] = []
         for attachment in message.attachments:
-            if attachment.filename.lower().startswith("mask"):
-                mask_attachment = attachment
-            else:
-                refs.append(attachment)
+            (masks if attachment.filename.lower().startswith("mask") else refs).append(attachment)
+        if len(masks) > 1:
+            # Which one was meant cannot be guessed; refused before anything is downloaded.
+            raise BadInput("discord.several_masks", count=len(masks))
+        mask_attachment = masks[0] if masks else None
         images = [await read_image(self.bot, a) for a in refs]
         mask = None
         if mask_attachment is not None:
@@ -400,7 +403,11 @@ class ImagineCog(commands.Cog):
                     raise BadInput("bad.mask_without_image")
                 target = await prepare_bytes(self.bot, parent_image, "parent.png")
             mask = await read_mask(self.bot, mask_attachment, target)
-        prompt = message.content.strip() or t("en", "prompt.use_references")
+        text = message.content.strip()
+        if message.attachments and not has_visible_text(text):
+            # Invisible characters alone say nothing: the attachments are the whole instruction.
+            text = ""
+        prompt = text or t("en", "prompt.use_references")
         validate_prompt(prompt)
         if parent_turn is not None:
             return JobSpec(

@@ -55,6 +55,10 @@ class TurnStatus(StrEnum):
     FAILED = "failed"
 
 
+# The largest row id a backend can hold (a signed 64-bit integer): a crafted button id past it
+# names nothing, and SQLite would refuse even to look it up.
+MAX_ROW_ID = 2**63 - 1
+
 # `delete_user_data` keeps usage rows for the server's budget, re-attributed to this id.
 ANONYMOUS_USER_ID = 0
 

@@ -215,6 +215,10 @@ def service(case_id: str, expected: str, spec: Callable[[], JobSpec], **kwargs: 
     return Case(case_id, "service", expected, spec=spec, **kwargs)
 
 
+def size_rules(size: str, rule: str) -> str:
+    return en("bad.size_rules", size=size, model=FREE, rule=rule)
+
+
 def reference(index: int) -> InputImage:
     return InputImage(data=b"png", mime="image/png", filename=f"r{index}.png", sha256=str(index))
 
@@ -229,6 +233,7 @@ ANIMATED = en("images.animated")
 TOO_BIG = en("images.too_large_bytes", size=60.0, limit=50.0)
 WRONG_SIZE = en("mask.wrong_size", mask_width=512, mask_height=512, width=256, height=256)
 NOTHING = en("mask.nothing_to_edit")
+INVISIBLE = en("bad.prompt_invisible")
 FREE = "gpt-image-2.6-sunburst"
 
 CASES: tuple[Case, ...] = (
@@ -306,6 +311,18 @@ CASES: tuple[Case, ...] = (
     edit("broken /edit image", TRUNCATED, files=slot("photo.png", lambda: truncated("PNG"))),
     # Options.
     imagine("empty prompt", en("bad.prompt_empty"), options={"prompt": "   "}),
+    imagine(
+        "prompt of zero-width characters",
+        INVISIBLE,
+        options={"prompt": "\u200b\u200c\u200d\u2060\ufeff"},
+    ),
+    imagine(
+        "prompt of blank-looking characters",
+        INVISIBLE,
+        options={"prompt": " \u00ad\u3164 \u2800\u180e\u202e "},
+        why="soft hyphen, Hangul filler, braille blank, Mongolian vowel separator, bidi override",
+    ),
+    edit("invisible /edit instruction", INVISIBLE, options={"prompt": "\u200b"}, fetched=()),
     imagine(
         "transparent + jpeg",
         en("bad.transparent_jpeg"),
@@ -409,6 +426,38 @@ CASES: tuple[Case, ...] = (
         options={"size": "128x128"},
     ),
     imagine(
+        "size in fullwidth digits",
+        size_rules("１０２４x１０２４", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
+        options={"size": "１０２４x１０２４"},
+        why="int() reads any script's digits; the API takes ASCII only",
+    ),
+    imagine(
+        "size in Arabic-Indic digits",
+        size_rules("١٠٢٤x١٠٢٤", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
+        options={"size": "١٠٢٤x١٠٢٤"},
+    ),
+    imagine(
+        "size with underscores",
+        size_rules("1_024x1_024", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
+        options={"size": "1_024x1_024"},
+        why="int() accepts digit separators; the API does not",
+    ),
+    imagine(
+        "size with a space inside",
+        size_rules("1024 x 1024", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
+        options={"size": "1024 x 1024"},
+    ),
+    imagine(
+        "fullwidth size on a fixed-size model",
+        en(
+            "bad.unknown_size",
+            size="１０２４x１０２４",
+            model="gpt-image-1.5",
+            choices=choices(("auto", "1024x1024", "1536x1024", "1024x1536")),
+        ),
+        options={"size": "１０２４x１０２４", "model": "gpt-image-1.5"},
+    ),
+    imagine(
         "size not WxH",
         en(
             "bad.size_rules",
@@ -431,6 +480,27 @@ CASES: tuple[Case, ...] = (
         en("discord.empty_message"),
         text="",
         why="Discord's client sends no empty message; a forward or a poll arrives without content",
+    ),
+    thread("zero-width message in a thread", INVISIBLE, text="\u200b\u2060"),
+    thread(
+        "two masks on one message",
+        en("discord.several_masks", count=2),
+        files=(
+            ("", "mask.png", lambda: mask_png(1024, white=True)),
+            ("", "mask-2.png", lambda: mask_png(1024, white=True)),
+        ),
+        fetched=(),
+        why="which of the two was meant cannot be guessed; neither is downloaded",
+    ),
+    thread(
+        "two masks and an image",
+        en("discord.several_masks", count=2),
+        files=(
+            ("", "photo.png", image_png),
+            ("", "Mask_a.png", lambda: mask_png(256, white=True)),
+            ("", "mask_b.png", lambda: mask_png(256, white=True)),
+        ),
+        fetched=(),
     ),
     thread("text named .png in a thread", NOT_AN_IMAGE, files=(("", "notes.png", text_bytes),)),
     thread("pdf in a thread", NOT_AN_IMAGE, files=(("", "scan.pdf", pdf_bytes),)),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageSequence, features
+from PIL import Image, ImageDraw, ImageSequence, features
 
 from bot.core import i18n, images
 from bot.core.errors import BadInput
@@ -379,18 +379,55 @@ def test_jpeg_mask_noise_still_gives_a_clean_edge() -> None:
     assert alpha.getpixel(LEFT) == 0 and alpha.getpixel(RIGHT) == 255
 
 
-def test_meaningful_alpha_is_kept_as_is() -> None:
-    # All white: by luminance everything would be editable, but the alpha says only the left.
+def test_holes_in_an_opaque_mask_are_the_area_to_edit() -> None:
+    # OpenAI's format. All white: by luminance everything would be editable, but the alpha says
+    # only the hole (soft edge included) is.
     mask = Image.new("RGBA", (64, 48), (255, 255, 255, 255))
-    mask.paste((255, 255, 255, 0), (0, 0, 32, 48))
-    mask.paste((255, 255, 255, 100), (32, 0, 40, 48))
+    mask.paste((255, 255, 255, 0), (2, 2, 32, 46))
+    mask.paste((255, 255, 255, 100), (32, 2, 40, 46))
     alpha = mask_alpha(prepare_mask(encode(mask, "PNG"), IMAGE, **LIMITS))
     assert (alpha.getpixel(LEFT), alpha.getpixel((35, 5)), alpha.getpixel(RIGHT)) == (0, 100, 255)
 
     gray = Image.new("LA", (64, 48), (0, 255))
-    gray.paste((0, 0), (0, 0, 32, 48))
+    gray.paste((0, 0), (2, 2, 32, 46))
     alpha = mask_alpha(prepare_mask(encode(gray, "PNG"), IMAGE, **LIMITS))
     assert (alpha.getpixel(LEFT), alpha.getpixel(RIGHT)) == (0, 255)
+
+
+def test_holes_reaching_an_edge_of_a_photo_mask_are_still_the_area_to_edit() -> None:
+    # The photo itself with its top (the sky) erased: a hole along a whole edge.
+    pixels = random.Random(3).randbytes(64 * 48 * 3)
+    photo = Image.frombytes("RGB", (64, 48), pixels).convert("RGBA")
+    photo.paste((0, 0, 0, 0), (0, 0, 64, 16))
+    alpha = mask_alpha(prepare_mask(encode(photo, "PNG"), IMAGE, **LIMITS))
+    assert alpha.getpixel((30, 5)) == 0 and alpha.getpixel((30, 30)) == 255
+
+
+def painted_layer(color: tuple[int, int, int]) -> Image.Image:
+    """A transparent layer with strokes in `color`: a filled box, a line to the top edge, a soft dab."""
+    layer = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((8, 10, 24, 30), fill=(*color, 255))
+    draw.line((40, 0, 56, 40), fill=(*color, 255), width=3)
+    layer.putpixel((30, 40), (*color, 100))
+    return layer
+
+
+@pytest.mark.parametrize("color", [(255, 255, 255), (255, 0, 0), (0, 0, 0)])
+def test_strokes_painted_on_a_transparent_layer_are_the_area_to_edit(
+    color: tuple[int, int, int],
+) -> None:
+    layer = painted_layer(color)
+    alpha = mask_alpha(prepare_mask(encode(layer, "PNG"), IMAGE, **LIMITS))
+    # Transparent (edit) exactly where paint is, as much as the paint covers; opaque elsewhere.
+    painted = layer.getchannel("A")
+    assert alpha.tobytes() == bytes(255 - value for value in painted.tobytes())
+    assert alpha.getpixel((16, 20)) == 0 and alpha.getpixel(RIGHT) == 255
+
+
+def test_an_empty_transparent_layer_has_nothing_to_edit() -> None:
+    empty = encode(Image.new("RGBA", (64, 48), (255, 255, 255, 0)), "PNG")
+    expect_bad("mask.nothing_to_edit", lambda: prepare_mask(empty, IMAGE, **LIMITS))
 
 
 def test_mask_of_another_size_is_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.core.errors import BadInput
+from bot.core.models import canonical_size, parse_size, size_rule_violation
 from bot.core.options import (
     MAX_PROMPT_CHARS,
     ImageOptions,
@@ -82,6 +83,93 @@ def test_prompt_limits() -> None:
         validate_prompt("x" * (MAX_PROMPT_CHARS + 1))
     assert long.value.key == "bad.prompt_too_long"
     assert "32,000" in str(long.value)
+
+
+INVISIBLE = {
+    "zero-width space": "\u200b",
+    "zero-width non-joiner and joiner": "\u200c\u200d",
+    "word joiner": "\u2060",
+    "byte order mark": "\ufeff",
+    "soft hyphen": "\u00ad",
+    "hangul filler": "\u3164",
+    "halfwidth hangul filler": "\uffa0",
+    "braille blank": "\u2800",
+    "mongolian vowel separator": "\u180e",
+    "right-to-left override": "\u202e",
+    "tag characters": "\U000e0063\U000e0061\U000e0074",
+    "variation selector": "\ufe0f",
+    "combining grapheme joiner": "\u034f",
+    "line separator": "\u2028",
+    "mixed, around spaces": " \u200b \u3164\u2800\u00a0\ufeff ",
+}
+
+
+@pytest.mark.parametrize("text", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_a_prompt_with_nothing_visible_is_refused(text: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        validate_prompt(text)
+    assert caught.value.key in ("bad.prompt_invisible", "bad.prompt_empty")
+
+
+@pytest.mark.parametrize("text", ["a", "고양이", "🐱", "❤️", "e\u0301", "\u200bcat\u200b", "٣"])
+def test_a_prompt_with_one_visible_character_is_kept(text: str) -> None:
+    assert validate_prompt(f" {text} ") == text
+
+
+SIZES_FORGIVEN = {
+    "1024X1024": "1024x1024",
+    " 1536x1024": "1536x1024",
+    "1536x1024 \t": "1536x1024",
+    "AUTO": "auto",
+    " auto ": "auto",
+    "01536x01024": "1536x1024",
+}
+SIZES_REFUSED = [
+    "1_024x1_024",
+    "１０２４x１０２４",
+    "١٠٢٤x١٠٢٤",
+    "1024ｘ1024",
+    "1024 x 1024",
+    "1024x1024x1024",
+    "1024*1024",
+    "+1024x1024",
+    "1024x",
+    "x1024",
+    "1024x1024\u200b",
+    "9" * 5000 + "x1024",
+]
+
+
+@pytest.mark.parametrize(("typed", "sent"), SIZES_FORGIVEN.items())
+def test_a_size_with_stray_spaces_or_capitals_is_sent_in_the_apis_spelling(
+    typed: str, sent: str
+) -> None:
+    assert canonical_size(typed) == sent
+    for model in ("gpt-image-2", "gpt-image-1.5"):
+        options = ImageOptions(model=model).merged({"size": typed})
+        assert options.size == sent
+        validate_options(options)
+
+
+@pytest.mark.parametrize("typed", SIZES_REFUSED)
+def test_a_size_the_api_would_refuse_is_refused_before_sending(typed: str) -> None:
+    assert canonical_size(typed) == typed
+    for model, key in (("gpt-image-2", "bad.size_rules"), ("gpt-image-1.5", "bad.unknown_size")):
+        with pytest.raises(BadInput) as caught:
+            validate_options(ImageOptions(model=model).merged({"size": typed}))
+        assert caught.value.key == key
+    with pytest.raises(ValueError):
+        parse_size(typed)
+
+
+def test_only_the_apis_spelling_passes_the_size_rules_unmerged() -> None:
+    assert size_rule_violation("1536x864") is None
+    assert parse_size("1536x864") == (1536, 864)
+    for loose in ("1536X864", " 1536x864", "01536x864"):
+        assert size_rule_violation(loose) == "write it as WIDTHxHEIGHT, e.g. 1536x864"
+        with pytest.raises(BadInput):
+            validate_options(ImageOptions(model="gpt-image-2", size=loose))
+    assert size_rule_violation("99999x1024") == "the largest size is 3840x2160"
 
 
 def test_allowed_models_of_a_server() -> None:

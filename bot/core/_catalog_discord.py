@@ -10,8 +10,9 @@ partial images show the progress; the final image replaces them.
 the latest image is edited. Reply (Discord reply) to an earlier image to branch from that \
 image instead.
 📎 Images attached to a message are references. One attachment named `mask…` (e.g. \
-`mask.png`) is the mask: white (or transparent) marks the area to change, black is kept; it \
-must be the same size as the image.
+`mask.png`) is the mask, the same size as the image: white marks the area to change, black is \
+kept. A mask with transparency is read by what covers its edges: strokes painted on a \
+transparent layer are changed; transparent holes in an opaque mask (OpenAI's format) are changed.
 🔘 Buttons under every image:
 • **Reroll**: the same prompt once more
 • **Vary**: a variation of this image
@@ -35,8 +36,9 @@ _HELP_KO = """\
 가장 최근 이미지를 편집합니다. 이전 이미지에 답장(Discord 답장)하면 그 이미지에서 갈라져 \
 나갑니다.
 📎 메시지에 첨부한 이미지는 참조 이미지로 쓰입니다. 이름이 `mask`로 시작하는 첨부 파일 \
-하나(예: `mask.png`)는 마스크입니다. 흰색(또는 투명)은 바꿀 영역, 검은색은 그대로 둘 \
-영역이며, 이미지와 크기가 같아야 합니다.
+하나(예: `mask.png`)는 마스크이며, 이미지와 크기가 같아야 합니다. 흰색은 바꿀 영역, 검은색은 \
+그대로 둘 영역입니다. 투명도가 있는 마스크는 가장자리를 보고 판단합니다. 투명한 레이어에 \
+칠한 부분은 바뀌고, 불투명한 마스크에 뚫린 투명한 구멍(OpenAI 형식)도 바뀝니다.
 🔘 이미지 아래 버튼:
 • **다시 뽑기**: 같은 프롬프트로 한 번 더
 • **변형**: 이 이미지의 변형 만들기
@@ -176,8 +178,8 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     },
     "opt.mask.name": {"en": "mask", "ko": "마스크"},
     "opt.mask.desc": {
-        "en": "Mask for the image: white (or transparent) = area to change, black = keep",
-        "ko": "이미지에 적용할 마스크: 흰색(또는 투명) = 바꿀 영역, 검은색 = 유지할 영역",
+        "en": "Mask: white = change, black = keep; strokes on a transparent layer = change",
+        "ko": "마스크: 흰색 = 바꿀 영역, 검은색 = 유지; 투명 레이어에 칠한 부분 = 바꿀 영역",
     },
     "opt.language.name": {"en": "language", "ko": "언어"},
     "opt.language.desc": {
@@ -370,6 +372,10 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "discord.sticker_only": {
         "en": "Stickers can't be used as images. Write what to change, or attach an image file.",
         "ko": "스티커는 이미지로 쓸 수 없습니다. 바꿀 내용을 적거나 이미지 파일을 첨부해 주세요.",
+    },
+    "discord.several_masks": {
+        "en": "This message has {count} files whose names start with `mask`, and only one mask can be used. Send a single mask, and give the other images names that don't start with `mask`.",
+        "ko": "이 메시지에는 이름이 `mask`로 시작하는 파일이 {count}개 있는데, 마스크는 하나만 쓸 수 있습니다. 마스크는 하나만 보내고, 다른 이미지는 이름이 `mask`로 시작하지 않게 바꿔 주세요.",
     },
     "discord.not_allowed": {
         "en": "You don't have permission to use this command.",

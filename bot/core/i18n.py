@@ -14,6 +14,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "The prompt is empty. Describe the image you want.",
         "ko": "프롬프트가 비어 있습니다. 원하는 이미지를 설명해 주세요.",
     },
+    "bad.prompt_invisible": {
+        "en": "The prompt has no visible characters, only spaces or invisible ones (such as zero-width spaces). Describe the image you want.",
+        "ko": "프롬프트에 보이는 글자가 없고 공백이나 보이지 않는 문자(폭 없는 공백 등)만 있습니다. 원하는 이미지를 설명해 주세요.",
+    },
     "bad.prompt_too_long": {
         "en": "The prompt is {length:,} characters long; the limit is {limit:,}.",
         "ko": "프롬프트가 {length:,}자입니다. 최대 {limit:,}자까지 가능합니다.",
@@ -275,8 +279,8 @@ CATALOG: dict[str, dict[str, str]] = {
         "ko": "마스크는 {mask_width}×{mask_height} 픽셀인데 이미지는 {width}×{height} 픽셀입니다. 마스크는 이미지와 크기가 정확히 같아야 합니다.",
     },
     "mask.nothing_to_edit": {
-        "en": "Nothing is marked for editing. In a mask, paint the area to change white (or transparent) and the rest black; in the grid, pick at least one cell.",
-        "ko": "편집할 영역이 지정되지 않았습니다. 마스크에서는 바꿀 부분을 흰색(또는 투명)으로, 나머지를 검은색으로 칠하고, 격자에서는 칸을 하나 이상 골라 주세요.",
+        "en": "Nothing is marked for editing. In a mask, paint the area to change white on black (or paint it on a transparent layer); in the grid, pick at least one cell.",
+        "ko": "편집할 영역이 지정되지 않았습니다. 마스크에서는 검은 바탕에 바꿀 부분을 흰색으로 칠하고(또는 투명한 레이어에 칠하고), 격자에서는 칸을 하나 이상 골라 주세요.",
     },
     "mask.too_complex": {
         "en": "The mask is too detailed to fit the {limit} MB limit for masks. Use a mask with simpler, solid areas.",

@@ -571,6 +571,27 @@ def prepare_input_image(
 # --- masks ---------------------------------------------------------------------------------
 
 
+def _is_painted_layer(alpha: Image.Image) -> bool:
+    """Whether an alpha channel is a transparent layer with strokes painted on it.
+
+    The two kinds of mask with transparency mean opposite things: an opaque picture with
+    transparent holes (OpenAI's format: the holes change) and a transparent layer with strokes
+    painted on it (what an editor exports: the strokes change). They differ in their background,
+    and the background is what covers the edges: when most of the border is transparent, the
+    opaque pixels are the strokes.
+    """
+    width, height = alpha.size
+    strips = [(0, 0, width, 1), (0, height - 1, width, height)]
+    if height > 2:
+        strips += [(0, 1, 1, height - 1), (width - 1, 1, width, height - 1)]
+    border = transparent = 0
+    for box in strips:
+        histogram = alpha.crop(box).histogram()
+        border += sum(histogram)
+        transparent += sum(histogram[:128])
+    return transparent * 2 > border
+
+
 def _mask_alpha(im: Image.Image) -> Image.Image:
     """The alpha channel of the API mask (0 = edit here) for a user's mask image."""
     if im.mode in _HIGH_DEPTH_MODES:
@@ -580,7 +601,8 @@ def _mask_alpha(im: Image.Image) -> Image.Image:
     if _has_alpha(im):
         alpha = im.convert("RGBA").getchannel("A")
         if _extrema(alpha)[0] != 255:
-            return alpha
+            # Painted strokes are the area to change, so they become the transparent part.
+            return ImageOps.invert(alpha) if _is_painted_layer(alpha) else alpha
     # No usable alpha: white marks the area to edit, as in most inpainting tools. Thresholding
     # rather than inverting keeps JPEG noise from making "white" pixels not quite transparent.
     return im.convert("L").point(lambda value: 0 if value >= 128 else 255)
@@ -596,8 +618,9 @@ def prepare_mask(
 ) -> bytes:
     """Turn a user's mask into the API's: a PNG RGBA of the image's size, transparent = edit.
 
-    A mask with a real alpha channel is used as it is; otherwise white (light) pixels are the
-    area to edit and black (dark) ones are kept.
+    Without transparency, white (light) pixels are the area to edit and black (dark) ones are
+    kept. With transparency, the background decides (see _is_painted_layer): strokes painted on
+    a transparent layer are the area to edit; holes in an opaque mask (OpenAI's format) are.
     """
     with _decode(mask, max_bytes=max_bytes, max_pixels=max_pixels) as im:
         work: Image.Image = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im

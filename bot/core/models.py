@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -93,13 +94,42 @@ MAX_SIDE: Final = 3840
 MAX_PIXELS: Final = 3840 * 2160
 
 
+# What the API takes, and nothing looser: ASCII digits (`\d` and int() would also take
+# fullwidth or Arabic-Indic digits, and int() underscores) and a lower-case x.
+_SIZE_PATTERN: Final = re.compile(r"([0-9]+)x([0-9]+)")
+# More digits than this is over MAX_SIDE whatever they say (and int() refuses huge strings).
+_MAX_SIZE_DIGITS: Final = len(str(MAX_SIDE))
+
+
+def canonical_size(size: str) -> str:
+    """`size` in the one spelling the API takes (`auto` or `WIDTHxHEIGHT`), or unchanged.
+
+    Surrounding spaces, an upper-case X, `AUTO` and leading zeros are forgiven, because what
+    the user meant is plain; anything else (other digits, underscores, inner spaces) comes
+    back as it was, for validation to refuse by name.
+    """
+    text = size.strip()
+    if not text.isascii():
+        return size
+    text = text.lower()
+    if text == "auto":
+        return text
+    match = _SIZE_PATTERN.fullmatch(text)
+    if match is None:
+        return size
+    width, height = (digits.lstrip("0") or "0" for digits in match.groups())
+    return f"{width}x{height}"
+
+
 def size_rule_violation(size: str) -> str | None:
     """Why a free `WIDTHxHEIGHT` size breaks the documented rules, or None when it is fine."""
-    try:
-        w_text, h_text = size.lower().split("x")
-        width, height = int(w_text), int(h_text)
-    except ValueError:
+    match = _SIZE_PATTERN.fullmatch(size)
+    if match is None or canonical_size(size) != size:
         return "write it as WIDTHxHEIGHT, e.g. 1536x864"
+    w_text, h_text = match.groups()
+    if max(len(w_text), len(h_text)) > _MAX_SIZE_DIGITS:
+        return "the largest size is 3840x2160"
+    width, height = int(w_text), int(h_text)
     if width <= 0 or height <= 0:
         return "both sides must be positive"
     if width % 16 or height % 16:
@@ -114,8 +144,10 @@ def size_rule_violation(size: str) -> str | None:
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
-    """The pixel size of `WIDTHxHEIGHT`, or None for `auto`."""
+    """The pixel size of `WIDTHxHEIGHT`, or None for `auto`; ValueError for anything else."""
     if size == "auto":
         return None
-    w_text, h_text = size.lower().split("x")
-    return int(w_text), int(h_text)
+    match = _SIZE_PATTERN.fullmatch(size)
+    if match is None:
+        raise ValueError(f"not a WIDTHxHEIGHT size: {size!r}")
+    return int(match[1]), int(match[2])

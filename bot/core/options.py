@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from bot.core.errors import BadInput
-from bot.core.models import MODELS, RETIRED, STANDARD_SIZES, size_rule_violation
+from bot.core.models import (
+    MODELS,
+    RETIRED,
+    STANDARD_SIZES,
+    canonical_size,
+    size_rule_violation,
+)
 
 MAX_PROMPT_CHARS: Final = 32_000
 MAX_INPUT_IMAGES: Final = 16
@@ -61,6 +68,8 @@ class ImageOptions:
         changes = {k: v for k, v in overrides.items() if k in OPTION_NAMES and v is not None}
         if "format" in changes and isinstance(changes["format"], str):
             changes["format"] = "jpeg" if changes["format"] == "jpg" else changes["format"]
+        if "size" in changes and isinstance(changes["size"], str):
+            changes["size"] = canonical_size(changes["size"])
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, object]:
@@ -105,11 +114,30 @@ class TurnRequest:
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
+# Unicode categories that draw nothing on their own: controls, format characters (zero-width
+# space and joiners, word joiner, BOM, soft hyphen, bidi marks, tags), surrogates, separators,
+# and combining marks without a base letter.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that are defined as blank: Hangul fillers and the empty braille cell.
+_BLANK_CHARACTERS: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` has at least one character that shows when it is printed."""
+    return any(
+        ch not in _BLANK_CHARACTERS and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+        for ch in text
+    )
+
+
 def validate_prompt(prompt: str) -> str:
-    """The prompt stripped, or BadInput when it is empty or over the limit."""
+    """The prompt stripped, or BadInput when it is empty, invisible or over the limit."""
     text = prompt.strip()
     if not text:
         raise BadInput("bad.prompt_empty")
+    if not has_visible_text(text):
+        # Zero-width and filler characters look empty in Discord but would be paid for.
+        raise BadInput("bad.prompt_invisible")
     if len(text) > MAX_PROMPT_CHARS:
         raise BadInput("bad.prompt_too_long", length=len(text), limit=MAX_PROMPT_CHARS)
     return text

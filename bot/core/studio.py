@@ -34,6 +34,7 @@ from bot.core.queue import JobQueue
 from bot.core.runner import TurnRunner
 from bot.core.usage import UsageReport, usage_report
 from storage.base import (
+    MAX_ROW_ID,
     Conversation,
     Job,
     JobStatus,
@@ -464,7 +465,7 @@ class Studio:
 
     async def button_turn(self, turn_id: int, requester: Requester) -> Turn:
         """The turn a button names, after checking it is in this channel and may be continued."""
-        turn = await self._store.get_turn(turn_id)
+        turn = await self._store.get_turn(turn_id) if 0 < turn_id <= MAX_ROW_ID else None
         # A crafted custom_id could name a turn elsewhere: it must be in this very channel.
         if turn is None or turn.channel_id != requester.channel_id:
             raise BotError("studio.unknown_image")
@@ -624,7 +625,7 @@ class Studio:
 
     async def retry(self, job_id: int, requester: Requester) -> Job:
         """Queue a failed or interrupted job again, through the same gates as a new request."""
-        job = await self._store.get_job(job_id)
+        job = await self._store.get_job(job_id) if 0 < job_id <= MAX_ROW_ID else None
         if job is None or job.channel_id != requester.channel_id:
             raise BotError("studio.unknown_job")
         if job.user_id != requester.user_id and not requester.is_admin:
