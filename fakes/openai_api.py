@@ -18,6 +18,8 @@ path (an exact path or an ``fnmatch`` glob; ``None`` matches any) and that it ca
   and each retry is a new request);
 * ``response_failed``, ``failed_item``, ``moderation_output``: ``POST /v1/responses``,
   streamed or not (a turn without the image tool uses the fault up without effect);
+* ``slow_headers``: any request, answered normally but only ``seconds`` after it was read, so
+  the client waits for the response headers (the SDK may retry after its own read timeout);
 * ``error_event_flat``, ``error_event_nested``: streamed generations (Responses or Images);
   the error event is written after ``after_events`` events and the stream then ends;
 * ``cut_stream``, ``stall``: generations, streamed or not (a non-streamed call is cut or left
@@ -88,7 +90,8 @@ log = logging.getLogger(__name__)
 HTTP_FAULTS = frozenset({"moderation_400", "auth_401", "rate_limit_429", "quota_429", "server_500"})
 STREAM_FAULTS = frozenset({"error_event_flat", "error_event_nested", "cut_stream", "stall"})
 ITEM_FAULTS = frozenset({"response_failed", "failed_item", "moderation_output"})
-FAULT_KINDS = HTTP_FAULTS | STREAM_FAULTS | ITEM_FAULTS
+HEADER_FAULTS = frozenset({"slow_headers"})
+FAULT_KINDS = HTTP_FAULTS | STREAM_FAULTS | ITEM_FAULTS | HEADER_FAULTS
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,14 @@ class Fault:
     """One injected failure, consumed by the next request it applies to.
 
     ``after_events`` counts SSE events written before a stream fault strikes;
-    ``retry_after_ms`` sets the ``retry-after-ms`` header of an HTTP fault (429 defaults to 10).
+    ``retry_after_ms`` sets the ``retry-after-ms`` header of an HTTP fault (429 defaults to 10);
+    ``seconds`` is how long a ``slow_headers`` fault holds the reply before its headers go out.
     """
 
     kind: str
     after_events: int = 0
     retry_after_ms: int | None = None
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject unknown kinds early, where the typo is made."""
@@ -319,6 +324,9 @@ class FakeOpenAI:
                 fault = call.fault = self._take_fault(request, call)
                 if fault is not None and fault.kind in HTTP_FAULTS:
                     raise fault_error(fault.kind, fault.retry_after_ms, call.request_id)
+                if fault is not None and fault.kind in HEADER_FAULTS:
+                    # Cancelled with the handler when the client gives up and hangs up.
+                    await asyncio.sleep(fault.seconds)
                 response: web.StreamResponse = await handler(request)
             except ApiError as err:
                 response = self._json({"error": err.body}, request, status=err.status)
@@ -414,7 +422,7 @@ class FakeOpenAI:
         for i, (fault, pattern) in enumerate(self._faults):
             if pattern is not None and not fnmatch.fnmatchcase(path, pattern):
                 continue
-            if fault.kind in HTTP_FAULTS:
+            if fault.kind in HTTP_FAULTS or fault.kind in HEADER_FAULTS:
                 applies = True
             elif fault.kind in ITEM_FAULTS:
                 applies = creates

@@ -8,9 +8,9 @@ import binascii
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from openai import AsyncOpenAI
@@ -22,6 +22,8 @@ from bot.core.images import to_data_url
 from bot.core.options import InputImage, TurnRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MODERATION_CODES = frozenset(
     {
@@ -57,10 +59,13 @@ class ClientConfig:
 
     api_key: str
     base_url: str | None = None
-    timeout: float = 180.0
+    # The SDK's own per-read limit: a backstop that must not fire before `stall_seconds` does,
+    # because the SDK retries a request whose headers timed out (a second, billed generation).
+    timeout: float = 330.0
     max_retries: int = 2
     mainline_model: str = "gpt-5.5"
-    stall_seconds: float = 120.0
+    # A generation can take up to two minutes with nothing streamed (no partials): well above.
+    stall_seconds: float = 300.0
 
 
 def _moderation_failed(details: Any, detail: str | None) -> Failed:
@@ -316,10 +321,13 @@ class OpenAIImageClient:
     async def upload_file(self, image: InputImage) -> str:
         """Upload an image through the Files API; returns its file id."""
         try:
-            created = await self._client.files.create(
-                file=(image.filename, image.data, image.mime), purpose="vision"
+            created = await self._answered(
+                self._client.files.create(
+                    file=(image.filename, image.data, image.mime), purpose="vision"
+                )
             )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, TimeoutError) as exc:
+            log.warning("file upload failed: %r", exc)
             raise TurnFailure(classify_exception(exc)) from exc
         return created.id
 
@@ -327,6 +335,15 @@ class OpenAIImageClient:
         """Whether the API accepts the key: a short description, or raises on refusal."""
         page = await self._client.models.list()
         return f"{len(page.data)} models visible"
+
+    async def _answered(self, call: Awaitable[T]) -> T:
+        """Await a request until its response (headers) arrives, for at most `stall_seconds`.
+
+        The SDK's read timeout alone does not bound this: it restarts on every retry and is
+        meant to be longer than a silent generation.
+        """
+        async with asyncio.timeout(self._config.stall_seconds):
+            return await call
 
     async def _events(self, stream: Any) -> AsyncIterator[Any]:
         """Iterate an SDK stream, failing when nothing arrives for `stall_seconds`."""
@@ -403,8 +420,8 @@ class OpenAIImageClient:
         text: str | None = None
         drawing = False
         try:
-            stream = await self._client.responses.create(
-                **self.responses_params(request, file_ids=file_ids)
+            stream = await self._answered(
+                self._client.responses.create(**self.responses_params(request, file_ids=file_ids))
             )
             async with stream:
                 async for event in self._events(stream):
@@ -586,9 +603,9 @@ class OpenAIImageClient:
         drawing = False
         try:
             if call == "generate":
-                stream: Any = await self._client.images.generate(**params)
+                stream: Any = await self._answered(self._client.images.generate(**params))
             else:
-                stream = await self._client.images.edit(**params)
+                stream = await self._answered(self._client.images.edit(**params))
             async with stream:
                 async for event in self._events(stream):
                     kind = event.type
