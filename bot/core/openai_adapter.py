@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 import time
@@ -443,7 +442,7 @@ class OpenAIImageClient:
                             result = event.item.result or result
                         elif event.item.type == "message":
                             text = _text_of([event.item]) or text
-                    elif kind == "response.completed":
+                    elif kind in ("response.completed", "response.incomplete"):
                         response = event.response
                         response_id = response.id
                         for out in response.output or []:
@@ -451,6 +450,16 @@ class OpenAIImageClient:
                                 item = out
                                 result = out.result or result
                         text = _text_of(response.output) or text
+                        usage = _usage_from_response(response)
+                        reason: str | None = None
+                        if kind == "response.incomplete":
+                            details = _get(response, "incomplete_details")
+                            reason = str(_get(details, "reason") or "unknown")
+                            if result is None:
+                                yield self._incomplete(reason, usage)
+                                return
+                            # The image was made and billed before the response ended early.
+                            log.warning("response %s ended early (%s)", response_id, reason)
                         if result is None:
                             yield self._no_image(item, text)
                             return
@@ -459,7 +468,7 @@ class OpenAIImageClient:
                             format=_get(item, "output_format") or opts.format,
                             response_id=response_id,
                             revised_prompt=_get(item, "revised_prompt"),
-                            usage=_usage_from_response(response),
+                            usage=usage,
                             cost=0.0,
                             text=text,
                             size=_get(item, "size"),
@@ -467,21 +476,11 @@ class OpenAIImageClient:
                             model=opts.model,
                             engine="responses",
                             seconds=time.monotonic() - started,
+                            incomplete_reason=reason,
                         )
                         return
                     elif kind == "response.failed":
                         yield self._failed_response(event.response)
-                        return
-                    elif kind == "response.incomplete":
-                        reason = _get(_get(event.response, "incomplete_details"), "reason")
-                        if reason == "content_filter":
-                            yield _moderation_failed(None, "incomplete: content_filter")
-                        else:
-                            yield Failed(
-                                FailureKind.TRANSIENT,
-                                "fail.transient",
-                                detail=f"incomplete: {reason}",
-                            )
                         return
                     elif kind == "error":
                         yield _placed(classify_code(event.code, event.message), drawing)
@@ -490,7 +489,7 @@ class OpenAIImageClient:
             if result is not None:
                 # The image arrived before the stream broke: it counts.
                 log.warning("stream ended early after the final image: %r", exc)
-                yield self._completed_without_usage(
+                yield await self._completed_without_usage(
                     result, item, response_id, text, request, started
                 )
                 return
@@ -502,13 +501,15 @@ class OpenAIImageClient:
             yield _placed(classify_exception(exc), drawing)
             return
         if result is not None:
-            yield self._completed_without_usage(result, item, response_id, text, request, started)
+            yield await self._completed_without_usage(
+                result, item, response_id, text, request, started
+            )
             return
         yield Failed(
             FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without a result"
         )
 
-    def _completed_without_usage(
+    async def _completed_without_usage(
         self,
         result: str,
         item: Any,
@@ -518,7 +519,7 @@ class OpenAIImageClient:
         started: float,
     ) -> Completed:
         return Completed(
-            image=base64.b64decode(result),
+            image=await _decode(result),
             format=_get(item, "output_format") or request.options.format,
             response_id=response_id,
             revised_prompt=_get(item, "revised_prompt"),
@@ -531,6 +532,14 @@ class OpenAIImageClient:
             engine="responses",
             seconds=time.monotonic() - started,
         )
+
+    def _incomplete(self, reason: str, usage: Usage) -> Failed:
+        """The failure for a response that ended early without an image, with what it billed."""
+        if reason == "content_filter":
+            failed = _moderation_failed(None, "incomplete: content_filter")
+        else:
+            failed = Failed(FailureKind.TRANSIENT, "fail.transient", detail=f"incomplete: {reason}")
+        return replace(failed, usage=usage) if usage != Usage() else failed
 
     def _no_image(self, item: Any, text: str | None) -> Failed:
         error = _get(item, "error")
