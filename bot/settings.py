@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
 
     # Client behaviour towards OpenAI. A generation may take two minutes with nothing streamed
     # (no partials), so the stall limit sits well above that; the SDK's timeout is a backstop
-    # above the stall limit (see `_timeouts_agree`).
+    # at or above the stall limit (see `_timeouts_agree`).
     openai_timeout_seconds: float = Field(default=330.0, gt=0)
     openai_max_retries: int = 2
     stream_stall_seconds: float = Field(default=300.0, gt=0)
@@ -58,17 +58,20 @@ class Settings(BaseSettings):
     # When set, the event loop's lag is measured and written to this JSON file (bot/loopmonitor.py).
     loop_lag_file: str | None = None
 
-    @model_validator(mode="after")
-    def _timeouts_agree(self) -> Settings:
-        """Reject an SDK timeout below the stall limit.
+    @field_validator("stream_stall_seconds")
+    @classmethod
+    def _timeouts_agree(cls, stall: float, info: ValidationInfo) -> float:
+        """Reject a stall limit above the SDK timeout (checked per field, so that the error
+        quotes this value alone and never the other settings, tokens among them).
 
         The SDK's read timeout would then cut a slow but healthy generation first, and a timeout
         while waiting for the headers is retried by the SDK: a second, billed generation.
         """
-        if self.openai_timeout_seconds < self.stream_stall_seconds:
+        timeout = info.data.get("openai_timeout_seconds")
+        if timeout is not None and timeout < stall:
             raise ValueError(
-                f"OPENAI_TIMEOUT_SECONDS ({self.openai_timeout_seconds:g}) must not be below "
-                f"STREAM_STALL_SECONDS ({self.stream_stall_seconds:g}): raise "
+                f"OPENAI_TIMEOUT_SECONDS ({timeout:g}) must not be below "
+                f"STREAM_STALL_SECONDS ({stall:g}): raise "
                 "OPENAI_TIMEOUT_SECONDS or lower STREAM_STALL_SECONDS"
             )
-        return self
+        return stall
