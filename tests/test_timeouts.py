@@ -41,9 +41,9 @@ async def client(fake_openai: FakeOpenAI) -> AsyncIterator[OpenAIImageClient]:
         max_retries=2,
         stall_seconds=STALL,
     )
-    image_client = OpenAIImageClient(config)
-    yield image_client
-    await image_client.close()
+    sdk = OpenAIImageClient(config)
+    yield sdk
+    await sdk.close()
 
 
 def png() -> InputImage:
@@ -132,14 +132,12 @@ async def test_a_files_upload_with_held_headers_fails_as_a_stall(
 async def test_headers_within_the_limit_and_a_long_healthy_stream_complete(
     fake_openai: FakeOpenAI, client: OpenAIImageClient
 ) -> None:
-    """The limit is on silence, not on the whole turn: this one takes longer than STALL."""
-    fake_openai.queue_fault(Fault("slow_headers", seconds=STALL * 0.4), path="/v1/responses")
-    gap = STALL * 0.6
+    """The limit is on silence, not on the whole turn: this one takes longer than the limit."""
+    gap = STALL * 0.35
+    fake_openai.queue_fault(Fault("slow_headers", seconds=gap), path="/v1/responses")
     fake_openai.set_timeline(Timeline(first_partial=gap, between_partials=gap, final=gap))
-    runner = TurnRunner(client, PriceTable())
     request = TurnRequest(prompt="a lighthouse", options=ImageOptions(partials=2))
-
-    events, elapsed = await timed_run(runner, request, "responses")
+    events, elapsed = await timed_run(TurnRunner(client, PriceTable()), request, "responses")
 
     assert isinstance(events[-1], Completed), events[-1]
     assert elapsed > STALL
