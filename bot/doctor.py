@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bot.core.errors import BadInput
 from bot.core.openai_adapter import OpenAIImageClient
-from bot.services import client_config
+from bot.core.options import ImageOptions, validate_options
+from bot.services import client_config, default_options
 from bot.settings import Settings
 from storage import open_store
 
@@ -21,6 +23,48 @@ class CheckResult:
     name: str
     ok: bool
     text: str
+
+
+# The environment variable behind each default option (see `bot.services.default_options`).
+DEFAULT_SETTINGS = (
+    ("size", "DEFAULT_SIZE"),
+    ("quality", "DEFAULT_QUALITY"),
+    ("format", "DEFAULT_FORMAT"),
+    ("moderation", "DEFAULT_MODERATION"),
+    ("partials", "DEFAULT_PARTIALS"),
+)
+
+
+async def check_defaults(settings: Settings) -> CheckResult:
+    """The default image options pass the same validation every turn gets."""
+    options = default_options(settings)
+    alone = ImageOptions(model=options.model)
+    try:
+        validate_options(alone)
+    except BadInput as exc:
+        return CheckResult("defaults", False, f"change IMAGE_MODEL (now {options.model}): {exc}")
+    # One option at a time on the model's own defaults, so each message names its setting.
+    problems: list[str] = []
+    for option, variable in DEFAULT_SETTINGS:
+        value = getattr(options, option)
+        try:
+            validate_options(alone.merged({option: value}))
+        except BadInput as exc:
+            problems.append(f"change {variable} (now {value}): {exc}")
+    if not problems:
+        try:
+            validate_options(options)
+        except BadInput as exc:
+            names = ", ".join(variable for _, variable in DEFAULT_SETTINGS)
+            problems.append(f"these defaults do not work together; change one of {names}: {exc}")
+    if problems:
+        return CheckResult("defaults", False, "; ".join(problems))
+    return CheckResult(
+        "defaults",
+        True,
+        f"{options.model}, size {options.size}, quality {options.quality}, {options.format}, "
+        f"{options.partials} partial image(s)",
+    )
 
 
 async def check_database(settings: Settings) -> CheckResult:
@@ -85,6 +129,7 @@ async def check_openai(settings: Settings) -> CheckResult:
 async def run_checks(settings: Settings, *, out: Callable[[str], object] = print) -> int:
     """Run every check, print one line each; 0 when all pass."""
     checks: list[Callable[[Settings], Awaitable[CheckResult]]] = [
+        check_defaults,
         check_database,
         check_discord,
         check_openai,

@@ -6,12 +6,40 @@ import logging
 import re
 from collections.abc import Iterable
 
-# Shapes of credentials that must never reach a log even if they are not ours.
-_PATTERNS = (
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bot|bearer)\s+[^\s'\"]+"),
-    re.compile(r"/webhooks/(\d+)/[A-Za-z0-9_\-.]+"),
-    re.compile(r"/interactions/(\d+)/[A-Za-z0-9_\-.]+"),
+_URL_TOKEN = r"[A-Za-z0-9_\-.%]+"
+
+# Shapes of credentials that must never reach a log even if they are not ours. discord.py at
+# DEBUG logs interaction tokens in the raw gateway events (a dict repr, or JSON), in webhook
+# and interaction callback URLs, and in rate-limit buckets ("<webhook id>+<token>").
+_SUBSTITUTIONS = (
+    (re.compile(r"sk-[A-Za-z0-9_\-]{8,}"), "<redacted>"),
+    (
+        re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bot|bearer)\s+[^\s'\"]+"),
+        r"\1\2 <redacted>",
+    ),
+    (re.compile(r"(/webhooks/\d+/)" + _URL_TOKEN), r"\1<redacted>"),
+    (re.compile(r"(/interactions/\d+/)" + _URL_TOKEN), r"\1<redacted>"),
+    # The same paths with their slashes percent-encoded (a URL inside a query string).
+    (re.compile(r"(?i)(%2Fwebhooks%2F\d+%2F)" + _URL_TOKEN), r"\1<redacted>"),
+    (re.compile(r"(?i)(%2Finteractions%2F\d+%2F)" + _URL_TOKEN), r"\1<redacted>"),
+    # "token": "...", 'webhook_token': '...', "access_token":"..." (JSON, also escaped inside a
+    # string, and Python reprs).
+    (
+        re.compile(r"(?i)(['\"][A-Za-z_]*token\\?['\"]\s*:\s*\\?['\"])[^'\"\\]*"),
+        r"\1<redacted>",
+    ),
+    # token=..., webhook_token='...' (reprs, query strings, keyword arguments).
+    (
+        re.compile(r"(?i)(\b[A-Za-z_]*token\s*=\s*['\"]?)[^\s'\"&,)>]+"),
+        r"\1<redacted>",
+    ),
+    # Rate-limit bucket keys join the webhook id and its token with "+".
+    (
+        re.compile(r"(\b\d{5,}\+)(?=[A-Za-z0-9_\-.]*[A-Za-z_\-])[A-Za-z0-9_\-.]{20,}"),
+        r"\1<redacted>",
+    ),
+    # Discord's interaction tokens are base64 of "interaction:...": wherever they turn up.
+    (re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_\-.=]*"), "<redacted>"),
 )
 
 
@@ -26,10 +54,9 @@ class RedactingFilter(logging.Filter):
         """`text` with secrets replaced by `<redacted>`."""
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
-        text = _PATTERNS[0].sub("<redacted>", text)
-        text = _PATTERNS[1].sub(r"\1\2 <redacted>", text)
-        text = _PATTERNS[2].sub(r"/webhooks/\1/<redacted>", text)
-        return _PATTERNS[3].sub(r"/interactions/\1/<redacted>", text)
+        for pattern, replacement in _SUBSTITUTIONS:
+            text = pattern.sub(replacement, text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,10 +33,12 @@ class Settings(BaseSettings):
     default_partials: int = Field(default=2, ge=0, le=3)
     default_moderation: Literal["auto", "low"] = "auto"
 
-    # Client behaviour towards OpenAI.
-    openai_timeout_seconds: float = 180.0
+    # Client behaviour towards OpenAI. A generation may take two minutes with nothing streamed
+    # (no partials), so the stall limit sits well above that; the SDK's timeout is a backstop
+    # at or above the stall limit (see `_timeouts_agree`).
+    openai_timeout_seconds: float = Field(default=330.0, gt=0)
     openai_max_retries: int = 2
-    stream_stall_seconds: float = 120.0
+    stream_stall_seconds: float = Field(default=300.0, gt=0)
     use_files_api: bool = False
 
     # Limits that protect the operator's bill and the machine.
@@ -61,3 +63,21 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # When set, the event loop's lag is measured and written to this JSON file (bot/loopmonitor.py).
     loop_lag_file: str | None = None
+
+    @field_validator("stream_stall_seconds")
+    @classmethod
+    def _timeouts_agree(cls, stall: float, info: ValidationInfo) -> float:
+        """Reject a stall limit above the SDK timeout (checked per field, so that the error
+        quotes this value alone and never the other settings, tokens among them).
+
+        The SDK's read timeout would then cut a slow but healthy generation first, and a timeout
+        while waiting for the headers is retried by the SDK: a second, billed generation.
+        """
+        timeout = info.data.get("openai_timeout_seconds")
+        if timeout is not None and timeout < stall:
+            raise ValueError(
+                f"OPENAI_TIMEOUT_SECONDS ({timeout:g}) must not be below "
+                f"STREAM_STALL_SECONDS ({stall:g}): raise "
+                "OPENAI_TIMEOUT_SECONDS or lower STREAM_STALL_SECONDS"
+            )
+        return stall

@@ -18,6 +18,11 @@ path (an exact path or an ``fnmatch`` glob; ``None`` matches any) and that it ca
   and each retry is a new request);
 * ``response_failed``, ``failed_item``, ``moderation_output``: ``POST /v1/responses``,
   streamed or not (a turn without the image tool uses the fault up without effect);
+* ``incomplete_after_image``, ``incomplete_before_image``: ``POST /v1/responses`` ends with
+  ``response.incomplete`` (``max_output_tokens``) and the usage billed so far, after the image
+  item is done or before any image is drawn;
+* ``slow_headers``: any request, answered normally but only ``seconds`` after it was read, so
+  the client waits for the response headers (the SDK may retry after its own read timeout);
 * ``error_event_flat``, ``error_event_nested``: streamed generations (Responses or Images);
   the error event is written after ``after_events`` events and the stream then ends;
 * ``cut_stream``, ``stall``: generations, streamed or not (a non-streamed call is cut or left
@@ -87,8 +92,12 @@ log = logging.getLogger(__name__)
 
 HTTP_FAULTS = frozenset({"moderation_400", "auth_401", "rate_limit_429", "quota_429", "server_500"})
 STREAM_FAULTS = frozenset({"error_event_flat", "error_event_nested", "cut_stream", "stall"})
-ITEM_FAULTS = frozenset({"response_failed", "failed_item", "moderation_output"})
-FAULT_KINDS = HTTP_FAULTS | STREAM_FAULTS | ITEM_FAULTS
+# The item faults that fail the image itself (the incomplete ones let it finish, or never start).
+FAILED_ITEM_FAULTS = frozenset({"response_failed", "failed_item", "moderation_output"})
+INCOMPLETE_FAULTS = frozenset({"incomplete_after_image", "incomplete_before_image"})
+ITEM_FAULTS = FAILED_ITEM_FAULTS | INCOMPLETE_FAULTS
+HEADER_FAULTS = frozenset({"slow_headers"})
+FAULT_KINDS = HTTP_FAULTS | STREAM_FAULTS | ITEM_FAULTS | HEADER_FAULTS
 
 
 @dataclass(frozen=True)
@@ -111,12 +120,14 @@ class Fault:
     """One injected failure, consumed by the next request it applies to.
 
     ``after_events`` counts SSE events written before a stream fault strikes;
-    ``retry_after_ms`` sets the ``retry-after-ms`` header of an HTTP fault (429 defaults to 10).
+    ``retry_after_ms`` sets the ``retry-after-ms`` header of an HTTP fault (429 defaults to 10);
+    ``seconds`` is how long a ``slow_headers`` fault holds the reply before its headers go out.
     """
 
     kind: str
     after_events: int = 0
     retry_after_ms: int | None = None
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject unknown kinds early, where the typo is made."""
@@ -319,6 +330,9 @@ class FakeOpenAI:
                 fault = call.fault = self._take_fault(request, call)
                 if fault is not None and fault.kind in HTTP_FAULTS:
                     raise fault_error(fault.kind, fault.retry_after_ms, call.request_id)
+                if fault is not None and fault.kind in HEADER_FAULTS:
+                    # Cancelled with the handler when the client gives up and hangs up.
+                    await asyncio.sleep(fault.seconds)
                 response: web.StreamResponse = await handler(request)
             except ApiError as err:
                 response = self._json({"error": err.body}, request, status=err.status)
@@ -414,7 +428,7 @@ class FakeOpenAI:
         for i, (fault, pattern) in enumerate(self._faults):
             if pattern is not None and not fnmatch.fnmatchcase(path, pattern):
                 continue
-            if fault.kind in HTTP_FAULTS:
+            if fault.kind in HTTP_FAULTS or fault.kind in HEADER_FAULTS:
                 applies = True
             elif fault.kind in ITEM_FAULTS:
                 applies = creates
@@ -769,6 +783,13 @@ class FakeOpenAI:
         shell = job.shell
         yield event("response.created", response=copy.deepcopy(shell))
         yield event("response.in_progress", response=copy.deepcopy(shell))
+        if job.failure == "incomplete_before_image":
+            # The mainline model ran out of output tokens before calling the tool: only its
+            # tokens are billed.
+            _complete(job, incomplete="max_output_tokens")
+            shell["tool_usage"]["image_gen"] = image_usage("", 0, 0)
+            yield event("response.incomplete", response=copy.deepcopy(shell))
+            return
         if job.plan is not None:
             image_events = self._image_call_events(job, job.plan, event)
             async with contextlib.aclosing(image_events) as payloads:
@@ -784,6 +805,11 @@ class FakeOpenAI:
             }
             yield event("response.failed", response=copy.deepcopy(shell))
             return
+        if job.failure == "incomplete_after_image":
+            # The answer ran out of output tokens after the tool call: the image stands.
+            _complete(job, incomplete="max_output_tokens")
+            yield event("response.incomplete", response=copy.deepcopy(shell))
+            return
         if job.reply_text is not None:
             async with contextlib.aclosing(_message_events(job, event)) as payloads:
                 async for payload in payloads:
@@ -796,7 +822,9 @@ class FakeOpenAI:
     ) -> AsyncGenerator[dict[str, Any]]:
         """Yield the image_generation_call item's events and add the item to the output."""
         render_task = (
-            None if job.failure else asyncio.ensure_future(self._render(plan, job.partials))
+            None
+            if job.failure in FAILED_ITEM_FAULTS
+            else asyncio.ensure_future(self._render(plan, job.partials))
         )
         try:
             p = plan.params
@@ -854,7 +882,7 @@ class FakeOpenAI:
         if response is None:
             return
         self.stored_responses[rid] = response
-        if payload["type"] in ("response.completed", "response.failed"):
+        if payload["type"] in ("response.completed", "response.failed", "response.incomplete"):
             latest = job.context_base
             for item in response["output"]:
                 self._items[item["id"]] = item
@@ -1112,13 +1140,18 @@ def _final_deadline(start: float, tl: Timeline, partials: int) -> float:
     return start + tl.first_partial + (partials - 1) * tl.between_partials + tl.final
 
 
-def _complete(job: _ResponseJob) -> None:
-    """Mark the job's response completed and fill in its usage and tool usage."""
+def _complete(job: _ResponseJob, *, incomplete: str | None = None) -> None:
+    """Mark the job's response completed (or incomplete, for that reason) and fill in its usage."""
     plan = job.plan
     shell = job.shell
     tokens_in = 24 + text_tokens(job.all_text)
     tokens_out = 8 + text_tokens(job.reply_text or "") + (text_tokens(plan.prompt) if plan else 0)
-    shell["status"] = "completed"
+    if incomplete is not None:
+        shell["status"] = "incomplete"
+        shell["incomplete_details"] = {"reason": incomplete}
+        tokens_out = 8 + (text_tokens(plan.prompt) if plan else 0)
+    else:
+        shell["status"] = "completed"
     shell["completed_at"] = int(time.time())
     shell["usage"] = {
         "input_tokens": tokens_in,

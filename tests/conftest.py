@@ -1,15 +1,20 @@
-"""Shared fixtures: the stand-ins on random ports, and waiting on conditions with a deadline."""
+"""Shared fixtures: the stand-ins on random ports, waiting on conditions with a deadline, and
+the `e2e` marker put on every test that runs the whole bot or a process."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from types import FunctionType
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +22,77 @@ from fakes.openai_api import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+# What makes a test end-to-end: the bot in the sandbox, a `python -m ...` process, or a
+# benchmark. Looked for in the test, the fixtures it uses and the helpers of its module that it
+# calls, so a new test gets the marker without being decorated.
+E2E_CALL = re.compile(
+    r"\b(sandbox|run_cli|bot_session|create_subprocess_exec|create_subprocess_shell"
+    r"|subprocess\.(run|Popen|call|check_call|check_output))\("
+)
+# Modules that are end-to-end as a whole (their helpers start processes in classes, for one).
+E2E_MODULES = re.compile(r"^test_(e2e_|bench_|demo)")
+HELPER_DEPTH = 3
+
+
+@functools.cache
+def _source(function: FunctionType) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def _runs_end_to_end(function: Any, namespace: Mapping[str, Any], depth: int = 0) -> bool:
+    """Whether `function`, or a helper of its module that it calls, starts the bot or a process."""
+    function = inspect.unwrap(function)
+    if not isinstance(function, FunctionType):
+        return False
+    source = _source(function)
+    if E2E_CALL.search(source):
+        return True
+    if depth >= HELPER_DEPTH:
+        return False
+    for name in set(re.findall(r"\b([A-Za-z_]\w*)\(", source)) - {function.__name__}:
+        helper = namespace.get(name)
+        if (
+            isinstance(helper, FunctionType)
+            and helper.__module__ == function.__module__
+            and _runs_end_to_end(helper, namespace, depth + 1)
+        ):
+            return True
+    return False
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    if module is None:
+        return False
+    if E2E_MODULES.match(module.__name__.rsplit(".", 1)[-1]):
+        return True
+    namespace = vars(module)
+    if _runs_end_to_end(getattr(item, "function", None), namespace):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        for fixture in info.name2fixturedefs.get(name, ()) if info is not None else ():
+            home = sys.modules.get(getattr(fixture.func, "__module__", ""), None)
+            if _runs_end_to_end(fixture.func, vars(home) if home is not None else {}):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark end-to-end tests `e2e`: `python -m pytest -m "not e2e"` is the quick unit loop."""
+    e2e_modules: set[object] = set()
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+            e2e_modules.add(getattr(item, "module", None))
+    # A module's summary of its end-to-end cases reads their results: it goes with them.
+    for item in items:
+        if getattr(item, "module", None) in e2e_modules and "summary" in item.name:
+            item.add_marker(pytest.mark.e2e)
 
 
 async def wait_until(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -354,7 +355,7 @@ async def test_doctor_checks_everything_in_plain_words(
         )
         good = await run_cli(["doctor"], env, tmp_path)
         assert good.code == 0, good.stdout + good.stderr
-        assert good.stdout.count("[ok]") == 3 and "all good" in good.stdout
+        assert good.stdout.count("[ok]") == 4 and "all good" in good.stdout
         bad = await run_cli(["doctor"], {**env, "DISCORD_TOKEN": "wrong-token-123456"}, tmp_path)
         assert bad.code == 1
         assert "[FAIL] discord" in bad.stdout and "wrong-token" not in bad.stdout + bad.stderr
@@ -362,3 +363,36 @@ async def test_doctor_checks_everything_in_plain_words(
         ["doctor"], {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}, tmp_path
     )
     assert "[FAIL] openai: OPENAI_API_KEY is not set" in missing.stdout
+
+
+BAD_DEFAULTS = [
+    ({"IMAGE_MODEL": "dall-e-3"}, "IMAGE_MODEL", "retired"),
+    ({"DEFAULT_SIZE": "1000x1000"}, "DEFAULT_SIZE", "size rules"),
+    ({"IMAGE_MODEL": "gpt-image-1.5", "DEFAULT_QUALITY": "xhigh"}, "DEFAULT_QUALITY", "quality"),
+    ({"IMAGE_MODEL": "gpt-image-1.5", "DEFAULT_SIZE": "2048x1152"}, "DEFAULT_SIZE", "not a size"),
+]
+
+
+async def test_doctor_refuses_defaults_the_model_would_refuse(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Every other check passes, so only the defaults can make doctor fail here."""
+    from fakes.discord_api import FakeDiscord
+
+    async with FakeDiscord() as discord:
+        env = cli_env(
+            fake_openai,
+            tmp_path,
+            {"DISCORD_TOKEN": discord.token, "DISCORD_API_BASE_URL": discord.api_base},
+        )
+        results = await asyncio.gather(
+            *(run_cli(["doctor"], {**env, **extra}, tmp_path) for extra, _, _ in BAD_DEFAULTS)
+        )
+    for (extra, variable, words), result in zip(BAD_DEFAULTS, results, strict=True):
+        report = result.stdout + result.stderr
+        assert result.code == 1, (extra, report)
+        assert "all good" not in report, extra
+        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("[FAIL]")]
+        assert line.startswith("[FAIL] defaults: change " + variable), (extra, line)
+        assert words in line, (extra, line)
+        assert "Traceback" not in report

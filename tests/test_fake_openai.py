@@ -720,6 +720,62 @@ async def test_failed_item_in_a_completed_response(
     assert response.output_text == "I can't make that image."
 
 
+async def test_incomplete_after_the_image_keeps_the_image_and_reports_usage(
+    fake: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    """incomplete_after_image: the image item is done, then response.incomplete with usage."""
+    fake.reply_text = REPLY
+    fake.queue_fault(Fault("incomplete_after_image"))
+    stream = await client.responses.create(
+        model="gpt-5.5", input="a kite", tools=[{"type": "image_generation"}], stream=True
+    )
+    events = [event async for event in stream]
+    types = [event.type for event in events]
+    assert types.index("response.output_item.done") < types.index("response.incomplete")
+    assert types[-1] == "response.incomplete" and "response.completed" not in types
+    response = events[-1].response
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    item = response.output[0]
+    assert item.type == "image_generation_call" and item.result
+    assert decode(item.result).size == (1024, 1024)
+    assert response.usage is not None and response.usage.output_tokens > 0
+    assert response.tool_usage is not None and response.tool_usage.image_gen is not None
+    assert response.tool_usage.image_gen.output_tokens > 0
+    # The model's reply was cut off: no message item.
+    assert [out.type for out in response.output] == ["image_generation_call"]
+    # The stored response can be continued from, like a completed one.
+    follow = await client.responses.create(
+        model="gpt-5.5",
+        input="now at night",
+        previous_response_id=response.id,
+        tools=[{"type": "image_generation"}],
+    )
+    assert follow.status == "completed"
+
+
+async def test_incomplete_before_the_image_bills_only_the_mainline_model(
+    fake: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    """incomplete_before_image: response.incomplete with no image item and no image tokens."""
+    fake.queue_fault(Fault("incomplete_before_image"))
+    stream = await client.responses.create(
+        model="gpt-5.5", input="a kite", tools=[{"type": "image_generation"}], stream=True
+    )
+    events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.incomplete",
+    ]
+    response = events[-1].response
+    assert response.output == []
+    assert response.usage is not None and response.usage.input_tokens > 0
+    assert response.tool_usage is not None and response.tool_usage.image_gen is not None
+    assert response.tool_usage.image_gen.output_tokens == 0
+
+
 async def test_cut_stream_raises_connection_error(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
     """cut_stream closes the connection mid-body: the SDK raises APIConnectionError."""
     fake.queue_fault(Fault("cut_stream", after_events=4))

@@ -95,6 +95,18 @@ async def test_missing_usage_is_charged_at_the_estimate() -> None:
     assert final.cost > 0
 
 
+async def test_unreported_image_tokens_are_charged_at_the_estimate() -> None:
+    """A response that reports only the mainline model's tokens still made (and billed) an image."""
+    mainline = Usage(input_tokens=40, output_tokens=12)
+    backend = ScriptedBackend([done(usage=mainline)])
+    events = await collect(TurnRunner(backend, PriceTable()), request())
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (40, 12)
+    assert final.usage.image_output_tokens > 0
+    assert final.cost > PriceTable().cost(mainline, model="gpt-image-2", engine="responses")
+
+
 async def test_forgotten_conversation_is_reseeded_from_the_last_image() -> None:
     backend = ScriptedBackend(
         [Failed(FailureKind.CONTEXT_EXPIRED, "fail.context_expired")],

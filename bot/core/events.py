@@ -63,7 +63,11 @@ class Partial:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """The final image and what it cost."""
+    """The final image and what it cost.
+
+    `incomplete_reason` is set when OpenAI ended the response early (e.g. `max_output_tokens`)
+    after the image was made: the image is whole, any text may be cut; `note.incomplete` says so.
+    """
 
     image: bytes
     format: str
@@ -78,6 +82,7 @@ class Completed:
     engine: str = ""
     seconds: float = 0.0
     reseeded: bool = False
+    incomplete_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "OpenAI had forgotten this conversation, so I continued from the thread's last image.",
         "ko": "OpenAI가 이 대화를 잊어버려서 스레드의 마지막 이미지에서 이어서 만들었습니다.",
     },
+    "note.incomplete": {
+        "en": "OpenAI ended this response early, after the image was made; any text reply may be cut short.",
+        "ko": "OpenAI가 이미지를 만든 뒤 응답을 일찍 끝냈습니다. 텍스트 답변은 잘렸을 수 있습니다.",
+    },
     # --- command line ---------------------------------------------------------------
     "cli.unreadable_file": {
         "en": "Cannot read {path}: {reason}.",

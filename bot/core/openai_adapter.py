@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from openai import AsyncOpenAI
@@ -22,6 +21,8 @@ from bot.core.images import to_data_url
 from bot.core.options import ImageOptions, InputImage, TurnRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MODERATION_CODES = frozenset(
     {
@@ -57,10 +58,13 @@ class ClientConfig:
 
     api_key: str
     base_url: str | None = None
-    timeout: float = 180.0
+    # The SDK's own per-read limit: a backstop that must not fire before `stall_seconds` does,
+    # because the SDK retries a request whose headers timed out (a second, billed generation).
+    timeout: float = 330.0
     max_retries: int = 2
     mainline_model: str = "gpt-5.5"
-    stall_seconds: float = 120.0
+    # A generation can take up to two minutes with nothing streamed (no partials): well above.
+    stall_seconds: float = 300.0
 
 
 def _moderation_failed(details: Any, detail: str | None) -> Failed:
@@ -316,10 +320,13 @@ class OpenAIImageClient:
     async def upload_file(self, image: InputImage) -> str:
         """Upload an image through the Files API; returns its file id."""
         try:
-            created = await self._client.files.create(
-                file=(image.filename, image.data, image.mime), purpose="vision"
+            created = await self._answered(
+                self._client.files.create(
+                    file=(image.filename, image.data, image.mime), purpose="vision"
+                )
             )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, TimeoutError) as exc:
+            log.warning("file upload failed: %r", exc)
             raise TurnFailure(classify_exception(exc)) from exc
         return created.id
 
@@ -327,6 +334,15 @@ class OpenAIImageClient:
         """Whether the API accepts the key: a short description, or raises on refusal."""
         page = await self._client.models.list()
         return f"{len(page.data)} models visible"
+
+    async def _answered(self, call: Awaitable[T]) -> T:
+        """Await a request until its response (headers) arrives, for at most `stall_seconds`.
+
+        The SDK's read timeout alone does not bound this: it restarts on every retry and is
+        meant to be longer than a silent generation.
+        """
+        async with asyncio.timeout(self._config.stall_seconds):
+            return await call
 
     async def _events(self, stream: Any) -> AsyncIterator[Any]:
         """Iterate an SDK stream, failing when nothing arrives for `stall_seconds`."""
@@ -435,8 +451,8 @@ class OpenAIImageClient:
         text: str | None = None
         drawing = False
         try:
-            stream = await self._client.responses.create(
-                **self.responses_params(request, file_ids=file_ids)
+            stream = await self._answered(
+                self._client.responses.create(**self.responses_params(request, file_ids=file_ids))
             )
             async with stream:
                 async for event in self._events(stream):
@@ -460,7 +476,7 @@ class OpenAIImageClient:
                             result = event.item.result or result
                         elif event.item.type == "message":
                             text = _text_of([event.item]) or text
-                    elif kind == "response.completed":
+                    elif kind in ("response.completed", "response.incomplete"):
                         response = event.response
                         response_id = response.id
                         for out in response.output or []:
@@ -468,6 +484,16 @@ class OpenAIImageClient:
                                 item = out
                                 result = out.result or result
                         text = _text_of(response.output) or text
+                        usage = _usage_from_response(response)
+                        reason: str | None = None
+                        if kind == "response.incomplete":
+                            details = _get(response, "incomplete_details")
+                            reason = str(_get(details, "reason") or "unknown")
+                            if result is None:
+                                yield self._incomplete(reason, usage)
+                                return
+                            # The image was made and billed before the response ended early.
+                            log.warning("response %s ended early (%s)", response_id, reason)
                         if result is None:
                             yield self._no_image(item, text)
                             return
@@ -476,7 +502,7 @@ class OpenAIImageClient:
                             format=_get(item, "output_format") or opts.format,
                             response_id=response_id,
                             revised_prompt=_get(item, "revised_prompt"),
-                            usage=_usage_from_response(response),
+                            usage=usage,
                             cost=0.0,
                             text=text,
                             size=_get(item, "size"),
@@ -484,21 +510,11 @@ class OpenAIImageClient:
                             model=opts.model,
                             engine="responses",
                             seconds=time.monotonic() - started,
+                            incomplete_reason=reason,
                         )
                         return
                     elif kind == "response.failed":
                         yield self._failed_response(event.response)
-                        return
-                    elif kind == "response.incomplete":
-                        reason = _get(_get(event.response, "incomplete_details"), "reason")
-                        if reason == "content_filter":
-                            yield _moderation_failed(None, "incomplete: content_filter")
-                        else:
-                            yield Failed(
-                                FailureKind.TRANSIENT,
-                                "fail.transient",
-                                detail=f"incomplete: {reason}",
-                            )
                         return
                     elif kind == "error":
                         yield _placed(classify_code(event.code, event.message), drawing)
@@ -507,7 +523,7 @@ class OpenAIImageClient:
             if result is not None:
                 # The image arrived before the stream broke: it counts.
                 log.warning("stream ended early after the final image: %r", exc)
-                yield self._completed_without_usage(
+                yield await self._completed_without_usage(
                     result, item, response_id, text, request, started
                 )
                 return
@@ -519,13 +535,15 @@ class OpenAIImageClient:
             yield _placed(classify_exception(exc), drawing)
             return
         if result is not None:
-            yield self._completed_without_usage(result, item, response_id, text, request, started)
+            yield await self._completed_without_usage(
+                result, item, response_id, text, request, started
+            )
             return
         yield Failed(
             FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without a result"
         )
 
-    def _completed_without_usage(
+    async def _completed_without_usage(
         self,
         result: str,
         item: Any,
@@ -535,7 +553,7 @@ class OpenAIImageClient:
         started: float,
     ) -> Completed:
         return Completed(
-            image=base64.b64decode(result),
+            image=await _decode(result),
             format=_get(item, "output_format") or request.options.format,
             response_id=response_id,
             revised_prompt=_get(item, "revised_prompt"),
@@ -548,6 +566,14 @@ class OpenAIImageClient:
             engine="responses",
             seconds=time.monotonic() - started,
         )
+
+    def _incomplete(self, reason: str, usage: Usage) -> Failed:
+        """The failure for a response that ended early without an image, with what it billed."""
+        if reason == "content_filter":
+            failed = _moderation_failed(None, "incomplete: content_filter")
+        else:
+            failed = Failed(FailureKind.TRANSIENT, "fail.transient", detail=f"incomplete: {reason}")
+        return replace(failed, usage=usage) if usage != Usage() else failed
 
     def _no_image(self, item: Any, text: str | None) -> Failed:
         error = _get(item, "error")
@@ -620,9 +646,9 @@ class OpenAIImageClient:
         drawing = False
         try:
             if call == "generate":
-                stream: Any = await self._client.images.generate(**params)
+                stream: Any = await self._answered(self._client.images.generate(**params))
             else:
-                stream = await self._client.images.edit(**params)
+                stream = await self._answered(self._client.images.edit(**params))
             async with stream:
                 async for event in self._events(stream):
                     kind = event.type

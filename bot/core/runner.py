@@ -109,12 +109,23 @@ class TurnRunner:
         self, done: Completed, request: TurnRequest, engine: str, reseeded: bool
     ) -> Completed:
         usage = done.usage
-        if usage == Usage():
-            # The stream ended before the usage arrived: charge the estimate instead of nothing.
+        if usage == Usage() or usage.image_output_tokens == 0:
             inputs = len(request.images) + (1 if request.parent_image else 0)
-            usage = estimate_usage(
+            estimate = estimate_usage(
                 request.options, prompt=request.prompt, input_images=inputs, engine=engine
             )
+            if usage == Usage():
+                # The stream ended before the usage arrived: charge the estimate, not nothing.
+                usage = estimate
+            else:
+                # An image was made but its tokens went unreported (e.g. a response that ended
+                # early without `tool_usage`): charge the image part at the estimate.
+                usage = dataclasses.replace(
+                    usage,
+                    image_input_tokens=estimate.image_input_tokens,
+                    image_input_text_tokens=estimate.image_input_text_tokens,
+                    image_output_tokens=estimate.image_output_tokens,
+                )
         cost = self._prices.cost(usage, model=request.options.model, engine=engine)
         return dataclasses.replace(done, usage=usage, cost=cost, reseeded=reseeded)
 
