@@ -215,6 +215,8 @@ class DiscordTurnSink:
             lines.append(clip(event.text, 800))
         if event.reseeded:
             lines.append(t(self.locale, "note.reseeded"))
+        if event.incomplete_reason:
+            lines.append(t(self.locale, "note.incomplete"))
         if fitted.reencoded:
             size = round(len(fitted.data) / 1024 / 1024, 1)
             if refused:

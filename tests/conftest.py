@@ -27,7 +27,7 @@ T = TypeVar("T")
 # benchmark. Looked for in the test, the fixtures it uses and the helpers of its module that it
 # calls, so a new test gets the marker without being decorated.
 E2E_CALL = re.compile(
-    r"\b(sandbox|run_cli|bot_session|create_subprocess_exec|create_subprocess_shell"
+    r"\b(sandbox|run_cli|bot_session|BotProcess|create_subprocess_exec|create_subprocess_shell"
     r"|subprocess\.(run|Popen|call|check_call|check_output))\("
 )
 # Modules that are end-to-end as a whole (their helpers start processes in classes, for one).

@@ -274,3 +274,24 @@ async def test_a_command_before_ready_is_not_reported_interrupted(tmp_path: Path
                     bot.process.kill()
                 await bot.process.wait()
         assert "Traceback" not in bot.log
+
+
+async def test_an_image_that_arrived_before_response_incomplete_is_shown_and_charged(
+    box: Sandbox,
+) -> None:
+    from fakes.openai_api import Fault
+
+    d = box.discord
+    thread, _first = await first_thread(box, "a dragon kite")
+    box.openai.queue_fault(Fault("incomplete_after_image"))
+    await d.user_message(thread["id"], "with a long tail")
+    second = await d.wait_for(
+        lambda: finals(d, thread["id"])[1] if len(finals(d, thread["id"])) > 1 else None
+    )
+    await box.wait_idle()
+    assert i18n.t("en", "note.incomplete") in second["content"]
+    assert failures(d, thread["id"]) == []
+    database = Path(box.settings.database_url.split("///", 1)[1])
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute("SELECT images, cost_usd FROM usage_ledger ORDER BY id").fetchall()
+    assert len(rows) == 2 and rows[1][0] == 1 and rows[1][1] > 0

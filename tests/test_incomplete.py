@@ -13,7 +13,15 @@ from PIL import Image
 from bot.core import i18n
 from bot.core.costs import PriceTable
 from bot.core.errors import FailureKind
-from bot.core.events import Completed, Failed, Partial, Started, TurnEvent, Usage
+from bot.core.events import (
+    Completed,
+    Failed,
+    Partial,
+    ResponseCreated,
+    Started,
+    TurnEvent,
+    Usage,
+)
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions, TurnRequest
 from bot.core.runner import TurnRunner
@@ -57,7 +65,7 @@ async def test_an_image_that_arrived_before_incomplete_is_delivered_and_charged(
 
     events = await run_turn(client, prices)
 
-    assert [type(e) for e in events] == [Started, Partial, Completed]
+    assert [type(e) for e in events] == [Started, ResponseCreated, Partial, Completed]
     done = events[-1]
     assert isinstance(done, Completed)
     stored = fake_openai.stored_responses[str(done.response_id)]
@@ -86,7 +94,7 @@ async def test_incomplete_without_an_image_fails_with_the_billed_usage(
 
     events = await run_turn(client, PriceTable())
 
-    assert [type(e) for e in events] == [Started, Failed]
+    assert [type(e) for e in events] == [Started, ResponseCreated, Failed]
     failed = events[-1]
     assert isinstance(failed, Failed)
     assert failed.kind is FailureKind.TRANSIENT

@@ -152,6 +152,7 @@ def completed_from_turn(turn: Turn, image: bytes, image_format: str) -> Complete
         engine=turn.engine,
         seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
         reseeded=bool(result.get("reseeded")),
+        incomplete_reason=text("incomplete_reason"),
     )
 
 
@@ -162,6 +163,7 @@ def _result_of(done: Completed) -> dict[str, object]:
         "quality": done.quality,
         "seconds": round(done.seconds, 3),
         "reseeded": done.reseeded,
+        "incomplete_reason": done.incomplete_reason,
     }
 
 
