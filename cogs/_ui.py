@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core import i18n, images
-from bot.core.errors import BadInput
+import cogs._catalog  # noqa: F401  (registers the Discord side's sentences)
+from bot.core import i18n
 from bot.core.jobs import Requester
 from bot.core.options import InputImage
 
@@ -73,48 +72,16 @@ async def requester_for_message(bot: ImagineBot, message: discord.Message) -> Re
     )
 
 
-def check_declared_size(bot: ImagineBot, attachment: discord.Attachment) -> None:
-    """Refuse an attachment over the input limit from its declared size, before downloading it."""
-    limit = bot.settings.max_input_bytes
-    if attachment.size > limit:
-        raise BadInput(
-            "images.too_large_bytes",
-            size=round(attachment.size / 1024 / 1024, 1),
-            limit=round(limit / 1024 / 1024, 1),
-        )
-
-
 async def read_image(bot: ImagineBot, attachment: discord.Attachment) -> InputImage:
     """An attachment as an input image: its size checked before download, decoded off the loop."""
-    check_declared_size(bot, attachment)
-    return await prepare_bytes(bot, await attachment.read(), attachment.filename)
-
-
-async def prepare_bytes(bot: ImagineBot, data: bytes, filename: str) -> InputImage:
-    """Checked, normalized image bytes as an input image (decoded off the event loop)."""
-    settings = bot.settings
-    prepared = await asyncio.to_thread(
-        images.prepare_input_image,
-        data,
-        filename=filename,
-        max_bytes=settings.max_input_bytes,
-        max_pixels=settings.max_input_pixels,
-    )
-    return images.as_input(prepared)
+    bot.studio.check_declared_size(attachment.size)
+    return await bot.studio.prepare_image(await attachment.read(), attachment.filename)
 
 
 async def read_mask(bot: ImagineBot, attachment: discord.Attachment, image: InputImage) -> bytes:
     """A mask attachment turned into the alpha mask the API wants, at `image`'s size."""
-    settings = bot.settings
-    check_declared_size(bot, attachment)
-    data = await attachment.read()
-    return await asyncio.to_thread(
-        images.prepare_mask,
-        data,
-        image,
-        max_bytes=settings.max_input_bytes,
-        max_pixels=settings.max_input_pixels,
-    )
+    bot.studio.check_declared_size(attachment.size)
+    return await bot.studio.prepare_mask(await attachment.read(), image)
 
 
 async def reply_error(

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.core.budgets import Limits
 from bot.core.errors import BotError
 from bot.core.jobs import JobSpec
-from bot.core.studio import Studio
+from bot.core.studio import InputLimits, Studio
 from bot.loopmonitor import LoopLagMonitor
 from bot.services import Services, open_services
 from bot.settings import Settings
@@ -99,6 +99,9 @@ class ImagineBot(commands.Bot):
             fetcher=self,
             crash_at=settings.test_crash_at,
             post_backoff=(settings.post_retry_seconds, 60.0),
+            input_limits=InputLimits(
+                max_bytes=settings.max_input_bytes, max_pixels=settings.max_input_pixels
+            ),
         )
         self.recovered = False
         self._frozen = False

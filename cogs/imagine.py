@@ -20,7 +20,6 @@ from cogs._translator import L, choices
 from cogs._ui import (
     clip,
     inert,
-    prepare_bytes,
     read_image,
     read_mask,
     reply_error,
@@ -401,7 +400,7 @@ class ImagineCog(commands.Cog):
                 )
                 if parent_image is None:
                     raise BadInput("bad.mask_without_image")
-                target = await prepare_bytes(self.bot, parent_image, "parent.png")
+                target = await studio.prepare_image(parent_image, "parent.png")
             mask = await read_mask(self.bot, mask_attachment, target)
         text = message.content.strip()
         if message.attachments and not has_visible_text(text):

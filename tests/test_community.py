@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -277,30 +276,6 @@ def test_secrets_never_reach_a_log() -> None:
     ):
         assert secret not in output
     assert output.count("<redacted>") >= 5
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
-
-
-def test_layers_hold() -> None:
-    for path in (ROOT / "bot" / "core").glob("*.py"):
-        assert "discord" not in _imports(path), path
-        if path.name != "openai_adapter.py":
-            assert "openai" not in _imports(path), path
-    for path in (ROOT / "storage").glob("*.py"):
-        assert not _imports(path) & {"discord", "openai", "bot", "cogs"}, path
-    for path in (ROOT / "cogs").glob("*.py"):
-        assert not _imports(path) & {"aiosqlite", "openai", "sqlite3"}, path
-    for path in [*ROOT.glob("bot/*.py"), *ROOT.glob("cogs/*.py")]:
-        assert "openai" not in _imports(path), path
 
 
 def test_every_config_entry_is_shown_under_a_localized_option_name() -> None:

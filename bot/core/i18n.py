@@ -293,16 +293,12 @@ CATALOG: dict[str, dict[str, str]] = {
 }
 
 
-def _merge_catalogs() -> None:
-    from bot.core._catalog_discord import DISCORD_MESSAGES
-
-    for key, entry in DISCORD_MESSAGES.items():
-        if key in CATALOG:
+def register(messages: dict[str, dict[str, str]]) -> None:
+    """Add another layer's sentences (the Discord side's) to the catalog; keys must be new."""
+    for key, entry in messages.items():
+        if CATALOG.get(key, entry) is not entry:
             raise KeyError(f"duplicate message key {key!r}")
         CATALOG[key] = entry
-
-
-_merge_catalogs()
 
 
 def normalize_locale(locale: str | None) -> str:

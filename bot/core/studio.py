@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.core import i18n
+from bot.core import i18n, images
 from bot.core.budgets import Limits, admission_gate, day_window, month_window
 from bot.core.config import ContinuePolicy, GuildConfig, UserSettings, resolve_options
 from bot.core.costs import PriceTable
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CheckedRequest",
     "Engine",
+    "InputLimits",
     "JobKind",
     "JobSpec",
     "Limits",
@@ -112,6 +113,14 @@ class StartPlan(StrEnum):
     # Anywhere else (a thread the bot did not create): the image is posted here and replies
     # to it continue, but ordinary chat in that thread never becomes a paid turn.
     IN_PLACE = "in_place"
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """The largest reference image or mask accepted, in bytes and in pixels (decoded)."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +266,7 @@ class Studio:
         clock: Callable[[], float] = time.time,
         crash_at: str | None = None,
         post_backoff: tuple[float, float] = (1.0, 60.0),
+        input_limits: InputLimits | None = None,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at must be one of {', '.join(CRASH_POINTS)}")
@@ -271,6 +281,7 @@ class Studio:
         self._clock = clock
         self._crash_at = crash_at
         self._backoff = post_backoff
+        self.input_limits = input_limits or InputLimits()
         self._queue: JobQueue[TurnSink] = JobQueue(
             run=self._run,
             global_concurrency=self.limits.global_concurrency,
@@ -405,6 +416,41 @@ class Studio:
     async def forget_user(self, user_id: int) -> int:
         """Erase what the bot keeps about a member (/privacy); returns the rows affected."""
         return await self._store.delete_user_data(user_id)
+
+    # --- input images ------------------------------------------------------------------
+
+    def check_declared_size(self, size: int) -> None:
+        """BadInput for a file over the input limit, from its declared size (before download)."""
+        limit = self.input_limits.max_bytes
+        if size > limit:
+            raise BadInput(
+                "images.too_large_bytes",
+                size=round(size / 1024 / 1024, 1),
+                limit=round(limit / 1024 / 1024, 1),
+            )
+
+    async def prepare_image(self, data: bytes, filename: str) -> InputImage:
+        """Checked, normalized image bytes as an input image (decoded off the event loop)."""
+        limits = self.input_limits
+        prepared = await asyncio.to_thread(
+            images.prepare_input_image,
+            data,
+            filename=filename,
+            max_bytes=limits.max_bytes,
+            max_pixels=limits.max_pixels,
+        )
+        return images.as_input(prepared)
+
+    async def prepare_mask(self, data: bytes, image: InputImage) -> bytes:
+        """A mask file as the alpha mask the API wants, at `image`'s size (off the event loop)."""
+        limits = self.input_limits
+        return await asyncio.to_thread(
+            images.prepare_mask,
+            data,
+            image,
+            max_bytes=limits.max_bytes,
+            max_pixels=limits.max_pixels,
+        )
 
     # --- conversations -----------------------------------------------------------------
 
@@ -744,10 +790,8 @@ class Studio:
         if previous is not None and needs_image:
             parent_image = await self._input_of(parent)
         if spec.mask_cells and parent_image is not None:
-            from bot.core.images import grid_mask, image_size
-
-            width, height = image_size(parent_image.data)
-            mask = await asyncio.to_thread(grid_mask, width, height, spec.mask_cells)
+            width, height = images.image_size(parent_image.data)
+            mask = await asyncio.to_thread(images.grid_mask, width, height, spec.mask_cells)
         if engine is Engine.IMAGES and previous is not None and parent_image is None:
             raise BadInput("studio.parent_image_missing")
         request = TurnRequest(

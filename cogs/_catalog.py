@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.core import i18n
+
 _HELP_EN = """\
 **How this bot works**
 🎨 `/imagine` draws an image from your prompt and opens a thread for it. While it draws, \
@@ -464,3 +466,6 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "ko": "첨부한 이미지를 참조해서 이미지를 만들거나 수정해 주세요.",
     },
 }
+
+
+i18n.register(DISCORD_MESSAGES)

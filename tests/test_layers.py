@@ -1,0 +1,81 @@
+"""The layers hold: `cogs -> bot.core -> storage`, one front door, stand-ins kept to the sandbox.
+
+Imports are read with `ast` from every source file, so a violation fails here before review.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules(path: Path) -> set[str]:
+    """Every module a file imports, by its full dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _tops(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _modules(path)}
+
+
+def _sources(*patterns: str) -> list[Path]:
+    return sorted(path for pattern in patterns for path in ROOT.glob(pattern))
+
+
+def test_the_scan_sees_the_tree() -> None:
+    assert len(_sources("bot/core/*.py")) >= 10
+    assert len(_sources("cogs/*.py")) >= 7
+    assert "bot.core.studio.Studio" in _modules(ROOT / "cogs" / "app.py")
+
+
+def test_the_core_never_imports_upward_or_discord() -> None:
+    for path in _sources("bot/core/*.py"):
+        modules = _modules(path)
+        assert not _tops(path) & {"discord", "cogs", "fakes", "aiosqlite"}, path
+        upward = {m for m in modules if m.startswith("bot.") and not m.startswith("bot.core")}
+        assert upward == set(), path
+        if path.name != "openai_adapter.py":
+            assert "openai" not in _tops(path), path
+
+
+def test_storage_stands_alone() -> None:
+    for path in _sources("storage/*.py"):
+        assert not _tops(path) & {"discord", "openai", "bot", "cogs", "fakes"}, path
+
+
+def test_the_discord_side_reaches_the_core_through_the_studio_only() -> None:
+    for path in _sources("cogs/*.py"):
+        modules = _modules(path)
+        assert not _tops(path) & {"aiosqlite", "openai", "sqlite3", "fakes"}, path
+        # Records (Job, Turn) may be named; the store itself may not be touched.
+        storage = {m for m in modules if m.split(".")[0] == "storage"}
+        records = {m for m in storage if m.startswith("storage.base.") and m[13:14].isupper()}
+        assert storage - records - {"storage.base"} == set(), path
+        assert "storage.base.Store" not in records, path
+        if path.name == "app.py":
+            continue  # the wiring: builds the studio from the services
+        tree = ast.parse(path.read_text())
+        touched = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in ("store", "services", "settings")
+        }
+        assert touched == set(), f"{path.name} reaches past the studio: {touched}"
+
+
+def test_only_the_sandbox_and_the_demo_use_the_stand_ins() -> None:
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for path in _sources("bot/**/*.py", "cogs/*.py", "storage/*.py")
+        if "fakes" in _tops(path)
+    }
+    assert users == {"bot/sandbox.py", "bot/demo.py"}

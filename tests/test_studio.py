@@ -1,0 +1,339 @@
+"""The Studio on an in-memory store, with a scripted backend and a recording sink: no sockets.
+
+The ledger's rules as units: admission within every limit, save then post (posting retried,
+never regenerated), recovery after a stop, conversation rules, and how few store calls a turn
+costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bot.core.budgets import Limits
+from bot.core.config import ContinuePolicy, GuildConfig
+from bot.core.costs import PriceTable
+from bot.core.errors import BotError
+from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started, Usage
+from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
+from bot.core.options import ImageOptions, TurnRequest
+from bot.core.runner import TurnRunner
+from bot.core.studio import PostingFailed, StartPlan, Studio
+from storage import SqliteStore
+from storage.base import Conversation, Job, Turn
+
+Event = ResponseCreated | Partial | Completed | Failed
+
+
+def finished(response_id: str) -> Completed:
+    return Completed(
+        image=b"\x89PNG final " + response_id.encode(),
+        format="png",
+        response_id=response_id,
+        revised_prompt="revised",
+        usage=Usage(input_tokens=10, output_tokens=5, image_output_tokens=1000),
+        cost=0.0,
+        model="gpt-image-2",
+        engine="responses",
+        size="1024x1024",
+        quality="medium",
+        seconds=1.5,
+    )
+
+
+class Backend:
+    """Plays a response per call: ResponseCreated, one partial, the final."""
+
+    def __init__(self) -> None:
+        self.requests: list[TurnRequest] = []
+        self.finished: dict[str, Completed] = {}
+        self.gate: asyncio.Event | None = None
+
+    async def upload_file(self, image: Any) -> str:
+        raise AssertionError("no uploads here")
+
+    async def _play(self, request: TurnRequest) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        rid = f"resp_{len(self.requests)}"
+        yield ResponseCreated(rid)
+        if self.gate is not None:
+            await self.gate.wait()
+        yield Partial(0, b"partial", "png")
+        yield finished(rid)
+
+    def stream_responses(
+        self, request: TurnRequest, *, file_ids: dict[str, str] | None = None
+    ) -> AsyncIterator[Event]:
+        return self._play(request)
+
+    def stream_images(self, request: TurnRequest) -> AsyncIterator[Event]:
+        return self._play(request)
+
+    async def finished_image(self, response_id: str, options: ImageOptions) -> Completed | None:
+        return self.finished.get(response_id)
+
+
+class Sink:
+    """Records what a job showed; `refusals` posts fail with PostingFailed first."""
+
+    def __init__(self, log: list[tuple[int, str]], job: Job, refusals: int) -> None:
+        self.log = log
+        self.job = job
+        self.refusals = refusals
+
+    async def queued(self, position: int) -> None:
+        self.log.append((self.job.id, f"queued {position}"))
+
+    async def started(self, event: Started) -> None:
+        self.log.append((self.job.id, "started"))
+
+    async def partial(self, event: Partial) -> None:
+        self.log.append((self.job.id, "partial"))
+
+    async def completed(self, event: Completed, turn: Turn) -> tuple[int | None, str | None]:
+        if self.refusals > 0:
+            self.refusals -= 1
+            self.log.append((self.job.id, "refused"))
+            raise PostingFailed("503")
+        self.log.append((self.job.id, f"posted turn {turn.id}"))
+        return 1000 + turn.id, None
+
+    async def failed(self, event: Failed, job: Job) -> None:
+        self.log.append((job.id, f"failed {event.kind.value}"))
+
+
+class Counting:
+    """A store proxy that counts the calls made through it."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return target(*args, **kwargs)
+
+        return call
+
+
+@dataclasses.dataclass
+class Rig:
+    studio: Studio
+    store: SqliteStore
+    counting: Counting
+    backend: Backend
+    log: list[tuple[int, str]]
+    refusals: dict[str, int]
+
+    def shown(self, what: str) -> list[int]:
+        return [job for job, entry in self.log if entry.startswith(what)]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Callable[..., Rig]]:
+    stores: list[SqliteStore] = []
+
+    async def build(
+        store: SqliteStore | None = None, backend: Backend | None = None, **limits: Any
+    ) -> Rig:
+        if store is None:
+            store = await SqliteStore.open(":memory:")
+            stores.append(store)
+        backend = backend or Backend()
+        log: list[tuple[int, str]] = []
+        refusals = {"count": 0}
+        counting = Counting(store)
+
+        async def sink_factory(job: Job, spec: JobSpec) -> Sink:
+            return Sink(log, job, refusals["count"])
+
+        studio = Studio(
+            store=counting,  # type: ignore[arg-type]
+            runner=TurnRunner(backend, PriceTable()),
+            prices=PriceTable(),
+            defaults=ImageOptions(model="gpt-image-2"),
+            limits=Limits(**limits),
+            sink_factory=sink_factory,
+            post_backoff=(0.001, 0.01),
+        )
+        return Rig(studio, store, counting, backend, log, refusals)
+
+    yield build  # type: ignore[misc]
+    for store in stores:
+        await store.close()
+
+
+async def requester(
+    studio: Studio, user_id: int = 7, channel_id: int = 100, **kw: Any
+) -> Requester:
+    return await studio.requester(
+        user_id=user_id,
+        guild_id=kw.pop("guild_id", 1),
+        channel_id=channel_id,
+        client_locale="en",
+        **kw,
+    )
+
+
+def imagine(prompt: str = "a cat") -> JobSpec:
+    return JobSpec(kind=JobKind.IMAGINE, prompt=prompt, parent=ParentMode.NONE)
+
+
+async def test_a_turn_is_saved_then_posted_and_charged_once(rig: Any) -> None:
+    r: Rig = await rig()
+    who = await requester(r.studio)
+    job = await r.studio.submit(r.studio.check(imagine(), who))
+    await asyncio.wait_for(r.studio.wait_idle(), 5)
+    assert [e for j, e in r.log if j == job.id] == ["started", "partial", "posted turn 1"]
+    saved = await r.store.get_job(job.id)
+    assert saved is not None and saved.status == "done" and saved.response_id == "resp_1"
+    assert (await r.store.usage_totals(since=0, user_id=7)).images == 1
+    image = await r.store.get_turn_image(1)
+    assert image is not None and image[0].endswith(b"resp_1")
+
+
+async def test_posting_is_retried_never_regenerated(rig: Any) -> None:
+    r: Rig = await rig()
+    r.refusals["count"] = 3
+    who = await requester(r.studio)
+    job = await r.studio.submit(r.studio.check(imagine(), who))
+    await asyncio.wait_for(r.studio.wait_idle(), 5)
+    assert [e for j, e in r.log if j == job.id][-4:] == ["refused"] * 3 + ["posted turn 1"]
+    assert len(r.backend.requests) == 1
+    assert (await r.store.usage_totals(since=0)).images == 1
+
+
+async def test_admission_refuses_past_the_daily_images_and_the_pending_cap(rig: Any) -> None:
+    r: Rig = await rig(user_daily_images=2, max_pending_per_user=5)
+    r.backend.gate = asyncio.Event()
+    who = await requester(r.studio)
+    jobs = []
+    for i in range(2):
+        jobs.append(await r.studio.submit(r.studio.check(imagine(f"cat {i}"), who)))
+    with pytest.raises(BotError) as refused:
+        await r.studio.submit(r.studio.check(imagine("one more"), who))
+    assert refused.value.key == "fail.budget_user_images"
+    r.backend.gate.set()
+    await asyncio.wait_for(r.studio.wait_idle(), 5)
+    r2: Rig = await rig(max_pending_per_user=2)
+    r2.backend.gate = asyncio.Event()
+    other = await requester(r2.studio)
+    for i in range(2):
+        await r2.studio.submit(r2.studio.check(imagine(f"dog {i}"), other))
+    with pytest.raises(BotError) as capped:
+        await r2.studio.submit(r2.studio.check(imagine("dog 3"), other))
+    assert capped.value.key == "fail.too_many_jobs"
+    r2.backend.gate.set()
+    await asyncio.wait_for(r2.studio.wait_idle(), 5)
+
+
+async def test_retry_meets_the_server_rules_as_they_are_now(rig: Any) -> None:
+    r: Rig = await rig()
+    who = await requester(r.studio)
+    job = await r.studio.admit(r.studio.check(imagine(), who))
+    await r.store.start_job(job.id)
+    await r.store.finish_job(job.id, "interrupted")
+    await r.store.set_guild_config(1, GuildConfig(allowed_channels=(555,)).to_dict())
+    who = await requester(r.studio)
+    with pytest.raises(BotError) as refused:
+        await r.studio.retry(job.id, who)
+    assert refused.value.key == "studio.channel_not_allowed"
+    await r.store.set_guild_config(1, {})
+    with pytest.raises(BotError) as not_theirs:
+        await r.studio.retry(job.id, await requester(r.studio, user_id=8))
+    assert not_theirs.value.key == "studio.not_allowed_retry"
+    again = await r.studio.retry(job.id, await requester(r.studio))
+    assert again.status == "queued"
+    await asyncio.wait_for(r.studio.wait_idle(), 5)
+    with pytest.raises(BotError):
+        await r.studio.retry(2**70, await requester(r.studio))
+
+
+async def test_recovery_posts_saved_images_and_fetches_finished_responses(rig: Any) -> None:
+    store = await SqliteStore.open(":memory:")
+    try:
+        first: Rig = await rig(store=store)
+        who = await requester(first.studio)
+        # One job whose image was saved but never posted, one cut off after OpenAI named the
+        # response (which finished anyway), one cut off before anything was sent.
+        saved = await first.studio.admit(first.studio.check(imagine("saved"), who))
+        await store.start_job(saved.id)
+        request = TurnRequest(prompt="saved", options=ImageOptions(model="gpt-image-2"))
+        from bot.core.studio import _new_turn
+
+        turn, usage = _new_turn(
+            finished("resp_saved"),
+            options=request.options,
+            prompt="saved",
+            parent_response_id=None,
+            channel_id=100,
+            guild_id=1,
+            user_id=7,
+        )
+        await store.save_result(
+            saved.id, turn, image=b"img", image_format="png", usage=usage, advance=True
+        )
+        lost = await first.studio.admit(first.studio.check(imagine("lost"), who))
+        await store.start_job(lost.id)
+        await store.set_job_response(lost.id, "resp_lost")
+        cut = await first.studio.admit(first.studio.check(imagine("cut"), who))
+        await store.start_job(cut.id)
+
+        backend = Backend()
+        backend.finished["resp_lost"] = finished("resp_lost")
+        second: Rig = await rig(store=store, backend=backend)
+        interrupted, reposted, queued = await second.studio.recover()
+        await asyncio.wait_for(second.studio.wait_idle(), 5)
+        assert [j.id for j in interrupted] == [cut.id]
+        assert sorted(j.id for j in reposted) == [saved.id, lost.id]
+        assert queued == []
+        assert backend.requests == []  # nothing generated again
+        assert sorted(second.shown("posted")) == sorted([saved.id, lost.id])
+        assert second.shown("failed interrupted") == [cut.id]
+        totals = await store.usage_totals(since=0)
+        assert totals.images == 2
+    finally:
+        await store.close()
+
+
+async def test_conversation_rules(rig: Any) -> None:
+    r: Rig = await rig()
+    owner = await requester(r.studio, user_id=7, channel_id=200)
+    await r.store.create_conversation(
+        Conversation(200, 1, 7, 100, None, None, "responses", {}, 0.0, 0.0)
+    )
+    assert await r.studio.start_plan(owner, in_dm=False, in_thread=True) is StartPlan.CONTINUE
+    elsewhere = await requester(r.studio, channel_id=300)
+    assert await r.studio.start_plan(elsewhere, in_dm=False, in_thread=True) is StartPlan.IN_PLACE
+    assert await r.studio.start_plan(elsewhere, in_dm=False, in_thread=False) is (
+        StartPlan.NEW_THREAD
+    )
+    assert await r.studio.start_plan(elsewhere, in_dm=True, in_thread=False) is (StartPlan.FRESH_DM)
+    await r.store.set_guild_config(1, {"continue_policy": ContinuePolicy.AUTHOR.value})
+    guest = await requester(r.studio, user_id=9, channel_id=200)
+    with pytest.raises(BotError):
+        await r.studio.start_plan(guest, in_dm=False, in_thread=True)
+    assert await r.studio.message_target(300, reply_to=None) is None
+    assert await r.studio.message_target(200, reply_to=None) == (7, None)
+
+
+async def test_an_imagine_costs_few_store_calls(rig: Any) -> None:
+    r: Rig = await rig()
+    who = await requester(r.studio)
+    r.counting.calls.clear()
+    job = await r.studio.admit(r.studio.check(imagine(), who))
+    plan_channel = 200
+    await r.studio.place(job, plan_channel, r.studio.new_conversation(who, plan_channel, imagine()))
+    await asyncio.wait_for(r.studio.wait_idle(), 5)
+    # admit, place, start, response id, save, posted: one each.
+    assert sum(r.counting.calls.values()) <= 6, r.counting.calls
