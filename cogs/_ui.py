@@ -96,8 +96,17 @@ async def reply_error(
             await interaction.followup.send(message, ephemeral=True)
         else:
             await interaction.response.send_message(message, ephemeral=True)
-    except discord.HTTPException:
-        log.warning("could not send an error reply for interaction %s", interaction.id)
+    except discord.HTTPException as exc:
+        # The interaction can no longer answer (its token expired, 50027, or it is unknown):
+        # the user still hears why, in the channel, addressed to them.
+        log.info("error reply for interaction %s refused (%s)", interaction.id, exc.code)
+        channel = interaction.channel
+        if channel is None or not hasattr(channel, "send"):
+            return
+        try:
+            await channel.send(f"{interaction.user.mention} {message}")
+        except discord.HTTPException:
+            log.warning("could not tell the user of interaction %s what went wrong", interaction.id)
 
 
 async def _drop_thinking(interaction: discord.Interaction[Any]) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +297,37 @@ async def test_an_image_that_arrived_before_response_incomplete_is_shown_and_cha
     with contextlib.closing(sqlite3.connect(database)) as db:
         rows = db.execute("SELECT images, cost_usd FROM usage_ledger ORDER BY id").fetchall()
     assert len(rows) == 2 and rows[1][0] == 1 and rows[1][1] > 0
+
+
+async def test_a_refusal_reaches_the_user_when_the_interaction_token_is_dead(
+    box: Sandbox,
+) -> None:
+    d = box.discord
+    d.inject_error(
+        "*", r"/webhooks/\d+/[^/]+", 401, code=50027, message="Invalid Webhook Token", times=None
+    )
+    await d.slash("imagine", {"prompt": "a cat", "model": "dall-e-3"})
+    told = await d.wait_for(
+        lambda: [m for m in d.messages(d.channel["id"]) if "retired" in m["content"]] or None
+    )
+    assert f"<@{d.user['id']}>" in told[0]["content"]
+    assert box.openai.requests == []
+
+
+async def test_usage_stamped_in_the_future_does_not_count_today(box: Sandbox) -> None:
+    d = box.discord
+    database = Path(box.settings.database_url.split("///", 1)[1])
+    box.bot.studio.limits = dataclasses.replace(box.bot.studio.limits, user_daily_images=1)
+    later = time.time() + 3 * 86400
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        # A row written while the host clock ran three days fast.
+        db.execute(
+            "INSERT INTO usage_ledger (at, day, guild_id, user_id, model, engine, images,"
+            " input_tokens, output_tokens, image_input_tokens, image_output_tokens, cost_usd)"
+            " VALUES (?, '2099-01-01', ?, ?, 'gpt-image-2', 'responses', 1, 0, 0, 0, 0, 0.1)",
+            (later, int(d.guild["id"]), int(d.user["id"])),
+        )
+        db.commit()
+    await d.slash("imagine", {"prompt": "a morning walk"})
+    thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)
+    await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=15)
