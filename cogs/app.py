@@ -20,6 +20,7 @@ from bot.core.studio import InputLimits, Studio
 from bot.loopmonitor import LoopLagMonitor
 from bot.services import Services, open_services
 from bot.settings import Settings
+from cogs import _catalog  # noqa: F401  (the Discord side's sentences join the catalog)
 from storage.base import Job, Turn
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import io
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +156,19 @@ class BotProcess:
             code = await self.process.wait()
         self.process = None
         return code
+
+
+@pytest.fixture
+async def stand_ins(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI, BotProcess]]:
+    """Both stand-ins and a `python -m bot run` process (started by the test); no traceback."""
+    async with FakeDiscord() as discord, FakeOpenAI() as openai:
+        bot = BotProcess(discord, openai, tmp_path)
+        try:
+            yield discord, openai, bot
+        finally:
+            if bot.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    bot.process.kill()
+                await bot.process.wait()
+        assert "Traceback" not in bot.log, bot.log[-4000:]
+        assert discord.unhandled == []

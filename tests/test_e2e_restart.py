@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
 from tests.e2e import BotProcess, button, failures, finals
-
-
-@pytest.fixture
-async def stand_ins(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI, BotProcess]]:
-    async with FakeDiscord() as discord, FakeOpenAI() as openai:
-        bot = BotProcess(discord, openai, tmp_path)
-        try:
-            yield discord, openai, bot
-        finally:
-            if bot.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    bot.process.kill()
-                await bot.process.wait()
-        assert "Traceback" not in bot.log, bot.log[-4000:]
-        assert discord.unhandled == []
+from tests.e2e import stand_ins as stand_ins
 
 
 def previous_ids(openai: FakeOpenAI) -> list[Any]:

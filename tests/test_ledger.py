@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,9 @@ from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
 from tests.e2e import BotProcess, button, custom_ids, failures, finals
+from tests.e2e import stand_ins as stand_ins
 
 FAST = Timeline(first_partial=0.05, between_partials=0.05, final=0.05)
-
-
-@pytest.fixture
-async def stand_ins(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI, BotProcess]]:
-    async with FakeDiscord() as discord, FakeOpenAI() as openai:
-        bot = BotProcess(discord, openai, tmp_path)
-        try:
-            yield discord, openai, bot
-        finally:
-            if bot.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    bot.process.kill()
-                await bot.process.wait()
-        assert "Traceback" not in bot.log, bot.log[-4000:]
-        assert discord.unhandled == []
 
 
 def billed(openai: FakeOpenAI) -> list[str]:
