@@ -227,7 +227,7 @@ async def test_thread_creation_failing_posts_in_the_channel_without_an_orphan(
     box: Sandbox,
 ) -> None:
     d = box.discord
-    d.inject_error("POST", r"/channels/\d+/messages/\d+/threads$", 500, times=None)
+    d.inject_error("POST", r"/channels/\d+/messages/\d+/threads$", 503, times=None)
     await d.slash("imagine", {"prompt": "a clock tower"})
     final = await d.wait_for(lambda: (finals(d, d.channel["id"]) or [None])[0], timeout=30)
     assert final["attachments"]
