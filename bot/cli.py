@@ -52,7 +52,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="directory for the images")
     parser.add_argument("--engine", choices=ENGINES, default=None)
     parser.add_argument("--partials", type=int, default=None, help="partial images, 0-3")
-    parser.add_argument("--size", default=None, help="auto, 1024x1024, 1536x1024, 1024x1536 or WxH")
+    parser.add_argument(
+        "--size",
+        default=None,
+        help="auto, square, portrait, landscape, wide, tall, 1024x1024, 1536x1024, 1024x1536 or WxH",
+    )
     parser.add_argument(
         "--quality", default=None, help="auto, low, medium, high (xhigh, max on 2.5+)"
     )
@@ -124,7 +128,7 @@ async def generate(args: argparse.Namespace, settings: Settings) -> int:
         "model": args.model,
     }
     engine = args.engine or settings.engine
-    options = default_options(settings).merged(overrides)
+    options = default_options(settings).merged(overrides).with_preset_size()
     try:
         prompt = validate_prompt(args.prompt)
         validate_options(options)

@@ -48,12 +48,12 @@ async def check_defaults(settings: Settings) -> CheckResult:
     for option, variable in DEFAULT_SETTINGS:
         value = getattr(options, option)
         try:
-            validate_options(alone.merged({option: value}))
+            validate_options(alone.merged({option: value}).with_preset_size())
         except BadInput as exc:
             problems.append(f"change {variable} (now {value}): {exc}")
     if not problems:
         try:
-            validate_options(options)
+            validate_options(options.with_preset_size())
         except BadInput as exc:
             names = ", ".join(variable for _, variable in DEFAULT_SETTINGS)
             problems.append(f"these defaults do not work together; change one of {names}: {exc}")

@@ -307,6 +307,7 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "button.region": {"en": "Edit region", "ko": "영역 편집"},
     "button.delete": {"en": "Delete", "ko": "삭제"},
     "button.retry": {"en": "Retry", "ko": "다시 시도"},
+    "button.cancel": {"en": "Cancel", "ko": "취소"},
     "modal.edit_title": {"en": "Edit the image", "ko": "이미지 편집"},
     "modal.edit_label": {"en": "What should change?", "ko": "무엇을 바꿀까요?"},
     "modal.edit_placeholder": {
@@ -382,6 +383,18 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "discord.not_allowed": {
         "en": "You don't have permission to use this command.",
         "ko": "이 명령을 사용할 권한이 없습니다.",
+    },
+    "discord.revised_prompt": {
+        "en": "-# ✏️ Drawn from the model's own wording: {prompt}",
+        "ko": "-# ✏️ 모델이 바꿔 쓴 프롬프트로 그렸습니다: {prompt}",
+    },
+    "discord.cancelled": {
+        "en": "✖️ Cancelled. You are charged only what OpenAI reports as billed, and it reported nothing for this request.",
+        "ko": "✖️ 취소했습니다. OpenAI가 청구했다고 알려 준 만큼만 부과되는데, 이 요청에는 청구된 것이 없습니다.",
+    },
+    "discord.cancel_too_late": {
+        "en": "Too late to cancel: the image is already made, and it is being posted.",
+        "ko": "취소하기에는 늦었습니다. 이미지가 이미 만들어져 올리는 중입니다.",
     },
     "discord.start_failed": {
         "en": "⚠️ This request could not be started, and nothing was charged. Please try again.",

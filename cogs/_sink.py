@@ -15,7 +15,7 @@ from bot.core import images
 from bot.core.events import Completed, Failed, Partial, Started
 from bot.core.jobs import JobSpec
 from bot.core.studio import PostingFailed
-from cogs._ui import clip, t
+from cogs._ui import clip, inert, t
 from storage.base import Job, Turn
 
 if TYPE_CHECKING:
@@ -39,6 +39,13 @@ def upload_limit(channel: Any) -> int:
     if isinstance(guild, discord.Guild):
         return guild.filesize_limit
     return DM_UPLOAD_LIMIT
+
+
+def rewritten(prompt: str, revised: str | None) -> bool:
+    """Whether the model drew from a prompt of its own, not just the user's with other spacing."""
+    if not revised:
+        return False
+    return " ".join(revised.split()).casefold() != " ".join(prompt.split()).casefold()
 
 
 def footer(done: Completed, locale: str) -> str:
@@ -78,18 +85,20 @@ class DiscordTurnSink:
         return sink
 
     def _header(self) -> str:
-        from cogs._ui import inert
-
         who = f"<@{self.job.user_id}>"
         return f"**{inert(self.spec.prompt, 300)}** — {who}"
 
     async def _ensure_message(self, content: str) -> discord.Message | None:
-        """Create the progress message once, or update its text."""
+        """Create the progress message once (with its Cancel button), or update its text."""
+        from cogs.buttons import cancel_view
+
         if self.channel is None:
             return None
         async with self._message_lock:
             if self.message is None:
-                self.message = await self.channel.send(content)
+                self.message = await self.channel.send(
+                    content, view=cancel_view(self.job.id, self.locale)
+                )
                 await self.bot.studio.remember_progress(self.job, self.message.id)
             else:
                 await self._edit(content=content)
@@ -211,8 +220,13 @@ class DiscordTurnSink:
 
     def _final_content(self, event: Completed, fitted: images.FittedImage, refused: int) -> str:
         lines = [self._header()]
+        if rewritten(self.spec.prompt, event.revised_prompt):
+            assert event.revised_prompt is not None
+            lines.append(
+                t(self.locale, "discord.revised_prompt", prompt=inert(event.revised_prompt, 600))
+            )
         if event.text:
-            lines.append(clip(event.text, 800))
+            lines.append(inert(event.text, 800))
         if event.reseeded:
             lines.append(t(self.locale, "note.reseeded"))
         if event.incomplete_reason:
@@ -307,6 +321,24 @@ class DiscordTurnSink:
             return message.id, url
         log.warning("job %s: nowhere left to show its image; it stays saved", self.job.id)
         return None, None
+
+    async def cancelled(self, job: Job) -> None:
+        """Replace the progress with a note that the job was cancelled, at no cost."""
+        self._final = True
+        self._pending = None
+        if self._uploader is not None:
+            await asyncio.gather(self._uploader, return_exceptions=True)
+        content = clip(self._header() + "\n" + t(self.locale, "discord.cancelled"), 2000)
+        if self.channel is None:
+            return
+        try:
+            if self.message is None:
+                self.message = await self.channel.send(content)
+            else:
+                async with self._message_lock:
+                    await self._edit(content=content, attachments=[], view=None)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not show that job %s was cancelled: %r", job.id, exc)
 
     async def failed(self, event: Failed, job: Job) -> None:
         from cogs.buttons import retry_view

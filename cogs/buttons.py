@@ -52,6 +52,13 @@ def final_view(turn_id: int, locale: str) -> discord.ui.View:
     return view
 
 
+def cancel_view(job_id: int, locale: str) -> discord.ui.View:
+    """The Cancel button under a queued or running job's progress."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, label=t(locale, "button.cancel")))
+    return view
+
+
 def retry_view(job_id: int, locale: str) -> discord.ui.View:
     """The Retry button under a failure."""
     view = discord.ui.View(timeout=None)
@@ -306,6 +313,50 @@ class RetryButton(
             log.info("could not change the Retry button of job %s", self.job_id)
 
 
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:cancel:(?P<job>{ROW_ID})"
+):
+    """Cancels a queued or running job: free while queued, and nothing charged mid-drawing."""
+
+    def __init__(
+        self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = "Cancel"
+    ) -> None:
+        super().__init__(
+            button
+            or discord.ui.Button(
+                label=label,
+                emoji="✖️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"img:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> CancelButton:
+        assert isinstance(item, discord.ui.Button)
+        return cls(int(match["job"]), item)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = cast("ImagineBot", interaction.client)
+        requester = await requester_for_interaction(bot, interaction)
+        try:
+            cancelled = await bot.studio.cancel(self.job_id, requester)
+        except BotError as exc:
+            await reply_error(interaction, exc.localized(requester.locale))
+            return
+        if cancelled:
+            await interaction.response.defer()
+        else:
+            await reply_error(interaction, t(requester.locale, "discord.cancel_too_late"))
+
+
 async def setup(bot: commands.Bot) -> None:
     """Register the persistent items."""
-    bot.add_dynamic_items(TurnButton, CellSelect, RetryButton)
+    bot.add_dynamic_items(TurnButton, CellSelect, RetryButton, CancelButton)

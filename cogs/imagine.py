@@ -13,7 +13,13 @@ from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
 from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
-from bot.core.models import MODELS, STANDARD_SIZES, canonical_size, size_rule_violation
+from bot.core.models import (
+    MODELS,
+    SIZE_PRESETS,
+    STANDARD_SIZES,
+    canonical_size,
+    size_rule_violation,
+)
 from bot.core.options import OUTPUT_OPTIONS, InputImage, has_visible_text, validate_prompt
 from bot.core.studio import StartPlan
 from cogs._translator import L, choices
@@ -46,7 +52,7 @@ async def size_autocomplete(
     interaction: discord.Interaction[Any], current: str
 ) -> list[app_commands.Choice[str]]:
     """Sizes that start with what was typed (a typed free size is offered in the API's spelling)."""
-    sizes = ["auto", *STANDARD_SIZES, *EXTRA_SIZES]
+    sizes = ["auto", *SIZE_PRESETS, *STANDARD_SIZES, *EXTRA_SIZES]
     typed = current.strip().lower() if current.isascii() else current
     found = [s for s in sizes if s.startswith(typed)]
     # Only what validation would take: ASCII digits, a lower-case x, within the size rules.

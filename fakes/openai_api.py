@@ -223,6 +223,8 @@ class FakeOpenAI:
     def __init__(self, *, prerender: bool = False) -> None:
         """Create the stand-in; ``prerender`` reuses cached pictures to spend almost no CPU."""
         self.prerender = prerender
+        # How the image tool rewrites a prompt (its `revised_prompt`); unchanged by default.
+        self.revise: Callable[[str], str] = lambda prompt: prompt
         self.requests: list[RecordedRequest] = []
         self.sent: list[SentEvent] = []
         self.timeline = Timeline()
@@ -860,7 +862,8 @@ class FakeOpenAI:
                 yield event("response.image_generation_call.completed", **where)
                 action = "edit" if plan.base is not None else "generate"
                 item |= {"status": "completed", "action": action, **common}
-                item |= {"revised_prompt": plan.prompt, "result": b64(rendered.final)}
+                revised = self.revise(plan.prompt)
+                item |= {"revised_prompt": revised, "result": b64(rendered.final)}
                 job.image_tokens = (
                     output_image_tokens(p.quality, p.width, p.height)
                     + PARTIAL_IMAGE_TOKENS * job.partials

@@ -106,6 +106,9 @@ class Sink:
     async def failed(self, event: Failed, job: Job) -> None:
         self.log.append((job.id, f"failed {event.kind.value}"))
 
+    async def cancelled(self, job: Job) -> None:
+        self.log.append((job.id, "cancelled"))
+
 
 class Counting:
     """A store proxy that counts the calls made through it."""

@@ -141,6 +141,7 @@ def resolve_options(
     if config.moderation == "auto" and options.moderation != "auto":
         # The server asked for the stricter level; members cannot loosen it.
         options = options.merged({"moderation": "auto"})
+    options = options.with_preset_size()
     validate_options(options, allowed_models=config.allowed_models or None)
     return options
 

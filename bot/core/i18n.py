@@ -217,6 +217,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "The “Members with the chosen role” policy needs a role: set the `continue_role` option as well.",
         "ko": "'지정한 역할이 있는 멤버' 정책을 쓰려면 `이어가기_역할` 옵션도 함께 지정해 주세요.",
     },
+    "studio.not_allowed_cancel": {
+        "en": "Only the person who made this request or a moderator can cancel it.",
+        "ko": "이 요청을 보낸 사람이나 관리자만 취소할 수 있습니다.",
+    },
     "studio.not_saved": {
         "en": "I could not save your request (the bot's storage refused it), so nothing was started or charged. Please try again in a moment.",
         "ko": "요청을 저장하지 못해서 아무것도 시작하거나 청구하지 않았습니다. 잠시 후 다시 시도해 주세요.",

@@ -90,6 +90,26 @@ RETIRED: Final[dict[str, str]] = {
     "gpt-image-1": "gpt-image-1.5",
 }
 
+# Named aspect ratios, and the size each stands for on models with fixed sizes and on models
+# that take free sizes (16:9 where the model can, the nearest standard size where it cannot).
+SIZE_PRESETS: Final[dict[str, tuple[str, str]]] = {
+    "square": ("1024x1024", "1024x1024"),
+    "portrait": ("1024x1536", "1024x1536"),
+    "landscape": ("1536x1024", "1536x1024"),
+    "wide": ("1536x1024", "1536x864"),
+    "tall": ("1024x1536", "864x1536"),
+}
+
+
+def preset_size(name: str, model: str) -> str | None:
+    """The size a named aspect ratio stands for on `model`, or None if `name` is no preset."""
+    sizes = SIZE_PRESETS.get(name)
+    if sizes is None:
+        return None
+    spec = MODELS.get(model)
+    return sizes[1] if spec is not None and spec.free_sizes else sizes[0]
+
+
 MAX_SIDE: Final = 3840
 MAX_PIXELS: Final = 3840 * 2160
 

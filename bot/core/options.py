@@ -12,8 +12,10 @@ from bot.core.errors import BadInput
 from bot.core.models import (
     MODELS,
     RETIRED,
+    SIZE_PRESETS,
     STANDARD_SIZES,
     canonical_size,
+    preset_size,
     size_rule_violation,
 )
 
@@ -71,6 +73,11 @@ class ImageOptions:
         if "size" in changes and isinstance(changes["size"], str):
             changes["size"] = canonical_size(changes["size"])
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_preset_size(self) -> ImageOptions:
+        """These options with a named aspect ratio (`wide`, ...) as this model's pixel size."""
+        size = preset_size(self.size, self.model)
+        return self if size is None else dataclasses.replace(self, size=size)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready dict of the options."""
@@ -165,7 +172,7 @@ def validate_options(options: ImageOptions, *, allowed_models: Sequence[str] | N
                 "bad.unknown_size",
                 size=size,
                 model=model,
-                choices=_choices(("auto", *STANDARD_SIZES)),
+                choices=_choices(("auto", *STANDARD_SIZES, *SIZE_PRESETS)),
             )
         rule = size_rule_violation(size)
         if rule is not None:

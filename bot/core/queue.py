@@ -49,6 +49,7 @@ class JobQueue(Generic[S]):
         self._busy_channels: set[int] = set()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_job: dict[int, asyncio.Task[None]] = {}
         self._closing = False
 
     async def put(self, job: Job, sink: S) -> None:
@@ -73,6 +74,7 @@ class JobQueue(Generic[S]):
                 self._busy_channels.add(job.channel_id)
                 task = asyncio.create_task(self._guarded(waiting), name=f"job-{job.id}")
                 self._tasks.add(task)
+                self._by_job[job.id] = task
                 task.add_done_callback(self._tasks.discard)
             else:
                 still.append(waiting)
@@ -90,11 +92,29 @@ class JobQueue(Generic[S]):
         try:
             await self._run(job, waiting.sink)
         finally:
+            self._by_job.pop(job.id, None)
             self._running -= 1
             self._running_by_user[job.user_id] -= 1
             self._busy_channels.discard(job.channel_id)
             if not self._closing:
                 await self._pump()
+
+    async def remove(self, job_id: int) -> bool:
+        """Take a waiting job out of the queue; False if it is not waiting."""
+        kept = [w for w in self._waiting if w.job.id != job_id]
+        if len(kept) == len(self._waiting):
+            return False
+        self._waiting = kept
+        await self._pump()
+        return True
+
+    def stop(self, job_id: int) -> bool:
+        """Cancel a running job's task; False if it is not running."""
+        task = self._by_job.get(job_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def wait_idle(self) -> None:
         """Wait until no job runs; wrap in asyncio.timeout for a deadline."""

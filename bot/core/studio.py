@@ -41,6 +41,7 @@ from storage.base import (
     NewJob,
     NewTurn,
     NewUsageEntry,
+    StorageError,
     Store,
     Turn,
     TurnStatus,
@@ -90,6 +91,10 @@ class TurnSink(Protocol):
         ...
 
     async def failed(self, event: Failed, job: Job) -> None: ...
+
+    async def cancelled(self, job: Job) -> None:
+        """Say the job was cancelled by its requester and nothing was charged for it."""
+        ...
 
 
 SinkFactory = Callable[[Job, JobSpec], Awaitable[TurnSink]]
@@ -288,6 +293,9 @@ class Studio:
             user_concurrency=self.limits.user_concurrency,
         )
         self._finishing: set[asyncio.Task[None]] = set()
+        self._cancel_requests: set[int] = set()
+        # Jobs whose image arrived: too late to cancel, they are saved and posted.
+        self._arrived: set[int] = set()
 
     # --- who asks, and what the bot keeps about them ---------------------------------------
 
@@ -692,6 +700,38 @@ class Studio:
         await self._enqueue(again)
         return again
 
+    async def cancel(self, job_id: int, requester: Requester) -> bool:
+        """Cancel a queued or running job (its requester or a moderator).
+
+        A queued job leaves the queue at no cost; a running one stops its stream and is charged
+        nothing, since OpenAI reports usage only for finished responses. Returns False when it
+        was too late: an image that already arrived is saved and posted as usual.
+        """
+        job = await self._store.get_job(job_id) if 0 < job_id <= MAX_ROW_ID else None
+        if job is None or job.channel_id != requester.channel_id:
+            raise BotError("studio.unknown_job")
+        if job.user_id != requester.user_id and not requester.is_admin:
+            raise BotError("studio.not_allowed_cancel")
+        if job.id in self._arrived or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return False
+        self._cancel_requests.add(job.id)
+        if self._queue.stop(job.id):
+            return True  # the job's own task ends it (see _run)
+        self._cancel_requests.discard(job.id)
+        await self._queue.remove(job.id)
+        sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+        return await self._end_cancelled(job, sink)
+
+    async def _end_cancelled(self, job: Job, sink: TurnSink) -> bool:
+        self._cancel_requests.discard(job.id)
+        if not await self._store.finish_job(job.id, JobStatus.CANCELLED, error="cancelled"):
+            return False
+        try:
+            await sink.cancelled(job)
+        except Exception:
+            log.exception("could not show that job %s was cancelled", job.id)
+        return True
+
     async def _enqueue(self, job: Job) -> None:
         sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
         await self._queue.put(job, sink)
@@ -710,7 +750,12 @@ class Studio:
             self._crashpoint("running")
             await self._execute(job, sink)
         except asyncio.CancelledError:
-            raise
+            if job.id not in self._cancel_requests:
+                raise  # a shutdown: the job stays running and is reported at the next start
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._end_cancelled(job, sink)
         except Exception as exc:
             log.exception("job %s crashed", job.id)
             await self._fail(
@@ -830,6 +875,7 @@ class Studio:
             elif isinstance(event, Partial):
                 await sink.partial(event)
             elif isinstance(event, Completed):
+                self._arrived.add(job.id)
                 # From here the image is paid for: saving and posting it must not be cut in half
                 # by a shutdown, so they run in their own task that a cancelled job leaves alone.
                 parent_response_id = (
@@ -878,7 +924,10 @@ class Studio:
             ),
         )
         self._crashpoint("saved")
-        await self._post(job, saved, done, sink)
+        try:
+            await self._post(job, saved, done, sink)
+        finally:
+            self._arrived.discard(job.id)
 
     async def _persist(self, what: str, write: Callable[[], Awaitable[Any]]) -> Any:
         """Run a ledger write until the database takes it (locked, full or briefly gone)."""
@@ -886,7 +935,7 @@ class Studio:
         while True:
             try:
                 return await write()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, StorageError):
                 raise
             except Exception as exc:
                 log.warning("could not %s (%r); trying again in %.1fs", what, exc, delay)
