@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bot.core import images
 from bot.core.errors import BadInput
 from bot.core.openai_adapter import OpenAIImageClient
 from bot.core.options import ImageOptions, validate_options
@@ -23,6 +24,8 @@ class CheckResult:
     name: str
     ok: bool
     text: str
+    # Works, but something users will notice is missing (shown as [warn], not a failure).
+    warning: bool = False
 
 
 # The environment variable behind each default option (see `bot.services.default_options`).
@@ -126,6 +129,19 @@ async def check_openai(settings: Settings) -> CheckResult:
     return CheckResult("openai", True, f"the API key works ({text})")
 
 
+async def check_korean_font(settings: Settings) -> CheckResult:
+    """A font with Hangul is installed, so Korean labels in /usage charts are not boxes."""
+    if images.draws_hangul():
+        return CheckResult("korean font", True, "chart labels in Korean are drawn")
+    return CheckResult(
+        "korean font",
+        True,
+        "no font with Hangul found: Korean labels in /usage charts would be empty boxes; "
+        f"install {images.CJK_FONT_PACKAGES} (Debian/Ubuntu: apt install fonts-nanum)",
+        warning=True,
+    )
+
+
 async def run_checks(settings: Settings, *, out: Callable[[str], object] = print) -> int:
     """Run every check, print one line each; 0 when all pass."""
     checks: list[Callable[[Settings], Awaitable[CheckResult]]] = [
@@ -133,12 +149,14 @@ async def run_checks(settings: Settings, *, out: Callable[[str], object] = print
         check_database,
         check_discord,
         check_openai,
+        check_korean_font,
     ]
     failures = 0
     out(f"settings: engine={settings.engine}, image model={settings.image_model}")
     for check in checks:
         result = await check(settings)
         failures += not result.ok
-        out(f"[{'ok' if result.ok else 'FAIL'}] {result.name}: {result.text}")
+        mark = "FAIL" if not result.ok else "warn" if result.warning else "ok"
+        out(f"[{mark}] {result.name}: {result.text}")
     out("all good" if failures == 0 else f"{failures} problem(s) found")
     return 0 if failures == 0 else 1

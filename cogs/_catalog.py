@@ -11,10 +11,9 @@ partial images show the progress; the final image replaces them.
 💬 In the thread, every message continues the conversation: write "make it night time" and \
 the latest image is edited. Reply (Discord reply) to an earlier image to branch from that \
 image instead.
-📎 Images attached to a message are references. One attachment named `mask…` (e.g. \
-`mask.png`) is the mask, the same size as the image: white marks the area to change, black is \
-kept. A mask with transparency is read by what covers its edges: strokes painted on a \
-transparent layer are changed; transparent holes in an opaque mask (OpenAI's format) are changed.
+📎 Attached images are references; one named `mask…` is the mask (same size as the image): \
+white = change, black = keep; strokes on a transparent layer, or transparent holes in an \
+opaque mask (OpenAI's format), = change.
 🔘 Buttons under every image:
 • **Reroll**: the same prompt once more
 • **Vary**: a variation of this image
@@ -22,12 +21,15 @@ transparent layer are changed; transparent holes in an opaque mask (OpenAI's for
 • **Edit region**: pick cells on a grid, then say what to change there
 • **Delete**: remove the image (its author or a moderator)
 • **Retry** (under an error): run the request again
-✏️ `/edit` changes an image you upload (optionally with a mask) and opens a thread to go on.
-⚙️ `/settings` sets your own defaults: size, quality, format, model, language and more.
-📊 `/usage` shows your images, tokens and estimated cost for today and this month \
-(admins also see the server's, with a chart).
-🛠️ `/config` (Manage Server only): budgets, allowed channels, default and allowed models, \
-moderation, who may continue threads, partial images on or off.
+• **Cancel** (under a request still waiting or drawing): stop it; nothing is charged for it
+📐 `size`: `square`, `portrait`, `landscape`, `wide`, `tall` or `WIDTHxHEIGHT`. A prompt the \
+model rewrote is shown under the image.
+✏️ `/edit` changes an image you upload (optionally with a mask) in a new thread.
+⚙️ `/settings` sets your own defaults: size, quality, format, model, language, spoilers and more.
+📊 `/usage`: your images, tokens and cost today and this month (admins: the server's, charted).
+🛠️ `/config` (Manage Server only): budgets, daily image quotas by role, allowed channels, \
+default and allowed models, moderation (and `low` only in age-restricted channels), who may \
+continue threads, partial images on or off, every result as a spoiler.
 🔒 `/privacy` tells what the bot keeps about you and deletes it on request."""
 
 _HELP_KO = """\
@@ -48,12 +50,16 @@ _HELP_KO = """\
 • **영역 편집**: 격자에서 칸을 고른 뒤 그 부분에서 바꿀 내용 입력
 • **삭제**: 이미지 지우기 (만든 사람 또는 관리자)
 • **다시 시도** (오류 아래): 요청을 다시 실행
+• **취소** (대기 중이거나 그리는 중인 요청 아래): 요청을 멈춥니다. 비용은 청구되지 않습니다
+📐 `크기`: `square`, `portrait`, `landscape`, `wide`, `tall` 또는 `가로x세로`. 모델이 바꿔 쓴 \
+프롬프트는 이미지 아래에 표시됩니다.
 ✏️ `/편집`은 업로드한 이미지를 (마스크와 함께) 편집하고, 이어서 작업할 스레드를 엽니다.
-⚙️ `/설정`에서 크기, 품질, 형식, 모델, 언어 등 나만의 기본값을 정합니다.
+⚙️ `/설정`에서 크기, 품질, 형식, 모델, 언어, 스포일러 등 나만의 기본값을 정합니다.
 📊 `/사용량`은 오늘과 이번 달에 만든 이미지 수, 토큰, 예상 비용을 보여 줍니다(관리자는 \
 서버 전체 사용량도 차트와 함께 볼 수 있습니다).
-🛠️ `/서버설정`(서버 관리 권한 필요): 예산, 허용 채널, 기본·허용 모델, 검열 수준, 스레드를 \
-이어갈 수 있는 사람, 부분 이미지 표시 여부를 정합니다.
+🛠️ `/서버설정`(서버 관리 권한 필요): 예산, 역할별 하루 이미지 한도, 허용 채널, 기본·허용 \
+모델, 검열 수준(`low`는 연령 제한 채널에서만 허용 가능), 스레드를 이어갈 수 있는 사람, 부분 \
+이미지 표시 여부, 모든 결과의 스포일러 처리를 정합니다.
 🔒 `/개인정보`는 봇이 나에 대해 보관하는 정보를 알려 주고, 요청하면 모두 삭제합니다."""
 
 _PRIVACY_EN = """\
@@ -61,6 +67,7 @@ _PRIVACY_EN = """\
 • your `/settings` defaults;
 • your prompts and, for each image, the ids of its Discord message and OpenAI response \
 (needed to continue conversations and to make the buttons work);
+• the images made for you (so a restart can still post them and a thread can go on from them);
 • your usage: images, tokens and estimated cost (for `/usage` and the budgets).
 Prompts and images are sent to OpenAI to be drawn, with only a one-way hash of your Discord \
 id. Images stay in Discord as messages: remove them with the **Delete** button.
@@ -71,6 +78,7 @@ _PRIVACY_KO = """\
 • `/설정`에서 정한 기본값
 • 내 프롬프트와, 이미지마다 Discord 메시지 및 OpenAI 응답의 ID(대화를 이어가고 버튼이 \
 동작하는 데 필요합니다)
+• 나를 위해 만든 이미지(재시작 뒤에도 올리고, 스레드를 이어가는 데 쓰입니다)
 • 사용 기록: 이미지 수, 토큰, 예상 비용(`/사용량`과 예산 계산에 쓰입니다)
 프롬프트와 이미지는 그림을 그리기 위해 OpenAI로 전송되며, Discord ID 대신 되돌릴 수 없는 \
 해시값만 함께 전달됩니다. 이미지는 Discord 메시지로 남아 있으니 **삭제** 버튼으로 지울 수 \
@@ -247,6 +255,42 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "opt.partials_enabled.desc": {
         "en": "Show partial images while drawing",
         "ko": "그리는 동안 부분 이미지를 보여 줄지 여부",
+    },
+    "opt.tier_role.name": {"en": "tier_role", "ko": "등급_역할"},
+    "opt.tier_role.desc": {
+        "en": "A role with its own daily image quota (set it with tier_daily_images)",
+        "ko": "하루 이미지 한도를 따로 줄 역할 (등급_하루_이미지와 함께 지정)",
+    },
+    "opt.tier_daily_images.name": {"en": "tier_daily_images", "ko": "등급_하루_이미지"},
+    "opt.tier_daily_images.desc": {
+        "en": "Images a day for members with tier_role (0 removes the tier)",
+        "ko": "등급_역할이 있는 멤버의 하루 이미지 수 (0이면 등급 삭제)",
+    },
+    "opt.low_moderation_nsfw_only.name": {
+        "en": "low_moderation_nsfw_only",
+        "ko": "낮은검열_연령제한만",
+    },
+    "opt.low_moderation_nsfw_only.desc": {
+        "en": "Allow moderation: low only in age-restricted channels",
+        "ko": "moderation: low를 연령 제한 채널에서만 허용",
+    },
+    "opt.spoilers.name": {"en": "spoilers", "ko": "모두_스포일러"},
+    "opt.spoilers.desc": {
+        "en": "Post every result behind a spoiler",
+        "ko": "모든 결과를 스포일러로 가려서 올림",
+    },
+    "opt.spoiler.name": {"en": "spoiler", "ko": "스포일러"},
+    "opt.spoiler.desc": {
+        "en": "Post your results behind a spoiler",
+        "ko": "내 결과를 스포일러로 가려서 올림",
+    },
+    "usage.tier": {
+        "en": "Your daily quota comes from your role {role}.",
+        "ko": "하루 한도는 내 역할 {role}에서 정해집니다.",
+    },
+    "usage.top_users": {
+        "en": "👥 **Top this month:** {users}",
+        "ko": "👥 **이번 달 많이 쓴 멤버:** {users}",
     },
     "opt.engine.name": {"en": "engine", "ko": "엔진"},
     "opt.engine.desc": {
@@ -427,13 +471,15 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     },
     # --- /usage --------------------------------------------------------------------------
     "usage.you_today": {
-        "en": "📅 **Today:** {images} image(s) · {tokens:,} tokens · ≈${cost:.2f}",
-        "ko": "📅 **오늘:** 이미지 {images}장 · 토큰 {tokens:,}개 · ≈${cost:.2f}",
+        "en": "📅 **Today:** {images} image(s) · {image_tokens:,} image tokens + {tokens:,} text tokens · ≈${cost:.2f}",
+        "ko": "📅 **오늘:** 이미지 {images}장 · 이미지 토큰 {image_tokens:,}개 + 텍스트 토큰 {tokens:,}개 · ≈${cost:.2f}",
     },
     "usage.you_month": {
-        "en": "🗓️ **This month:** {images} image(s) · {tokens:,} tokens · ≈${cost:.2f}",
-        "ko": "🗓️ **이번 달:** 이미지 {images}장 · 토큰 {tokens:,}개 · ≈${cost:.2f}",
+        "en": "🗓️ **This month:** {images} image(s) · {image_tokens:,} image tokens + {tokens:,} text tokens · ≈${cost:.2f}",
+        "ko": "🗓️ **이번 달:** 이미지 {images}장 · 이미지 토큰 {image_tokens:,}개 + 텍스트 토큰 {tokens:,}개 · ≈${cost:.2f}",
     },
+    "usage.anonymous": {"en": "(deleted accounts)", "ko": "(삭제된 계정)"},
+    "usage.unknown_member": {"en": "(unknown member)", "ko": "(알 수 없는 멤버)"},
     "usage.limit_daily_usd": {
         "en": "Your daily limit: ${limit:.2f} (resets at midnight UTC).",
         "ko": "나의 하루 한도: ${limit:.2f} (UTC 자정에 초기화됩니다).",

@@ -171,7 +171,9 @@ class DiscordTurnSink:
                 )
             )
             file = discord.File(
-                io.BytesIO(event.image), filename=f"partial-{event.index}.{event.format}"
+                io.BytesIO(event.image),
+                filename=f"partial-{event.index}.{event.format}",
+                spoiler=self.spec.spoiler,
             )
             try:
                 if self.message is None:
@@ -257,7 +259,11 @@ class DiscordTurnSink:
         while True:
             fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, target)
             content = self._final_content(event, fitted, refused)
-            file = discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}")
+            file = discord.File(
+                io.BytesIO(fitted.data),
+                filename=f"image.{fitted.format}",
+                spoiler=self.spec.spoiler,
+            )
             view = final_view(turn.id, self.locale)
             try:
                 if self.message is None:
@@ -312,7 +318,11 @@ class DiscordTurnSink:
             try:
                 message = await place.send(
                     content,
-                    file=discord.File(io.BytesIO(fitted.data), filename=f"image.{fitted.format}"),
+                    file=discord.File(
+                        io.BytesIO(fitted.data),
+                        filename=f"image.{fitted.format}",
+                        spoiler=self.spec.spoiler,
+                    ),
                 )
             except (discord.Forbidden, discord.NotFound) as exc:
                 log.info("job %s: cannot post in %s either (%s)", self.job.id, place.id, exc.code)

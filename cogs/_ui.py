@@ -29,6 +29,12 @@ def parent_channel_id(channel: Any) -> int | None:
     return getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
 
 
+def is_nsfw(channel: Any) -> bool:
+    """Whether a channel (or a thread's parent) is age-restricted."""
+    check = getattr(channel, "is_nsfw", None)
+    return bool(check()) if callable(check) else False
+
+
 def is_admin(user: discord.abc.User, channel: Any) -> bool:
     """Whether `user` manages this server (or is in a DM)."""
     if not isinstance(user, discord.Member):
@@ -55,6 +61,7 @@ async def requester_for_interaction(
         role_ids=tuple(r.id for r in getattr(user, "roles", [])),
         is_admin=is_admin(user, channel) if channel else False,
         parent_channel_id=parent_channel_id(channel),
+        channel_nsfw=is_nsfw(channel),
     )
 
 
@@ -69,6 +76,7 @@ async def requester_for_message(bot: ImagineBot, message: discord.Message) -> Re
         role_ids=tuple(r.id for r in getattr(message.author, "roles", [])),
         is_admin=is_admin(message.author, message.channel),
         parent_channel_id=parent_channel_id(message.channel),
+        channel_nsfw=is_nsfw(message.channel),
     )
 
 

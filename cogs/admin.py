@@ -15,13 +15,14 @@ from bot.core import images
 from bot.core.config import ContinuePolicy, GuildConfig
 from bot.core.usage import CHART_DAYS
 from cogs._translator import L, choices
-from cogs._ui import is_admin, requester_for_interaction, t
+from cogs._ui import inert, is_admin, requester_for_interaction, t
 from cogs.imagine import (
     MODERATIONS,
     model_autocomplete,
     output_option_params,
     output_options,
 )
+from storage.base import ANONYMOUS_USER_ID
 
 if TYPE_CHECKING:
     from cogs.app import ImagineBot
@@ -53,6 +54,9 @@ CONFIG_OPTIONS = {
     "continue_role_id": "continue_role",
     "partials_enabled": "partials_enabled",
     "engine": "engine",
+    "role_tiers": "tier_role",
+    "low_moderation_nsfw_only": "low_moderation_nsfw_only",
+    "spoilers": "spoilers",
 }
 
 
@@ -68,6 +72,8 @@ def _format_config(config: GuildConfig, locale: str) -> str:
             text = " ".join(f"<#{c}>" for c in value) or "-"
         elif key == "continue_role_id":
             text = f"<@&{value}>"
+        elif key == "role_tiers":
+            text = ", ".join(f"<@&{role}> {images}/day" for role, images in value) or "-"
         elif isinstance(value, tuple):
             text = ", ".join(f"`{v}`" for v in value) or "-"
         else:
@@ -85,10 +91,12 @@ class AdminCog(commands.Cog):
     @app_commands.command(name=L("cmd.settings.name"), description=L("cmd.settings.desc"))
     @app_commands.rename(
         language=L("opt.language.name"),
+        spoiler=L("opt.spoiler.name"),
         reset=L("opt.reset.name"),
     )
     @app_commands.describe(
         language=L("opt.language.desc"),
+        spoiler=L("opt.spoiler.desc"),
         reset=L("opt.reset.desc"),
     )
     @app_commands.choices(language=choices("choice.language", LANGUAGES))
@@ -105,6 +113,7 @@ class AdminCog(commands.Cog):
         partials: app_commands.Range[int, 0, 3] | None = None,
         model: str | None = None,
         language: str | None = None,
+        spoiler: bool | None = None,
         reset: bool = False,
     ) -> None:
         """Show or change your own defaults."""
@@ -114,6 +123,7 @@ class AdminCog(commands.Cog):
                 size, quality, format, background, compression, moderation, partials, model
             ),
             "language": language,
+            "spoiler": spoiler,
         }
         updated = await self.bot.studio.update_settings(requester, changes, reset=reset)
         locale = updated.language or requester.locale
@@ -135,6 +145,7 @@ class AdminCog(commands.Cog):
                 locale,
                 "usage.you_today",
                 images=today.images,
+                image_tokens=today.image_tokens,
                 tokens=today.input_tokens + today.output_tokens,
                 cost=today.cost_usd,
             ),
@@ -142,6 +153,7 @@ class AdminCog(commands.Cog):
                 locale,
                 "usage.you_month",
                 images=month.images,
+                image_tokens=month.image_tokens,
                 tokens=month.input_tokens + month.output_tokens,
                 cost=month.cost_usd,
             ),
@@ -150,6 +162,8 @@ class AdminCog(commands.Cog):
             lines.append(t(locale, "usage.limit_daily_usd", limit=limits.user_daily_usd))
         if limits.user_daily_images is not None:
             lines.append(t(locale, "usage.limit_daily_images", limit=limits.user_daily_images))
+        if limits.tier_role_id is not None:
+            lines.append(t(locale, "usage.tier", role=f"<@&{limits.tier_role_id}>"))
         by_user: list[tuple[str, float]] | None = None
         if report.server_month is not None:
             server = report.server_month
@@ -163,9 +177,12 @@ class AdminCog(commands.Cog):
                     t(locale, "usage.limit_monthly_images", limit=limits.guild_monthly_images)
                 )
             by_user = [
-                (self._user_label(interaction, u.user_id), u.cost_usd)
+                (await self._user_label(interaction, u.user_id, locale), u.cost_usd)
                 for u in report.top_users or []
             ]
+            if by_user:
+                users = ", ".join(f"{inert(name, 40)} ≈${cost:.2f}" for name, cost in by_user[:5])
+                lines.append(t(locale, "usage.top_users", users=users))
             title = t(locale, "usage.chart_server", days=CHART_DAYS)
         else:
             title = t(locale, "usage.chart_you", days=CHART_DAYS)
@@ -181,10 +198,24 @@ class AdminCog(commands.Cog):
             ephemeral=True,
         )
 
-    @staticmethod
-    def _user_label(interaction: discord.Interaction[Any], user_id: int) -> str:
-        member = interaction.guild.get_member(user_id) if interaction.guild else None
-        return member.display_name if member else str(user_id)
+    async def _user_label(
+        self, interaction: discord.Interaction[Any], user_id: int, locale: str
+    ) -> str:
+        """A member's name as the server shows it, fetched (the bot keeps no member cache)."""
+        if user_id == ANONYMOUS_USER_ID:
+            return t(locale, "usage.anonymous")
+        guild = interaction.guild
+        try:
+            if guild is not None:
+                return (guild.get_member(user_id) or await guild.fetch_member(user_id)).display_name
+        except discord.NotFound:
+            pass  # no longer a member: the account's own name
+        except discord.HTTPException:
+            return t(locale, "usage.unknown_member")
+        try:
+            return (self.bot.get_user(user_id) or await self.bot.fetch_user(user_id)).display_name
+        except discord.HTTPException:
+            return t(locale, "usage.unknown_member")
 
     @app_commands.command(name=L("cmd.config.name"), description=L("cmd.config.desc"))
     @app_commands.guild_only()
@@ -203,6 +234,10 @@ class AdminCog(commands.Cog):
         continue_role=L("opt.continue_role.name"),
         partials=L("opt.partials_enabled.name"),
         engine=L("opt.engine.name"),
+        tier_role=L("opt.tier_role.name"),
+        tier_daily_images=L("opt.tier_daily_images.name"),
+        low_moderation_nsfw_only=L("opt.low_moderation_nsfw_only.name"),
+        spoilers=L("opt.spoilers.name"),
         reset=L("opt.reset.name"),
     )
     @app_commands.describe(
@@ -218,6 +253,10 @@ class AdminCog(commands.Cog):
         continue_role=L("opt.continue_role.desc"),
         partials=L("opt.partials_enabled.desc"),
         engine=L("opt.engine.desc"),
+        tier_role=L("opt.tier_role.desc"),
+        tier_daily_images=L("opt.tier_daily_images.desc"),
+        low_moderation_nsfw_only=L("opt.low_moderation_nsfw_only.desc"),
+        spoilers=L("opt.spoilers.desc"),
         reset=L("opt.reset_config.desc"),
     )
     @app_commands.choices(
@@ -241,6 +280,10 @@ class AdminCog(commands.Cog):
         continue_role: discord.Role | None = None,
         partials: bool | None = None,
         engine: str | None = None,
+        tier_role: discord.Role | None = None,
+        tier_daily_images: app_commands.Range[int, 0, 100000] | None = None,
+        low_moderation_nsfw_only: bool | None = None,
+        spoilers: bool | None = None,
         reset: bool = False,
     ) -> None:
         """Show or change this server's configuration (Manage Server only)."""
@@ -259,6 +302,10 @@ class AdminCog(commands.Cog):
             "partials_enabled": partials,
             "engine": engine,
             "default_model": default_model,
+            "low_moderation_nsfw_only": low_moderation_nsfw_only,
+            "spoilers": spoilers,
+            "tier_role_id": tier_role.id if tier_role is not None else None,
+            "tier_daily_images": tier_daily_images,
         }
         if allowed_channels is not None:
             changes["allowed_channels"] = [

@@ -13,6 +13,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core import images
 from bot.core.budgets import Limits
 from bot.core.errors import BotError
 from bot.core.jobs import JobSpec
@@ -124,6 +125,12 @@ class ImagineBot(commands.Bot):
                 len(queued),
             )
         self.recovered = True
+        if not await asyncio.to_thread(images.draws_hangul):
+            log.warning(
+                "no font with Hangul found: Korean labels in /usage charts would be empty boxes;"
+                " install %s",
+                images.CJK_FONT_PACKAGES,
+            )
         await self.tree.set_translator(ImagineTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

@@ -214,6 +214,9 @@ class UsageTotals:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    # The image model's tokens (input images and text, the drawn image), billed apart from the
+    # mainline model's input and output tokens.
+    image_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,7 @@ async def test_aspect_presets_become_the_models_own_size(
 async def test_a_preset_in_settings_follows_the_model_of_each_request(box: Sandbox) -> None:
     d = box.discord
     await d.slash("settings", {"size": "wide"})
+    await d.wait_for(lambda: any("`wide`" in t for t in ephemeral_texts(box)) or None)
     await d.slash("imagine", {"prompt": "a river", "model": "gpt-image-1.5"})
     thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)
     await d.wait_for(lambda: finals(d, thread["id"]) or None, timeout=15)
@@ -171,3 +172,122 @@ async def test_the_revised_prompt_is_shown_when_the_model_rewrote_it(box: Sandbo
         lambda: finals(d, thread["id"])[1] if len(finals(d, thread["id"])) > 1 else None
     )
     assert "✏️" not in second["content"]
+
+
+# --- quota tiers by role ------------------------------------------------------------------
+
+
+async def test_a_supporter_role_gets_its_own_daily_quota(tmp_path: Path) -> None:
+    async with sandbox(tmp_path, timeline=FAST) as box:
+        d = box.discord
+        admin = d.add_user("admin", admin=True)
+        role = d.add_role("supporter")
+        fan = d.add_user("fan", roles=[role["id"]])
+        await d.gateway.flush()
+
+        def texts_with(fragment: str) -> int:
+            return sum(fragment in t for t in ephemeral_texts(box))
+
+        await d.slash("config", {"user_daily_images": 1}, user=admin)
+        await d.wait_for(lambda: texts_with("user_daily_images") or None)
+        await d.slash("config", {"tier_role": role["id"], "tier_daily_images": 2}, user=admin)
+        await d.wait_for(lambda: texts_with(f"<@&{role['id']}> 2/day") or None)
+        for count in (1, 2):
+            await d.slash("imagine", {"prompt": f"fan art {count}"}, user=fan)
+            await d.wait_for(
+                lambda count=count: len(billed(box.openai)) == count or None, timeout=15
+            )
+        await box.wait_idle()
+        await d.slash("imagine", {"prompt": "fan art 3"}, user=fan)
+        await d.wait_for(lambda: texts_with("the quota of your role") or None)
+        # A member without the role keeps the server's limit of one.
+        await d.slash("imagine", {"prompt": "plain 1"})
+        await d.wait_for(lambda: len(billed(box.openai)) == 3 or None, timeout=15)
+        await box.wait_idle()
+        await d.slash("imagine", {"prompt": "plain 2"})
+        await d.wait_for(lambda: texts_with("of today's 1 images") or None)
+        assert len(billed(box.openai)) == 3
+        await d.slash("usage", user=fan)
+        await d.wait_for(lambda: texts_with("comes from your role") or None, timeout=15)
+
+
+# --- where content belongs ------------------------------------------------------------------
+
+
+async def test_low_moderation_only_in_age_restricted_channels(tmp_path: Path) -> None:
+    async with sandbox(tmp_path, timeline=FAST) as box:
+        d = box.discord
+        admin = d.add_user("admin", admin=True)
+        await d.slash("config", {"low_moderation_nsfw_only": True}, user=admin)
+        await d.wait_for(
+            lambda: any("low_moderation_nsfw_only" in t for t in ephemeral_texts(box)) or None
+        )
+        await d.slash("imagine", {"prompt": "a duel", "moderation": "low"})
+        await d.wait_for(
+            lambda: (
+                any(i18n.t("en", "bad.moderation_low_nsfw") in t for t in ephemeral_texts(box))
+                or None
+            )
+        )
+        assert box.openai.requests == []
+        mature = d.add_channel("mature")
+        mature["nsfw"] = True
+        d.emit("CHANNEL_UPDATE", mature)
+        await d.gateway.flush()
+        await d.slash("imagine", {"prompt": "a duel", "moderation": "low"}, channel_id=mature["id"])
+        thread = await d.wait_for(lambda: (d.threads(mature["id"]) or [None])[0], timeout=15)
+        await d.wait_for(lambda: finals(d, thread["id"]) or None, timeout=15)
+        assert tool_of(response_requests(box)[-1])["moderation"] == "low"
+
+
+async def test_results_can_be_posted_as_spoilers(box: Sandbox) -> None:
+    d = box.discord
+    await d.slash("settings", {"spoiler": True})
+    await d.wait_for(lambda: any("spoiler" in t for t in ephemeral_texts(box)) or None)
+    await d.slash("imagine", {"prompt": "a plot twist", "partials": 1})
+    thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)
+    final = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=15)
+    assert final["attachments"][0]["filename"].startswith("SPOILER_")
+
+
+# --- an honest /usage -------------------------------------------------------------------------
+
+
+async def test_usage_names_members_counts_image_tokens_and_every_day(tmp_path: Path) -> None:
+    async with sandbox(tmp_path, timeline=FAST) as box:
+        d = box.discord
+        admin = d.add_user("admin", admin=True)
+        painter = d.add_user("Painter Kim")
+        await d.slash("imagine", {"prompt": "a tiger"}, user=painter)
+        await d.wait_for(lambda: billed(box.openai) or None, timeout=15)
+        await box.wait_idle()
+        await d.slash("usage", user=admin)
+        text = await d.wait_for(
+            lambda: next((t for t in ephemeral_texts(box) if "Top this month" in t), None),
+            timeout=15,
+        )
+        assert "Painter Kim" in text and painter["id"] not in text
+        await d.slash("usage", user=painter)
+        mine = await d.wait_for(
+            lambda: next((t for t in ephemeral_texts(box) if "Today:** 1 image(s)" in t), None),
+            timeout=15,
+        )
+        database = Path(box.settings.database_url.split("///", 1)[1])
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            (image_tokens,) = db.execute(
+                "SELECT SUM(image_input_tokens + image_output_tokens) FROM usage_ledger"
+            ).fetchone()
+        assert image_tokens > 1000
+        assert f"{image_tokens:,} image tokens" in mine
+
+
+def test_the_chart_font_really_draws_korean() -> None:
+    from PIL import ImageFont
+
+    from bot.core import images
+
+    assert images.draws_hangul(), f"install {images.CJK_FONT_PACKAGES}"
+    # The check tells a font without Hangul apart: DejaVu draws every syllable as one box.
+    dejavu = next(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
+    box_font = ImageFont.truetype(str(dejavu), 32)
+    assert images._glyph(box_font, "한") == images._glyph(box_font, "국")

@@ -340,3 +340,15 @@ async def test_an_imagine_costs_few_store_calls(rig: Any) -> None:
     await asyncio.wait_for(r.studio.wait_idle(), 5)
     # admit, place, start, response id, save, posted: one each.
     assert sum(r.counting.calls.values()) <= 6, r.counting.calls
+
+
+def test_the_usage_chart_has_every_day_of_the_last_thirty() -> None:
+    from bot.core.usage import calendar
+    from storage.base import DayUsage
+
+    now = 1_700_000_000.0  # 2023-11-14
+    days = calendar([DayUsage("2023-11-10", 2, 0.5), DayUsage("2023-10-01", 9, 9.0)], now=now)
+    assert len(days) == 30
+    assert days[-1].day == "2023-11-14" and days[0].day == "2023-10-16"
+    assert [d.images for d in days if d.images] == [2]
+    assert sum(1 for d in days if d.cost_usd == 0) == 29

@@ -26,9 +26,14 @@ class Limits:
     guild_monthly_usd: float | None = None
     guild_monthly_images: int | None = None
     max_pending_per_user: int = MAX_PENDING_PER_USER
+    # The role whose quota tier set `user_daily_images`, if one did.
+    tier_role_id: int | None = None
 
-    def tightened_by(self, config: GuildConfig) -> Limits:
-        """These limits, tightened (never loosened) by a server's /config."""
+    def tightened_by(self, config: GuildConfig, role_ids: tuple[int, ...] = ()) -> Limits:
+        """These limits under a server's /config: its budgets tighten (never loosen) them, and
+        a member's quota tier (the largest of their roles') sets their daily images, within
+        the operator's own limit.
+        """
         changes: dict[str, Any] = {}
         for name in BUDGET_KEYS:
             value = getattr(config, name)
@@ -36,6 +41,12 @@ class Limits:
                 continue
             current = getattr(self, name)
             changes[name] = value if current is None else min(current, value)
+        tier = config.tier_for(role_ids)
+        if tier is not None:
+            role, images = tier
+            operator = self.user_daily_images
+            changes["user_daily_images"] = images if operator is None else min(operator, images)
+            changes["tier_role_id"] = role
         return dataclasses.replace(self, **changes)
 
 
@@ -67,6 +78,13 @@ def admission_gate(limits: Limits, *, estimate: float, images: int = 1) -> Admis
         if limits.user_daily_images is not None and (
             used.user_images + images > limits.user_daily_images
         ):
+            if limits.tier_role_id is not None:
+                raise BotError(
+                    "fail.budget_user_images_tier",
+                    used=used.user_images,
+                    limit=limits.user_daily_images,
+                    role=f"<@&{limits.tier_role_id}>",
+                )
             raise BotError(
                 "fail.budget_user_images", used=used.user_images, limit=limits.user_daily_images
             )

@@ -38,6 +38,12 @@ class GuildConfig:
     continue_role_id: int | None = None
     partials_enabled: bool | None = None
     engine: str | None = None
+    # Daily image quotas by role, (role id, images a day): a member gets the largest of theirs.
+    role_tiers: tuple[tuple[int, int], ...] = ()
+    # `moderation: low` only in age-restricted channels.
+    low_moderation_nsfw_only: bool = False
+    # Every result posted behind a spoiler.
+    spoilers: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GuildConfig:
@@ -57,6 +63,14 @@ class GuildConfig:
             continue_role_id=int(str(role)) if role else None,
             partials_enabled=data.get("partials_enabled"),
             engine=data.get("engine") or None,
+            role_tiers=tuple(
+                sorted(
+                    (int(role), int(images))
+                    for role, images in (data.get("role_tiers") or {}).items()
+                )
+            ),
+            low_moderation_nsfw_only=bool(data.get("low_moderation_nsfw_only")),
+            spoilers=bool(data.get("spoilers")),
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -82,7 +96,29 @@ class GuildConfig:
             data["partials_enabled"] = self.partials_enabled
         if self.engine:
             data["engine"] = self.engine
+        if self.role_tiers:
+            data["role_tiers"] = {str(role): images for role, images in self.role_tiers}
+        if self.low_moderation_nsfw_only:
+            data["low_moderation_nsfw_only"] = True
+        if self.spoilers:
+            data["spoilers"] = True
         return data
+
+    def with_tier(self, role_id: int, images: int) -> GuildConfig:
+        """This config with a role's daily image quota set (0 removes the tier)."""
+        tiers = dict(self.role_tiers)
+        tiers.pop(role_id, None)
+        if images > 0:
+            tiers[role_id] = images
+        return dataclasses.replace(self, role_tiers=tuple(sorted(tiers.items())))
+
+    def tier_for(self, role_ids: tuple[int, ...]) -> tuple[int, int] | None:
+        """The largest daily image quota among the roles given, as (role id, images)."""
+        mine = [(images, role) for role, images in self.role_tiers if role in role_ids]
+        if not mine:
+            return None
+        images, role = max(mine)
+        return role, images
 
     def replace(self, **changes: Any) -> GuildConfig:
         """This config with some fields changed."""
@@ -97,10 +133,11 @@ class GuildConfig:
 
 @dataclass(frozen=True, slots=True)
 class UserSettings:
-    """A member's /settings: their language and their default output options."""
+    """A member's /settings: their language, spoilers, and their default output options."""
 
     language: str | None = None
     options: Mapping[str, object] = field(default_factory=dict)
+    spoiler: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UserSettings:
@@ -109,6 +146,7 @@ class UserSettings:
         return cls(
             language=str(language) if language else None,
             options={k: v for k, v in data.items() if k in OPTION_NAMES and v is not None},
+            spoiler=bool(data.get("spoiler")),
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -116,6 +154,8 @@ class UserSettings:
         data: dict[str, object] = dict(self.options)
         if self.language:
             data["language"] = self.language
+        if self.spoiler:
+            data["spoiler"] = True
         return data
 
 

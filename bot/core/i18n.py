@@ -155,6 +155,14 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "You have made or started {used} of today's {limit} images. It resets at midnight UTC.",
         "ko": "오늘 만들 수 있는 이미지 {limit}장 중 {used}장을 만들었거나 만드는 중입니다. UTC 자정에 초기화됩니다.",
     },
+    "fail.budget_user_images_tier": {
+        "en": "You have made or started {used} of today's {limit} images (the quota of your role {role}). It resets at midnight UTC.",
+        "ko": "오늘 만들 수 있는 이미지 {limit}장(역할 {role}의 한도) 중 {used}장을 만들었거나 만드는 중입니다. UTC 자정에 초기화됩니다.",
+    },
+    "bad.moderation_low_nsfw": {
+        "en": "On this server, `moderation: low` is allowed only in age-restricted channels.",
+        "ko": "이 서버에서는 `moderation: low`를 연령 제한 채널에서만 쓸 수 있습니다.",
+    },
     "fail.budget_guild_usd": {
         "en": "This server has reached its monthly budget of ${limit:.2f} (${used:.2f} spent or held by images in progress).",
         "ko": "이 서버의 월 예산 ${limit:.2f}에 도달했습니다 (사용했거나 진행 중인 이미지에 잡힌 금액 ${used:.2f}).",
@@ -220,6 +228,10 @@ CATALOG: dict[str, dict[str, str]] = {
     "studio.not_allowed_cancel": {
         "en": "Only the person who made this request or a moderator can cancel it.",
         "ko": "이 요청을 보낸 사람이나 관리자만 취소할 수 있습니다.",
+    },
+    "config.tier_needs_both": {
+        "en": "A quota tier needs both `tier_role` and `tier_daily_images` (0 images removes it).",
+        "ko": "등급 한도에는 `등급_역할`과 `등급_하루_이미지`가 모두 필요합니다 (0장이면 삭제).",
     },
     "studio.not_saved": {
         "en": "I could not save your request (the bot's storage refused it), so nothing was started or charged. Please try again in a moment.",

@@ -883,6 +883,25 @@ def _font_path() -> Path | None:
     return None
 
 
+# Packages that give the chart Hangul, for the messages that say what to install.
+CJK_FONT_PACKAGES: Final = "fonts-nanum or fonts-noto-cjk"
+
+
+def _glyph(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, char: str) -> bytes:
+    canvas = Image.new("L", (48, 48), 0)
+    ImageDraw.Draw(canvas).text((4, 4), char, font=font, fill=255)
+    return canvas.tobytes()
+
+
+@lru_cache(maxsize=1)
+def draws_hangul() -> bool:
+    """Whether the chart's font really draws Korean: a font without Hangul draws every syllable
+    as the same empty box (or nothing), so two different syllables must come out different."""
+    font = _font(32)
+    first, second = _glyph(font, "한"), _glyph(font, "국")
+    return any(first) and any(second) and first != second
+
+
 @lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     path = _font_path()

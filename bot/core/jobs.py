@@ -55,6 +55,8 @@ class Requester:
     role_ids: tuple[int, ...] = ()
     is_admin: bool = False
     parent_channel_id: int | None = None
+    # Whether the channel (or the thread's parent) is age-restricted.
+    channel_nsfw: bool = False
     settings: UserSettings = field(default_factory=UserSettings)
     config: GuildConfig = field(default_factory=GuildConfig)
 
@@ -73,6 +75,8 @@ class JobSpec:
     parent_response_id: str | None = None
     parent_turn_id: int | None = None
     engine: Engine | None = None
+    # Post the result behind a spoiler (the member's /settings or the server's /config).
+    spoiler: bool = False
 
     @property
     def continues(self) -> bool:
@@ -104,6 +108,7 @@ class JobSpec:
             "parent_response_id": self.parent_response_id,
             "parent_turn_id": self.parent_turn_id,
             "engine": self.engine.value if self.engine else None,
+            "spoiler": self.spoiler,
         }
 
     @classmethod
@@ -131,6 +136,7 @@ class JobSpec:
             parent_response_id=payload.get("parent_response_id"),
             parent_turn_id=payload.get("parent_turn_id"),
             engine=Engine(str(engine)) if engine else None,
+            spoiler=bool(payload.get("spoiler")),
         )
 
 

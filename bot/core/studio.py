@@ -309,6 +309,7 @@ class Studio:
         role_ids: tuple[int, ...] = (),
         is_admin: bool = False,
         parent_channel_id: int | None = None,
+        channel_nsfw: bool = False,
     ) -> Requester:
         """The person behind a command, message or button, with their settings and server config."""
         settings = UserSettings.from_dict(await self._store.get_user_settings(user_id))
@@ -325,13 +326,14 @@ class Studio:
             role_ids=role_ids,
             is_admin=is_admin,
             parent_channel_id=parent_channel_id,
+            channel_nsfw=channel_nsfw,
             settings=settings,
             config=config,
         )
 
     def limits_for(self, requester: Requester) -> Limits:
-        """The settings' limits, tightened by the requester's server."""
-        return self.limits.tightened_by(requester.config)
+        """The settings' limits under the requester's server (its budgets and their tier)."""
+        return self.limits.tightened_by(requester.config, requester.role_ids)
 
     def check_place(self, requester: Requester) -> None:
         """BadInput when the server allows image commands elsewhere only."""
@@ -370,9 +372,16 @@ class Studio:
         """Change a member's /settings (None values are left as they are); returns the result."""
         current = UserSettings() if reset else requester.settings
         language = changes.get("language") or current.language
+        spoiler = changes.get("spoiler")
         options = dict(current.options)
-        options.update({k: v for k, v in changes.items() if k != "language" and v is not None})
-        updated = UserSettings(language=str(language) if language else None, options=options)
+        options.update(
+            {k: v for k, v in changes.items() if k not in ("language", "spoiler") and v is not None}
+        )
+        updated = UserSettings(
+            language=str(language) if language else None,
+            options=options,
+            spoiler=bool(spoiler) if spoiler is not None else current.spoiler,
+        )
         # The defaults must make a valid request on their own (e.g. not transparent + jpeg).
         resolve_options(self.defaults, GuildConfig(), updated)
         if reset or any(v is not None for v in changes.values()):
@@ -398,6 +407,15 @@ class Studio:
         for model in (*updates.get("allowed_models", ()), updates.get("default_model")):
             if model:
                 resolve_options(ImageOptions(model=str(model)), GuildConfig(), UserSettings())
+        tier_role, tier_images = (
+            updates.pop("tier_role_id", None),
+            updates.pop("tier_daily_images", None),
+        )
+        if (tier_role is None) != (tier_images is None):
+            raise BotError("config.tier_needs_both")
+        tier = (int(tier_role), int(tier_images)) if tier_role is not None else None
+        if tier is not None:
+            config = config.with_tier(*tier)
         if "continue_policy" in updates:
             updates["continue_policy"] = ContinuePolicy(updates["continue_policy"])
         for key in ("allowed_channels", "allowed_models"):
@@ -406,7 +424,7 @@ class Studio:
         config = config.replace(**updates)
         if config.continue_policy is ContinuePolicy.ROLE and config.continue_role_id is None:
             raise BotError("config.role_needed")
-        if reset or updates or "allowed_channels" in changes:
+        if reset or updates or tier is not None or "allowed_channels" in changes:
             await self._store.set_guild_config(requester.guild_id, config.to_dict())
         return config
 
@@ -600,8 +618,13 @@ class Studio:
         """Every check that needs no database; BotError (nothing spent) when it cannot run."""
         self.check_place(requester)
         options = self.options_for(requester, spec.options)
+        config = requester.config
+        if options.moderation == "low" and config.low_moderation_nsfw_only:
+            if not requester.channel_nsfw:
+                raise BadInput("bad.moderation_low_nsfw")
         engine = spec.engine or self.engine_for(requester)
-        spec = dataclasses.replace(spec, options=options.as_dict(), engine=engine)
+        spoiler = spec.spoiler or config.spoilers or requester.settings.spoiler
+        spec = dataclasses.replace(spec, options=options.as_dict(), engine=engine, spoiler=spoiler)
         validate_request(
             TurnRequest(
                 prompt=spec.prompt,

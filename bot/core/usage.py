@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bot.core.budgets import Limits, day_window, month_window
 from storage.base import DayUsage, Store, UsageTotals, UserUsage
@@ -22,6 +23,14 @@ class UsageReport:
     top_users: list[UserUsage] | None = None
 
 
+def calendar(days: list[DayUsage], *, now: float, count: int = CHART_DAYS) -> list[DayUsage]:
+    """The last `count` UTC days up to today, oldest first, with empty days as zero."""
+    by_day = {d.day: d for d in days}
+    today = datetime.fromtimestamp(now, UTC).date()
+    axis = [(today - timedelta(days=back)).isoformat() for back in range(count - 1, -1, -1)]
+    return [by_day.get(day, DayUsage(day=day, images=0, cost_usd=0.0)) for day in axis]
+
+
 async def usage_report(
     store: Store,
     *,
@@ -35,14 +44,14 @@ async def usage_report(
     day, month = day_window(now), month_window(now)
     today = await store.usage_totals(since=day.since, until=day.until, user_id=user_id)
     this_month = await store.usage_totals(since=month.since, until=month.until, user_id=user_id)
-    since = now - CHART_DAYS * 86400
+    since = day_window(now - (CHART_DAYS - 1) * 86400).since
     if guild_id is not None and is_admin:
         server = await store.usage_totals(since=month.since, until=month.until, guild_id=guild_id)
         return UsageReport(
             today=today,
             month=this_month,
             limits=limits,
-            days=await store.usage_by_day(since=since, guild_id=guild_id),
+            days=calendar(await store.usage_by_day(since=since, guild_id=guild_id), now=now),
             server_month=server,
             top_users=(await store.usage_by_user(since=since, guild_id=guild_id))[:10],
         )
@@ -50,5 +59,5 @@ async def usage_report(
         today=today,
         month=this_month,
         limits=limits,
-        days=await store.usage_by_day(since=since, user_id=user_id),
+        days=calendar(await store.usage_by_day(since=since, user_id=user_id), now=now),
     )
