@@ -24,7 +24,8 @@ opaque mask (OpenAI's format), = change.
 • **Cancel** (under a request still waiting or drawing): stop it; nothing is charged for it
 📐 `size`: `square`, `portrait`, `landscape`, `wide`, `tall` or `WIDTHxHEIGHT`. A prompt the \
 model rewrote is shown under the image.
-✏️ `/edit` changes an image you upload (optionally with a mask) in a new thread.
+✏️ `/edit` changes an image you upload (optionally with a mask) in a new thread; \
+**Apps → Edit with imagine** does the same for an image anyone posted.
 ⚙️ `/settings` sets your own defaults: size, quality, format, model, language, spoilers and more.
 📊 `/usage`: your images, tokens and cost today and this month (admins: the server's, charted).
 🛠️ `/config` (Manage Server only): budgets, daily image quotas by role, allowed channels, \
@@ -53,7 +54,8 @@ _HELP_KO = """\
 • **취소** (대기 중이거나 그리는 중인 요청 아래): 요청을 멈춥니다. 비용은 청구되지 않습니다
 📐 `크기`: `square`, `portrait`, `landscape`, `wide`, `tall` 또는 `가로x세로`. 모델이 바꿔 쓴 \
 프롬프트는 이미지 아래에 표시됩니다.
-✏️ `/편집`은 업로드한 이미지를 (마스크와 함께) 편집하고, 이어서 작업할 스레드를 엽니다.
+✏️ `/편집`은 업로드한 이미지를 (마스크와 함께) 편집하고, 이어서 작업할 스레드를 엽니다. \
+**앱 → 그리기로 편집**으로 누가 올린 이미지든 같은 방식으로 편집할 수 있습니다.
 ⚙️ `/설정`에서 크기, 품질, 형식, 모델, 언어, 스포일러 등 나만의 기본값을 정합니다.
 📊 `/사용량`은 오늘과 이번 달에 만든 이미지 수, 토큰, 예상 비용을 보여 줍니다(관리자는 \
 서버 전체 사용량도 차트와 함께 볼 수 있습니다).
@@ -439,6 +441,11 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "discord.cancel_too_late": {
         "en": "Too late to cancel: the image is already made, and it is being posted.",
         "ko": "취소하기에는 늦었습니다. 이미지가 이미 만들어져 올리는 중입니다.",
+    },
+    "ctx.edit.name": {"en": "Edit with imagine", "ko": "그리기로 편집"},
+    "discord.no_image_to_edit": {
+        "en": "This message has no image to edit. Pick a message with an image attached.",
+        "ko": "이 메시지에는 편집할 이미지가 없습니다. 이미지가 첨부된 메시지를 골라 주세요.",
     },
     "discord.start_failed": {
         "en": "⚠️ This request could not be started, and nothing was charged. Please try again.",

@@ -117,6 +117,46 @@ class ImagineCog(commands.Cog):
 
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+        # Context menus cannot be methods of a cog: registered on the tree, removed on unload.
+        self.edit_menu = app_commands.ContextMenu(
+            name=L("ctx.edit.name"), callback=self.edit_any_image
+        )
+        bot.tree.add_command(self.edit_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
+
+    async def edit_any_image(
+        self, interaction: discord.Interaction[Any], message: discord.Message
+    ) -> None:
+        """ "Edit with imagine" on any message with an image: the edit dialog, then a new thread."""
+        attachment = next(
+            (a for a in message.attachments if (a.content_type or "").startswith("image/")), None
+        )
+        locale = str(interaction.locale)
+        if attachment is None:
+            await reply_error(interaction, t(locale, "discord.no_image_to_edit"))
+            return
+        await interaction.response.send_modal(UploadEditModal(self, attachment, locale))
+
+    async def edit_upload(
+        self, interaction: discord.Interaction[Any], attachment: discord.Attachment, prompt: str
+    ) -> None:
+        """Start an edit of someone's posted image as /edit would."""
+        await interaction.response.defer(thinking=True)
+        requester = await requester_for_interaction(self.bot, interaction)
+        images: tuple[InputImage, ...] = ()
+        try:
+            text = validate_prompt(prompt)
+            self.bot.studio.check_place(requester)
+            self.bot.studio.options_for(requester)
+            images, _mask = await self._read_inputs(requester, [attachment], None)
+            spec = JobSpec(kind=JobKind.EDIT_UPLOAD, prompt=text, images=images)
+            await self._start(interaction, spec, requester)
+        except BotError as exc:
+            await reply_error(interaction, exc.localized(requester.locale))
+            return
+        await _tell_conversions(interaction.followup.send, images, requester.locale, ephemeral=True)
 
     async def _start(
         self,
@@ -425,6 +465,26 @@ class ImagineCog(commands.Cog):
                 parent_turn_id=parent_turn.id,
             )
         return JobSpec(kind=JobKind.MESSAGE, prompt=prompt, images=tuple(images), mask=mask)
+
+
+class UploadEditModal(discord.ui.Modal):
+    """Asks what to change in an image picked from any message."""
+
+    def __init__(self, cog: ImagineCog, attachment: discord.Attachment, locale: str) -> None:
+        super().__init__(title=t(locale, "modal.edit_title"), timeout=900)
+        self.cog = cog
+        self.attachment = attachment
+        self.instruction: discord.ui.TextInput[UploadEditModal] = discord.ui.TextInput(
+            label=t(locale, "modal.edit_label"),
+            style=discord.TextStyle.paragraph,
+            placeholder=t(locale, "modal.edit_placeholder"),
+            max_length=4000,
+            custom_id="instruction",
+        )
+        self.add_item(self.instruction)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self.cog.edit_upload(interaction, self.attachment, self.instruction.value)
 
 
 async def _tell_conversions(

@@ -541,6 +541,39 @@ class FakeDiscord(World):
         await self.gateway.flush()
         return interaction
 
+    async def message_command(
+        self,
+        name: str,
+        message_id: Snowflake,
+        *,
+        user: UserRef | None = None,
+        locale: str = "en-US",
+    ) -> Interaction:
+        """Run a synced message context-menu command (type 3) on a message, from its Apps menu."""
+        record = self._live_message(message_id)
+        channel = self.channel_or_404(record.channel_id)
+        guild_id = self.guild_id_of(channel)
+        candidates = self._guild_commands.get(guild_id, []) if guild_id is not None else []
+        for command in [*candidates, *self._global_commands]:
+            if command["name"] == name and command.get("type") == 3:
+                break
+        else:
+            raise LookupError(f"no message command {name!r} was synced")
+        data: Payload = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(snowflake(message_id)),
+            "resolved": {"messages": {str(snowflake(message_id)): self.message_payload(record)}},
+        }
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        interaction = self.start_interaction(
+            2, data, user=self._user(user, channel), channel_id=record.channel_id, locale=locale
+        )
+        await self.gateway.flush()
+        return interaction
+
     async def autocomplete(
         self,
         name: str,

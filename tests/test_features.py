@@ -291,3 +291,38 @@ def test_the_chart_font_really_draws_korean() -> None:
     dejavu = next(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
     box_font = ImageFont.truetype(str(dejavu), 32)
     assert images._glyph(box_font, "한") == images._glyph(box_font, "국")
+
+
+# --- edit any image -------------------------------------------------------------------------
+
+
+async def test_edit_with_imagine_on_anyones_image_opens_a_thread(box: Sandbox) -> None:
+    from tests.e2e import png
+
+    d = box.discord
+    artist = d.add_user("artist")
+    posted = await d.user_message(
+        d.channel["id"], "my sketch", files=[("sketch.png", png((512, 512)))], user=artist
+    )
+    menu = await d.message_command("Edit with imagine", posted["id"])
+    await d.submit_modal(menu, {"instruction": "color it in"})
+    thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)
+    await d.wait_for(lambda: finals(d, thread["id"]) or None, timeout=15)
+    request = response_requests(box)[-1]
+    parts = request["input"][0]["content"]
+    assert any(p.get("type") == "input_image" for p in parts)
+    assert "color it in" in str(request["input"])
+    # The chat message itself was never a turn: only the menu made a request.
+    assert len(response_requests(box)) == 1
+
+
+async def test_edit_with_imagine_on_a_message_without_an_image_says_so(box: Sandbox) -> None:
+    d = box.discord
+    posted = await d.user_message(d.channel["id"], "just words")
+    await d.message_command("Edit with imagine", posted["id"])
+    await d.wait_for(
+        lambda: (
+            any(i18n.t("en", "discord.no_image_to_edit") in t for t in ephemeral_texts(box)) or None
+        )
+    )
+    assert box.openai.requests == []
