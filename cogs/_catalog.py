@@ -6,8 +6,7 @@ from bot.core import i18n
 
 _HELP_EN = """\
 **How this bot works**
-🎨 `/imagine` draws an image from your prompt and opens a thread for it. While it draws, \
-partial images show the progress; the final image replaces them.
+🎨 `/imagine` draws your prompt in a new thread; partial images show the progress.
 💬 In the thread, every message continues the conversation: write "make it night time" and \
 the latest image is edited. Reply (Discord reply) to an earlier image to branch from that \
 image instead.
@@ -20,6 +19,7 @@ opaque mask (OpenAI's format), = change.
 • **Edit**: type what to change in this image
 • **Edit region**: pick cells on a grid, then say what to change there
 • **Delete**: remove the image (its author or a moderator)
+• **Zoom out or pan**: the image on a larger canvas (1.5x, 2x, or one side), the edge drawn anew
 • **Retry** (under an error): run the request again
 • **Cancel** (under a request still waiting or drawing): stop it; nothing is charged for it
 📐 `size`: `square`, `portrait`, `landscape`, `wide`, `tall` or `WIDTHxHEIGHT`. A prompt the \
@@ -31,7 +31,7 @@ model rewrote is shown under the image.
 🛠️ `/config` (Manage Server only): budgets, daily image quotas by role, allowed channels, \
 default and allowed models, moderation (and `low` only in age-restricted channels), who may \
 continue threads, partial images on or off, every result as a spoiler.
-🔒 `/privacy` tells what the bot keeps about you and deletes it on request."""
+🔒 `/privacy`: what the bot keeps about you, deleted on request."""
 
 _HELP_KO = """\
 **사용 방법**
@@ -50,6 +50,7 @@ _HELP_KO = """\
 • **편집**: 이 이미지에서 바꿀 내용 입력
 • **영역 편집**: 격자에서 칸을 고른 뒤 그 부분에서 바꿀 내용 입력
 • **삭제**: 이미지 지우기 (만든 사람 또는 관리자)
+• **축소·넓히기**: 캔버스를 넓혀(1.5배, 2배, 한쪽) 새 가장자리를 그려 넣기
 • **다시 시도** (오류 아래): 요청을 다시 실행
 • **취소** (대기 중이거나 그리는 중인 요청 아래): 요청을 멈춥니다. 비용은 청구되지 않습니다
 📐 `크기`: `square`, `portrait`, `landscape`, `wide`, `tall` 또는 `가로x세로`. 모델이 바꿔 쓴 \
@@ -442,6 +443,16 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "Too late to cancel: the image is already made, and it is being posted.",
         "ko": "취소하기에는 늦었습니다. 이미지가 이미 만들어져 올리는 중입니다.",
     },
+    "discord.extend_placeholder": {
+        "en": "Zoom out or pan…",
+        "ko": "축소하거나 옆으로 넓히기…",
+    },
+    "extend.zoom15": {"en": "Zoom out 1.5x", "ko": "1.5배 축소"},
+    "extend.zoom2": {"en": "Zoom out 2x", "ko": "2배 축소"},
+    "extend.left": {"en": "Pan left", "ko": "왼쪽으로 넓히기"},
+    "extend.right": {"en": "Pan right", "ko": "오른쪽으로 넓히기"},
+    "extend.up": {"en": "Pan up", "ko": "위로 넓히기"},
+    "extend.down": {"en": "Pan down", "ko": "아래로 넓히기"},
     "ctx.edit.name": {"en": "Edit with imagine", "ko": "그리기로 편집"},
     "discord.no_image_to_edit": {
         "en": "This message has no image to edit. Pick a message with an image attached.",
@@ -523,10 +534,6 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     },
     "help.text": {"en": _HELP_EN, "ko": _HELP_KO},
     # --- instructions sent to the image model (the English text is what is sent) -------
-    "prompt.vary": {
-        "en": "Make a variation of this image: keep its subject and overall composition, but change the details, colours, lighting and style in a fresh way.",
-        "ko": "이 이미지의 변형을 만들어 주세요. 주제와 전체 구도는 유지하되, 세부 요소와 색감, 조명, 스타일은 새롭게 바꿔 주세요.",
-    },
     "prompt.use_references": {
         "en": "Use the attached image(s) as references to create or update the image.",
         "ko": "첨부한 이미지를 참조해서 이미지를 만들거나 수정해 주세요.",

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 
 GRID_ROWS = 3
 GRID_COLS = 3
+# The ways to extend a canvas (bot.core.images.EXTENSIONS), in menu order.
+EXTEND_CHOICES = (
+    ("zoom15", "🔍"),
+    ("zoom2", "🔎"),
+    ("left", "⬅️"),
+    ("right", "➡️"),
+    ("up", "⬆️"),
+    ("down", "⬇️"),
+)
 # ASCII digits only: \d would also match other scripts' digits, which int() reads as the same id.
 ROW_ID = "[0-9]+"
 
@@ -49,6 +58,7 @@ def final_view(turn_id: int, locale: str) -> discord.ui.View:
         ),
     ):
         view.add_item(item)
+    view.add_item(ExtendSelect.make(turn_id, locale))
     return view
 
 
@@ -226,6 +236,51 @@ class CellSelect(
         await interaction.response.send_modal(EditModal(turn.id, requester.locale, cells=cells))
 
 
+class ExtendSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"img:extend:(?P<turn>{ROW_ID})"
+):
+    """Zoom out or pan: the image on a larger canvas, the new border drawn by the model."""
+
+    def __init__(self, turn_id: int, select: discord.ui.Select[Any] | None = None) -> None:
+        super().__init__(select or discord.ui.Select(custom_id=f"img:extend:{turn_id}"))
+        self.turn_id = turn_id
+
+    @classmethod
+    def make(cls, turn_id: int, locale: str) -> ExtendSelect:
+        """A select of the ways to extend the canvas."""
+        select: discord.ui.Select[Any] = discord.ui.Select(
+            custom_id=f"img:extend:{turn_id}",
+            placeholder=t(locale, "discord.extend_placeholder"),
+            options=[
+                discord.SelectOption(label=t(locale, f"extend.{how}"), value=how, emoji=emoji)
+                for how, emoji in EXTEND_CHOICES
+            ],
+        )
+        return cls(turn_id, select)
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ExtendSelect:
+        assert isinstance(item, discord.ui.Select)
+        return cls(int(match["turn"]), item)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = cast("ImagineBot", interaction.client)
+        try:
+            turn, requester = await _turn_for(bot, interaction, self.turn_id)
+            spec = bot.studio.extend_spec(turn, str(self.item.values[0]))
+        except BotError as exc:
+            await reply_error(interaction, exc.localized(str(interaction.locale)))
+            return
+        await interaction.response.defer()
+        await _submit(bot, interaction, spec, requester)
+
+
 class EditModal(discord.ui.Modal):
     """Asks for an instruction; continues from the image (only inside the chosen cells, if any)."""
 
@@ -359,4 +414,4 @@ class CancelButton(
 
 async def setup(bot: commands.Bot) -> None:
     """Register the persistent items."""
-    bot.add_dynamic_items(TurnButton, CellSelect, RetryButton, CancelButton)
+    bot.add_dynamic_items(TurnButton, CellSelect, ExtendSelect, RetryButton, CancelButton)

@@ -5,12 +5,14 @@ ratios, the revised prompt, quota tiers by role, where content belongs, an hones
 from __future__ import annotations
 
 import contextlib
+import io
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bot.core import i18n
 from bot.sandbox import Sandbox, sandbox
@@ -326,3 +328,59 @@ async def test_edit_with_imagine_on_a_message_without_an_image_says_so(box: Sand
         )
     )
     assert box.openai.requests == []
+
+
+# --- zoom out and pan -----------------------------------------------------------------------
+
+
+def _mask_and_image(box: Sandbox, engine: str) -> tuple[Image.Image, Image.Image, str]:
+    """The canvas and mask the last request sent, and the size it asked for."""
+    import base64
+
+    if engine == "images":
+        request = [r for r in box.openai.requests if r.path == "/v1/images/edits"][-1]
+        files = request.files
+        image = (files.get("image[]") or files["image"])[0]
+        canvas = Image.open(io.BytesIO(image.data))
+        mask = Image.open(io.BytesIO(files["mask"][0].data))
+        return canvas, mask, str(request.form["size"])
+    body = response_requests(box)[-1]
+    tool = tool_of(body)
+    parts = body["input"][-1]["content"]
+    url = next(p["image_url"] for p in parts if p.get("type") == "input_image")
+    canvas = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    mask_url = tool["input_image_mask"]["image_url"]
+    mask = Image.open(io.BytesIO(base64.b64decode(mask_url.split(",", 1)[1])))
+    return canvas, mask, str(tool["size"])
+
+
+@pytest.mark.parametrize("engine", ["responses", "images"])
+@pytest.mark.parametrize(
+    ("how", "size", "new_box"),
+    [
+        ("left", "1536x1024", (0, 0, 512, 1024)),
+        ("up", "1024x1536", (0, 0, 1024, 512)),
+        ("zoom2", "2048x2048", (0, 0, 2048, 512)),
+    ],
+)
+async def test_zoom_out_and_pan_extend_the_canvas_and_mask_the_new_border(
+    tmp_path: Path, engine: str, how: str, size: str, new_box: tuple[int, int, int, int]
+) -> None:
+    async with sandbox(
+        tmp_path, timeline=FAST, settings={"engine": engine, "default_size": "1024x1024"}
+    ) as box:
+        d = box.discord
+        await d.slash("imagine", {"prompt": "a lighthouse", "model": "gpt-image-2"})
+        thread = await d.wait_for(lambda: (d.threads(d.channel["id"]) or [None])[0], timeout=15)
+        final = await d.wait_for(lambda: (finals(d, thread["id"]) or [None])[0], timeout=15)
+        extend = next(c for c in custom_ids(final) if c.startswith("img:extend:"))
+        await d.select(final["id"], extend, [how])
+        await d.wait_for(lambda: len(finals(d, thread["id"])) == 2 or None, timeout=15)
+        canvas, mask, asked = _mask_and_image(box, engine)
+        assert asked == size
+        assert canvas.size == mask.size == tuple(int(v) for v in size.split("x"))
+        alpha = mask.getchannel("A")
+        # The new border is transparent (to be drawn), the old picture opaque (kept).
+        assert alpha.crop(new_box).getextrema() == (0, 0)
+        w, h = canvas.size
+        assert alpha.getpixel((w // 2, h // 2)) == 255

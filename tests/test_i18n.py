@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.core import i18n
+from bot.core.images import EXTENSIONS
 from bot.core.options import OUTPUT_OPTIONS
 from cogs._catalog import DISCORD_MESSAGES
 
@@ -29,6 +30,7 @@ FSTRING_KEYS: dict[str, tuple[str, ...]] = {
     "fail.moderation_{}": ("input", "output", "unknown"),
     "opt.{}.name": OUTPUT_OPTIONS,
     "opt.{}.desc": OUTPUT_OPTIONS,
+    "extend.{}": tuple(EXTENSIONS),
 }
 
 # Discord's rule for command and option names (Hangul letters count as \w).

@@ -233,6 +233,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "A quota tier needs both `tier_role` and `tier_daily_images` (0 images removes it).",
         "ko": "등급 한도에는 `등급_역할`과 `등급_하루_이미지`가 모두 필요합니다 (0장이면 삭제).",
     },
+    "studio.unknown_extension": {
+        "en": "I don't know that way of extending the image.",
+        "ko": "이미지를 넓히는 그 방식은 알 수 없습니다.",
+    },
     "studio.not_saved": {
         "en": "I could not save your request (the bot's storage refused it), so nothing was started or charged. Please try again in a moment.",
         "ko": "요청을 저장하지 못해서 아무것도 시작하거나 청구하지 않았습니다. 잠시 후 다시 시도해 주세요.",
@@ -240,6 +244,14 @@ CATALOG: dict[str, dict[str, str]] = {
     "studio.not_allowed_config": {
         "en": "Only members who can manage this server can change its configuration.",
         "ko": "서버 관리 권한이 있는 멤버만 서버 설정을 바꿀 수 있습니다.",
+    },
+    "prompt.vary": {
+        "en": "Make a variation of this image: keep its subject and overall composition, but change the details, colours, lighting and style in a fresh way.",
+        "ko": "이 이미지의 변형을 만들어 주세요. 주제와 전체 구도는 유지하되, 세부 요소와 색감, 조명, 스타일은 새롭게 바꿔 주세요.",
+    },
+    "prompt.extend": {
+        "en": "The picture now sits on a larger canvas. Fill the transparent border so the scene continues naturally beyond its old edges, matching its style, light and perspective. The picture was made from: {prompt}",
+        "ko": "그림이 더 넓은 캔버스 위에 놓였습니다. 투명한 가장자리를 채워 원래 가장자리 밖으로 장면이 자연스럽게 이어지도록 해 주세요. 스타일, 조명, 원근을 맞춰 주세요. 원래 그림의 프롬프트: {prompt}",
     },
     # --- images ---------------------------------------------------------------------
     "images.empty": {

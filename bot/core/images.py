@@ -27,6 +27,7 @@ from PIL import (
     Image,
     ImageDraw,
     ImageFile,
+    ImageFilter,
     ImageFont,
     ImageOps,
     ImageSequence,
@@ -732,6 +733,77 @@ def grid_mask(
         if right > left and bottom > top:
             draw.rectangle((left, top, right - 1, bottom - 1), fill=0)
     return _mask_png(alpha)
+
+
+# --- extending the canvas (zoom out, pan) ----------------------------------------------------
+
+# How each choice grows the canvas: fractions of the width and height added on each side
+# (left, top, right, bottom).
+EXTENSIONS: Final[dict[str, tuple[float, float, float, float]]] = {
+    "zoom15": (0.25, 0.25, 0.25, 0.25),
+    "zoom2": (0.5, 0.5, 0.5, 0.5),
+    "left": (0.5, 0.0, 0.0, 0.0),
+    "right": (0.0, 0.0, 0.5, 0.0),
+    "up": (0.0, 0.5, 0.0, 0.0),
+    "down": (0.0, 0.0, 0.0, 0.5),
+}
+
+
+MAX_CANVAS_PIXELS: Final = 40_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedCanvas:
+    """A picture on a larger canvas, the mask that asks for the new border, and their size."""
+
+    image: bytes
+    mask: bytes
+    size: str
+
+
+def _canvas_size(width: float, height: float, free_sizes: bool) -> tuple[int, int]:
+    """The size the model can draw that is closest to a canvas of `width` x `height`."""
+    from bot.core.models import MAX_PIXELS, MAX_SIDE, STANDARD_SIZES, parse_size
+
+    if not free_sizes:
+        ratio = width / height
+        sizes = [parse_size(size) for size in STANDARD_SIZES]
+        return min((s for s in sizes if s is not None), key=lambda s: abs(s[0] / s[1] - ratio))
+    # Free sizes: the same shape within 1:3..3:1, at most MAX_SIDE and MAX_PIXELS, multiples of 16.
+    ratio = min(max(width / height, 1 / 3), 3.0)
+    scale = min(1.0, MAX_SIDE / max(width, height), (MAX_PIXELS / (width * height)) ** 0.5)
+    w, h = width * scale, height * scale
+    if w / h != ratio:
+        w, h = (h * ratio, h) if ratio > w / h else (w, w / ratio)
+    return max(256, int(w) // 16 * 16), max(256, int(h) // 16 * 16)
+
+
+def extend_canvas(data: bytes, how: str, *, free_sizes: bool) -> ExtendedCanvas:
+    """Put an image on a larger canvas (zoom out, or pan one way) for the model to fill in.
+
+    The new border is masked as the area to change and the picture kept; both are scaled to
+    a size the model can draw (for models with fixed sizes, the closest standard shape).
+    """
+    left, top, right, bottom = EXTENSIONS[how]
+    # The bot's own image (from its database), bounded all the same.
+    with _decode(data, max_bytes=64 * 1024 * 1024, max_pixels=MAX_CANVAS_PIXELS) as im:
+        picture = im.convert("RGB")
+    w, h = picture.size
+    pad = (round(w * left), round(h * top), round(w * right), round(h * bottom))
+    width, height = w + pad[0] + pad[2], h + pad[1] + pad[3]
+    # The border starts as the picture's edges stretched outwards: a calmer start than grey.
+    canvas = picture.resize((width, height), Image.Resampling.BILINEAR).filter(
+        ImageFilter.GaussianBlur(radius=max(width, height) / 40)
+    )
+    canvas.paste(picture, (pad[0], pad[1]))
+    alpha = Image.new("L", (width, height), 0)
+    alpha.paste(255, (pad[0], pad[1], pad[0] + w, pad[1] + h))
+    target = _canvas_size(width, height, free_sizes)
+    canvas = canvas.resize(target, Image.Resampling.LANCZOS)
+    alpha = alpha.resize(target, Image.Resampling.NEAREST)
+    return ExtendedCanvas(
+        image=_encode(canvas, "png"), mask=_mask_png(alpha), size=f"{target[0]}x{target[1]}"
+    )
 
 
 # --- fitting an upload limit ---------------------------------------------------------------

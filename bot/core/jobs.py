@@ -24,6 +24,7 @@ class JobKind(StrEnum):
     VARY = "vary"
     EDIT = "edit"
     REGION = "region"
+    EXTEND = "extend"
 
 
 class ParentMode(StrEnum):
@@ -77,6 +78,8 @@ class JobSpec:
     engine: Engine | None = None
     # Post the result behind a spoiler (the member's /settings or the server's /config).
     spoiler: bool = False
+    # How an EXTEND job grows its parent's canvas (a key of images.EXTENSIONS).
+    extend: str | None = None
 
     @property
     def continues(self) -> bool:
@@ -109,6 +112,7 @@ class JobSpec:
             "parent_turn_id": self.parent_turn_id,
             "engine": self.engine.value if self.engine else None,
             "spoiler": self.spoiler,
+            "extend": self.extend,
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class JobSpec:
             parent_turn_id=payload.get("parent_turn_id"),
             engine=Engine(str(engine)) if engine else None,
             spoiler=bool(payload.get("spoiler")),
+            extend=payload.get("extend"),
         )
 
 

@@ -29,6 +29,7 @@ from bot.core.costs import PriceTable
 from bot.core.errors import BadInput, BotError, FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started, Usage
 from bot.core.jobs import Engine, JobKind, JobSpec, ParentMode, Requester, user_hash
+from bot.core.models import MODELS
 from bot.core.options import ImageOptions, InputImage, TurnRequest, validate_request
 from bot.core.queue import JobQueue
 from bot.core.runner import TurnRunner
@@ -612,6 +613,21 @@ class Studio:
             parent_turn_id=turn.id,
         )
 
+    @staticmethod
+    def extend_spec(turn: Turn, how: str) -> JobSpec:
+        """This image on a larger canvas (zoom out, or pan one way), the new border filled in."""
+        if how not in images.EXTENSIONS:
+            raise BotError("studio.unknown_extension")
+        return JobSpec(
+            kind=JobKind.EXTEND,
+            prompt=i18n.t("en", "prompt.extend", prompt=turn.prompt),
+            options=turn.options,
+            parent=ParentMode.RESPONSE,
+            parent_response_id=turn.response_id,
+            parent_turn_id=turn.id,
+            extend=how,
+        )
+
     # --- admission -------------------------------------------------------------------
 
     def check(self, spec: JobSpec, requester: Requester) -> CheckedRequest:
@@ -854,23 +870,39 @@ class Studio:
             previous = conversation.latest_response_id
         parent_image: InputImage | None = None
         mask = spec.mask
-        needs_image = engine is Engine.IMAGES or spec.kind in (JobKind.VARY, JobKind.REGION)
+        # Jobs that edit the parent's pixels themselves send them, whatever the engine.
+        edits_pixels = spec.kind in (JobKind.REGION, JobKind.EXTEND)
+        needs_image = engine is Engine.IMAGES or edits_pixels or spec.kind is JobKind.VARY
         if previous is not None and needs_image:
             parent_image = await self._input_of(parent)
         if spec.mask_cells and parent_image is not None:
             width, height = images.image_size(parent_image.data)
             mask = await asyncio.to_thread(images.grid_mask, width, height, spec.mask_cells)
-        if engine is Engine.IMAGES and previous is not None and parent_image is None:
+        if (engine is Engine.IMAGES or edits_pixels) and previous is not None and not parent_image:
             raise BadInput("studio.parent_image_missing")
+        options = ImageOptions().merged(spec.options)
+        if spec.extend is not None and parent_image is not None:
+            canvas = await asyncio.to_thread(
+                images.extend_canvas,
+                parent_image.data,
+                spec.extend,
+                free_sizes=bool(getattr(MODELS.get(options.model), "free_sizes", False)),
+            )
+            parent_image = InputImage(
+                data=canvas.image,
+                mime="image/png",
+                filename="canvas.png",
+                sha256=hashlib.sha256(canvas.image).hexdigest(),
+            )
+            mask = canvas.mask
+            options = options.merged({"size": canvas.size})
         request = TurnRequest(
             prompt=spec.prompt,
-            options=ImageOptions().merged(spec.options),
+            options=options,
             images=spec.images,
             mask=mask,
             previous_response_id=previous if engine is Engine.RESPONSES else None,
-            parent_image=parent_image
-            if (engine is Engine.IMAGES or spec.kind is JobKind.REGION)
-            else None,
+            parent_image=parent_image if (engine is Engine.IMAGES or edits_pixels) else None,
             parent_prompt=parent.prompt if parent else None,
             user_hash=user_hash(job.user_id),
         )
