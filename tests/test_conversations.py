@@ -8,9 +8,9 @@ deleted mid-turn, an expired interaction token, thread creation failing, a full 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -163,12 +163,14 @@ async def test_discord_refusing_the_final_upload_for_a_long_time_still_shows_it_
 
 
 async def test_a_database_locked_by_another_process_delays_the_image_but_loses_nothing(
-    box: Sandbox, tmp_path: Path
+    box: Sandbox,
 ) -> None:
     d = box.discord
     thread, _first = await first_thread(box, "a lamp")
     database = Path(box.settings.database_url.split("///", 1)[1])
     box.openai.set_timeline(Timeline(first_partial=0.3, between_partials=0.3, final=0.3))
+    warnings = Warnings()
+    logging.getLogger("bot.core.studio").addHandler(warnings)
     other = sqlite3.connect(database, isolation_level=None)
     try:
         await d.user_message(thread["id"], "make it glow")
@@ -176,17 +178,32 @@ async def test_a_database_locked_by_another_process_delays_the_image_but_loses_n
             lambda: any(r.path == "/v1/responses" for r in box.openai.requests[1:]) or None
         )
         other.execute("BEGIN EXCLUSIVE")
-        # Longer than the bot's 5 s busy timeout: its first save attempts fail.
-        await d.wait_for(lambda: len(billed(box.openai)) == 2 or None, timeout=15)
-        await asyncio.sleep(6)  # hold the lock past the bot's wait; nothing to poll for here
+        # Held past the bot's 5 s busy timeout: its save fails, and it says it will try again.
+        await d.wait_for(
+            lambda: any("could not save the image" in m for m in warnings.messages) or None,
+            timeout=30,
+        )
+        assert len(billed(box.openai)) == 2
         assert len(finals(d, thread["id"])) == 1
+        other.rollback()
     finally:
-        other.rollback() if other.in_transaction else None
+        logging.getLogger("bot.core.studio").removeHandler(warnings)
         other.close()
     await d.wait_for(lambda: len(finals(d, thread["id"])) == 2 or None, timeout=30)
     await box.wait_idle()
     assert failures(d, thread["id"]) == []
     check_invariant(d, box.openai, database)
+
+
+class Warnings(logging.Handler):
+    """Collects the messages of WARNING records."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 async def test_a_thread_deleted_mid_turn_gets_the_image_to_its_requester(box: Sandbox) -> None:
