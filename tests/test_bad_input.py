@@ -465,7 +465,19 @@ CASES: tuple[Case, ...] = (
             "bad.unknown_size",
             size="１０２４x１０２４",
             model="gpt-image-1.5",
-            choices=choices(("auto", "1024x1024", "1536x1024", "1024x1536")),
+            choices=choices(
+                (
+                    "auto",
+                    "1024x1024",
+                    "1536x1024",
+                    "1024x1536",
+                    "square",
+                    "portrait",
+                    "landscape",
+                    "wide",
+                    "tall",
+                )
+            ),
         ),
         options={"size": "１０２４x１０２４", "model": "gpt-image-1.5"},
     ),

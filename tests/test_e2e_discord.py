@@ -76,6 +76,7 @@ async def test_imagine_streams_partials_into_one_message_before_the_final(box: S
         "edit",
         "region",
         "delete",
+        "extend",
     ]
     assert "gpt-image-2.6-sunburst" in final["content"] and "$" in final["content"]
     body = responses_requests(box)[-1]

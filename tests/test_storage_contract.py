@@ -782,13 +782,13 @@ async def test_usage_totals_filter_by_time_user_and_guild(store: Store, clock: F
     await store.record_usage(usage(11, 2, cost_usd=1.0, input_tokens=7, output_tokens=9))
 
     assert await store.usage_totals(since=since) == UsageTotals(
-        images=4, input_tokens=207, output_tokens=4009, cost_usd=1.75
+        images=4, input_tokens=207, output_tokens=4009, cost_usd=1.75, image_tokens=5400
     )
     assert await store.usage_totals(since=since, user_id=10) == UsageTotals(
-        images=3, input_tokens=200, output_tokens=4000, cost_usd=0.75
+        images=3, input_tokens=200, output_tokens=4000, cost_usd=0.75, image_tokens=3600
     )
     assert await store.usage_totals(since=since, guild_id=1) == UsageTotals(
-        images=1, input_tokens=100, output_tokens=2000, cost_usd=0.25
+        images=1, input_tokens=100, output_tokens=2000, cost_usd=0.25, image_tokens=1800
     )
     assert await store.usage_totals(since=since, user_id=10, guild_id=2) == UsageTotals(
         images=0, input_tokens=0, output_tokens=0, cost_usd=0.0
