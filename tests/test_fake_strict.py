@@ -8,10 +8,12 @@ model does not support are `invalid_value` with `param`.
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -19,6 +21,7 @@ from PIL import Image
 
 from fakes._openai_render import OUTPUT_TOKENS, PARTIAL_IMAGE_TOKENS
 from fakes._openai_strict import check_request
+from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI
 
 
@@ -228,3 +231,172 @@ async def test_random_partial_counts_stay_within_what_was_asked(
     made = sum(event.type == "image_generation.partial_image" for event in events)
     final = OUTPUT_TOKENS["medium"][(1024, 1024)]  # quality auto renders as medium
     assert events[-1].usage.output_tokens == final + PARTIAL_IMAGE_TOKENS * made  # type: ignore[union-attr]
+
+
+# ----- the Discord stand-in's REST shapes, status codes and limits ----------------------------
+
+
+@pytest.fixture
+async def discord_fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(upload_limit=1000) as fake:
+        yield fake
+
+
+async def rest(
+    fake: FakeDiscord,
+    method: str,
+    path: str,
+    body: Any = None,
+    files: list[tuple[str, bytes]] | None = None,
+) -> tuple[int, Any]:
+    """One REST call as the bot makes it: JSON, or multipart payload_json + files[n]."""
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with aiohttp.ClientSession() as http:
+        if files:
+            form = aiohttp.FormData(quote_fields=False)
+            form.add_field("payload_json", json.dumps(body or {}), content_type="application/json")
+            for index, (name, data) in enumerate(files):
+                form.add_field(f"files[{index}]", data, filename=name)
+            request = http.request(method, fake.api_base + path, data=form, headers=headers)
+        else:
+            request = http.request(method, fake.api_base + path, json=body, headers=headers)
+        async with request as response:
+            return response.status, await response.json()
+
+
+async def test_rest_messages_carry_no_gateway_only_fields(
+    discord_fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatched: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        discord_fake.gateway, "dispatch", lambda event, data: dispatched.append((event, data))
+    )
+    channel = discord_fake.channel["id"]
+    status, message = await rest(
+        discord_fake, "POST", f"/channels/{channel}/messages", {"content": "hi"}
+    )
+    assert status == 200
+    # The plain message object: what the specification requires, and not guild_id or member.
+    for key in (
+        "id", "channel_id", "author", "content", "timestamp", "edited_timestamp", "tts",
+        "mention_everyone", "mentions", "mention_roles", "attachments", "embeds", "pinned", "type",
+    ):  # fmt: skip
+        assert key in message, key
+    assert "guild_id" not in message and "member" not in message
+    status, fetched = await rest(
+        discord_fake, "GET", f"/channels/{channel}/messages/{message['id']}"
+    )
+    assert status == 200 and "member" not in fetched and "guild_id" not in fetched
+    # The gateway event for the same message has both.
+    assert dispatched[-1][0] == "MESSAGE_CREATE" and dispatched[-1][1]["id"] == message["id"]
+    assert dispatched[-1][1]["guild_id"] == str(discord_fake.guild["id"])
+    assert "member" in dispatched[-1][1]
+
+
+async def test_thread_creation_answers_201(discord_fake: FakeDiscord) -> None:
+    channel = discord_fake.channel["id"]
+    _, message = await rest(discord_fake, "POST", f"/channels/{channel}/messages", {"content": "x"})
+    body = {"name": "a thread", "auto_archive_duration": 1440}
+    status, thread = await rest(
+        discord_fake, "POST", f"/channels/{channel}/messages/{message['id']}/threads", body
+    )
+    assert (status, thread["id"]) == (201, message["id"])
+    status, _ = await rest(discord_fake, "POST", f"/channels/{channel}/threads", body)
+    assert status == 201
+
+
+async def test_the_upload_limit_applies_to_each_file_not_the_request(
+    discord_fake: FakeDiscord,
+) -> None:
+    channel = discord_fake.channel["id"]
+    path = f"/channels/{channel}/messages"
+    # Two files each under the 1000-byte limit, together over it: accepted.
+    status, message = await rest(
+        discord_fake, "POST", path, {}, [("a.bin", b"a" * 600), ("b.bin", b"b" * 600)]
+    )
+    assert status == 200 and len(message["attachments"]) == 2
+    status, error = await rest(discord_fake, "POST", path, {}, [("c.bin", b"c" * 1001)])
+    assert (status, error["code"]) == (413, 40005)
+
+
+@pytest.mark.parametrize(
+    ("embed", "where"),
+    [
+        ({"footer": {"text": "f" * 2049}}, ["embeds", "0", "footer", "text"]),
+        ({"author": {"name": "a" * 257}}, ["embeds", "0", "author", "name"]),
+    ],
+)
+async def test_embed_footer_and_author_limits(
+    discord_fake: FakeDiscord, embed: dict[str, Any], where: list[str]
+) -> None:
+    channel = discord_fake.channel["id"]
+    path = f"/channels/{channel}/messages"
+    status, error = await rest(discord_fake, "POST", path, {"embeds": [embed]})
+    assert (status, error["code"]) == (400, 50035)
+    node = error["errors"]
+    for key in where:
+        node = node[key]
+    assert node["_errors"]
+    (part,) = embed
+    ok = {part: {key: value[:-1] for key, value in embed[part].items()}}
+    assert (await rest(discord_fake, "POST", path, {"embeds": [ok]}))[0] == 200
+    # Footer and author count towards the 6000 characters of all embeds.
+    length = len(next(iter(ok[part].values())))
+    rest_of_it = {"description": "d" * (6001 - 3000 - length)}
+    both = [{"description": "d" * 3000, **ok}, rest_of_it]
+    assert (await rest(discord_fake, "POST", path, {"embeds": both}))[0] == 400
+    assert (await rest(discord_fake, "POST", path, {"embeds": [both[0], {"description": "d"}]}))[
+        0
+    ] == 200
+
+
+async def test_select_option_descriptions_are_at_most_100(discord_fake: FakeDiscord) -> None:
+    channel = discord_fake.channel["id"]
+
+    def menu(description: str) -> dict[str, Any]:
+        option = {"label": "a", "value": "a", "description": description}
+        select = {"type": 3, "custom_id": "pick", "options": [option]}
+        return {"components": [{"type": 1, "components": [select]}]}
+
+    path = f"/channels/{channel}/messages"
+    assert (await rest(discord_fake, "POST", path, menu("d" * 100)))[0] == 200
+    status, error = await rest(discord_fake, "POST", path, menu("d" * 101))
+    assert (status, error["code"]) == (400, 50035)
+
+
+def command(**fields: Any) -> dict[str, Any]:
+    return {"name": "imagine", "description": "Draw", "type": 1, **fields}
+
+
+async def test_commands_over_8000_characters_are_refused(discord_fake: FakeDiscord) -> None:
+    path = f"/applications/{discord_fake.application_id}/commands"
+    option = {"type": 3, "name": "style", "description": "d" * 100}
+    choices = [{"name": f"c{i}" + "n" * 97, "value": f"v{i}" + "v" * 97} for i in range(25)]
+    big = command(options=[option | {"name": f"o{i}", "choices": choices} for i in range(2)])
+    # 2 options x 25 choices x 200 characters: 10,000, every single field within its own limit.
+    status, error = await rest(discord_fake, "PUT", path, [big])
+    assert (status, error["code"]) == (400, 50035)
+    small = command(options=[option | {"name": "o0", "choices": choices}])
+    assert (await rest(discord_fake, "PUT", path, [small]))[0] == 200
+    # Only the longest localization of a field counts, not their sum.
+    localized = command(
+        description_localizations={"ko": "그리기" * 33, "ja": "描く" * 50},
+        options=[option | {"name": "o0", "choices": choices}],
+    )
+    assert (await rest(discord_fake, "PUT", path, [localized]))[0] == 200
+
+
+@pytest.mark.parametrize("locale", ["en", "kr", "ko-KR", "EN-US"])
+async def test_localization_keys_must_be_discord_locales(
+    discord_fake: FakeDiscord, locale: str
+) -> None:
+    path = f"/applications/{discord_fake.application_id}/commands"
+    status, error = await rest(
+        discord_fake, "PUT", path, [command(description_localizations={locale: "x"})]
+    )
+    assert (status, error["code"]) == (400, 50035)
+    option = {"type": 3, "name": "size", "description": "d", "name_localizations": {locale: "s"}}
+    status, _ = await rest(discord_fake, "PUT", path, [command(options=[option])])
+    assert status == 400
+    good = command(description_localizations={"ko": "그리기", "en-US": "Draw"})
+    assert (await rest(discord_fake, "PUT", path, [good]))[0] == 200
