@@ -780,3 +780,32 @@ def _validate_command_node(node: Payload, path: list[str | int], *, chat_input: 
                 check_length(
                     choice["value"], [*option_path, "choices", choice_index, "value"], 1, 100
                 )
+
+
+_COMMANDS_PATH = re.compile(r"/applications/\d+(/guilds/\d+)?/commands")
+_MESSAGE_PATH = re.compile(r"/channels/\d+/messages(/\d+)?|/webhooks/\d+/[^/]+(/messages/[^/]+)?")
+_CALLBACK_PATH = re.compile(r"/interactions/\d+/[^/]+/callback")
+
+
+def check_request_body(method: str, path: str, body: Any) -> ApiError | None:
+    """The form error Discord gives for a request's body alone, or None (state not looked at).
+
+    Commands, message content, embeds and components, modals and autocomplete choices: the
+    rules the REST routes apply, for re-checking requests recorded elsewhere.
+    """
+    try:
+        if method == "PUT" and _COMMANDS_PATH.fullmatch(path):
+            validate_commands(body)
+        elif method in ("POST", "PATCH") and _MESSAGE_PATH.fullmatch(path):
+            validate_message_fields(body if isinstance(body, dict) else {})
+        elif method == "POST" and _CALLBACK_PATH.fullmatch(path) and isinstance(body, dict):
+            data = body.get("data")
+            if body.get("type") in (4, 7) and isinstance(data, dict):
+                validate_message_fields(data)
+            elif body.get("type") == 8:
+                validate_choices((data or {}).get("choices"))
+            elif body.get("type") == 9:
+                validate_modal(data)
+    except ApiError as error:
+        return error
+    return None

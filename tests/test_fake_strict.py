@@ -400,3 +400,32 @@ async def test_localization_keys_must_be_discord_locales(
     assert status == 400
     good = command(description_localizations={"ko": "그리기", "en-US": "Draw"})
     assert (await rest(discord_fake, "PUT", path, [good]))[0] == 200
+
+
+# ----- the recorded requests of the end-to-end tests, checked again ----------------------------
+
+
+def test_the_final_check_flags_a_misspelt_option_in_recorded_requests() -> None:
+    from fakes import _discord_model
+    from fakes.openai_api import RecordedRequest
+    from tests.conftest import recorded_request_violations
+
+    def sent(body: dict[str, Any]) -> RecordedRequest:
+        return RecordedRequest("POST", "/v1/responses", {}, {}, body, {}, {}, 0.0)
+
+    good = {"model": "gpt-5.5", "input": "x", "tools": [TOOL]}
+    misspelt = {**good, "tools": [TOOL | {"partials": 2}]}
+    commands = [{"name": "imagine", "description": "d", "description_localizations": {"kr": "x"}}]
+    discord = _discord_model.RecordedRequest(
+        "PUT", "/applications/1/commands", {}, commands, [], 0.0
+    )
+    found = recorded_request_violations(
+        [
+            ("t::good", "openai", sent(good)),
+            ("t::bad", "openai", sent(misspelt)),
+            ("t::sync", "discord", discord),
+        ]
+    )
+    assert len(found) == 2
+    assert found[0].startswith("t::bad: POST /v1/responses") and "tools[0].partials" in found[0]
+    assert found[1].startswith("t::sync: PUT") and "kr" in found[1]
