@@ -535,6 +535,10 @@ def _validate_component(component: Payload, path: list[str | int], seen: set[str
             for index, option in enumerate(options):
                 check_length(option.get("label"), [*path, "options", index, "label"], 1, 100)
                 check_length(option.get("value"), [*path, "options", index, "value"], 1, 100)
+                if option.get("description") is not None:
+                    check_length(
+                        option["description"], [*path, "options", index, "description"], 0, 100
+                    )
         for key in ("min_values", "max_values"):
             value = component.get(key)
             if value is not None and not 0 <= value <= 25:
@@ -565,6 +569,11 @@ def validate_embeds(embeds: Any) -> None:
             if embed.get(key) is not None:
                 check_length(embed[key], [*path, key], 0, limit)
                 total += len(embed[key])
+        for part, key, limit in (("footer", "text", 2048), ("author", "name", 256)):
+            inner = embed.get(part)
+            if isinstance(inner, dict):
+                check_length(inner.get(key), [*path, part, key], 1, limit)
+                total += len(inner[key])
         fields = embed.get("fields") or []
         check_length(fields, [*path, "fields"], 0, 25)
         for field_index, embed_field in enumerate(fields):
@@ -647,6 +656,43 @@ def validate_modal(data: Any) -> Payload:
 
 
 COMMAND_NAME = re.compile(r"^[-_'\w]{1,32}$")
+# discord-api-docs reference.mdx, "Locales": the only keys a *_localizations map may have.
+LOCALES = frozenset(
+    {
+        "id", "da", "de", "en-GB", "en-US", "es-ES", "es-419", "fr", "hr", "it", "lt", "hu",
+        "nl", "no", "pl", "pt-BR", "ro", "fi", "sv-SE", "vi", "tr", "cs", "el", "bg", "ru",
+        "uk", "hi", "th", "zh-CN", "ja", "zh-TW", "ko",
+    }
+)  # fmt: skip
+# interactions/application-commands.mdx: name, description and value of a command, its
+# options and choices, counting the longest of each field's localizations, at most 8000.
+COMMAND_CHARACTERS = 8000
+
+
+def _check_locales(node: Payload, path: list[str | int]) -> None:
+    for key in ("name_localizations", "description_localizations"):
+        for locale in node.get(key) or {}:
+            if locale not in LOCALES:
+                raise form_error(
+                    [*path, key, locale], "LOCALE_INVALID", f"Invalid locale: {locale!r}"
+                )
+
+
+def _longest(node: Payload, key: str) -> int:
+    values = [node.get(key), *(node.get(f"{key}_localizations") or {}).values()]
+    return max((len(str(v)) for v in values if v is not None), default=0)
+
+
+def command_characters(node: Payload) -> int:
+    """The characters of a command counted against the 8000 limit (longest localization)."""
+    total = _longest(node, "name") + _longest(node, "description")
+    for option in node.get("options") or []:
+        total += command_characters(option)
+    for choice in node.get("choices") or []:
+        total += _longest(choice, "name")
+        if isinstance(choice.get("value"), str):
+            total += len(choice["value"])
+    return total
 
 
 def validate_commands(commands: Any) -> list[Payload]:
@@ -667,11 +713,18 @@ def validate_commands(commands: Any) -> list[Payload]:
             )
         seen.add(key)
         _validate_command_node(command, [index], chat_input=kind == 1)
+        if command_characters(command) > COMMAND_CHARACTERS:
+            raise form_error(
+                [index],
+                "APPLICATION_COMMAND_TOO_LARGE",
+                f"Command exceeds maximum size ({COMMAND_CHARACTERS})",
+            )
     return commands
 
 
 def _validate_command_node(node: Payload, path: list[str | int], *, chat_input: bool) -> None:
     name = node.get("name") or ""
+    _check_locales(node, path)
     if chat_input and (not COMMAND_NAME.match(name) or name != name.lower()):
         raise form_error(
             [*path, "name"],
@@ -719,6 +772,7 @@ def _validate_command_node(node: Payload, path: list[str | int], *, chat_input: 
                 "Autocomplete cannot be used with choices",
             )
         for choice_index, choice in enumerate(choices):
+            _check_locales(choice, [*option_path, "choices", choice_index])
             check_length(
                 choice.get("name"), [*option_path, "choices", choice_index, "name"], 1, 100
             )
@@ -726,3 +780,32 @@ def _validate_command_node(node: Payload, path: list[str | int], *, chat_input: 
                 check_length(
                     choice["value"], [*option_path, "choices", choice_index, "value"], 1, 100
                 )
+
+
+_COMMANDS_PATH = re.compile(r"/applications/\d+(/guilds/\d+)?/commands")
+_MESSAGE_PATH = re.compile(r"/channels/\d+/messages(/\d+)?|/webhooks/\d+/[^/]+(/messages/[^/]+)?")
+_CALLBACK_PATH = re.compile(r"/interactions/\d+/[^/]+/callback")
+
+
+def check_request_body(method: str, path: str, body: Any) -> ApiError | None:
+    """The form error Discord gives for a request's body alone, or None (state not looked at).
+
+    Commands, message content, embeds and components, modals and autocomplete choices: the
+    rules the REST routes apply, for re-checking requests recorded elsewhere.
+    """
+    try:
+        if method == "PUT" and _COMMANDS_PATH.fullmatch(path):
+            validate_commands(body)
+        elif method in ("POST", "PATCH") and _MESSAGE_PATH.fullmatch(path):
+            validate_message_fields(body if isinstance(body, dict) else {})
+        elif method == "POST" and _CALLBACK_PATH.fullmatch(path) and isinstance(body, dict):
+            data = body.get("data")
+            if body.get("type") in (4, 7) and isinstance(data, dict):
+                validate_message_fields(data)
+            elif body.get("type") == 8:
+                validate_choices((data or {}).get("choices"))
+            elif body.get("type") == 9:
+                validate_modal(data)
+    except ApiError as error:
+        return error
+    return None

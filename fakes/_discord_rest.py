@@ -56,18 +56,24 @@ class _Route:
     handler: Handler
     auth: bool
     bucket: str
+    status: int
 
 
 _ROUTES: list[_Route] = []
 
 
-def route(method: str, template: str, *, auth: bool = True) -> Callable[[Handler], Handler]:
-    """Register a handler for a method and a path template such as ``/channels/{channel}``."""
+def route(
+    method: str, template: str, *, auth: bool = True, status: int = 200
+) -> Callable[[Handler], Handler]:
+    """Register a handler for a method and a path template such as ``/channels/{channel}``.
+
+    ``status`` is what a success answers with a body (201 where Discord documents it).
+    """
     regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
 
     def register(handler: Handler) -> Handler:
         bucket = hashlib.md5(f"{method} {template}".encode()).hexdigest()[:16]
-        _ROUTES.append(_Route(method, template, re.compile(regex), handler, auth, bucket))
+        _ROUTES.append(_Route(method, template, re.compile(regex), handler, auth, bucket, status))
         return handler
 
     return register
@@ -285,7 +291,7 @@ class RestApi:
             )
         if result is None:
             return web.Response(status=204, headers=headers)
-        return json_response(200, result, headers)
+        return json_response(candidate.status, result, headers)
 
     def inject(self, error: InjectedError) -> None:
         """Queue an error to return for matching requests."""
@@ -763,7 +769,8 @@ class RestApi:
             )
         return str(name), int(duration), int(body.get("rate_limit_per_user") or 0)
 
-    @route("POST", "/channels/{channel}/messages/{message}/threads")
+    # Both thread creations answer 201 Created (discord-api-docs, resources/channel.mdx).
+    @route("POST", "/channels/{channel}/messages/{message}/threads", status=201)
     async def thread_from_message(self, request: ApiRequest) -> Any:
         """Start a public thread on a message; the thread id is the message id."""
         channel_id = request.id("channel")
@@ -788,7 +795,7 @@ class RestApi:
         self.world.emit_message("MESSAGE_UPDATE", record)
         return thread
 
-    @route("POST", "/channels/{channel}/threads")
+    @route("POST", "/channels/{channel}/threads", status=201)
     async def thread_without_message(self, request: ApiRequest) -> Any:
         """Start a thread with no starter message (private by default, as Discord does)."""
         channel_id = request.id("channel")

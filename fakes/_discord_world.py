@@ -613,7 +613,8 @@ class World:
             raise form_error(
                 ["files"], "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ATTACHMENTS} or fewer in length."
             )
-        if sum(len(f.data) for f in files) > self.upload_limit(channel_id):
+        # The limit is per file (the interaction's attachment_size_limit), not per request.
+        if any(len(f.data) > self.upload_limit(channel_id) for f in files):
             raise ApiError(413, 40005, "Request entity too large")
         uploads = {
             f.index if f.index is not None else position: f for position, f in enumerate(files)
@@ -838,10 +839,17 @@ class World:
         if record.ephemeral:
             self.notify()
             return
-        self.emit(event, self.message_payload(record))
+        self.emit(event, self.message_payload(record, gateway=True))
 
-    def message_payload(self, record: MessageRecord, *, nested: bool = False) -> Payload:
-        """Return the message object Discord would send for a stored message."""
+    def message_payload(
+        self, record: MessageRecord, *, nested: bool = False, gateway: bool = False
+    ) -> Payload:
+        """Return the message object Discord would send for a stored message.
+
+        ``guild_id`` and ``member`` are extra fields of the MESSAGE_CREATE and MESSAGE_UPDATE
+        gateway events (discord-api-docs, events/gateway-events.mdx); REST replies carry the
+        plain message object without them, so only ``gateway=True`` adds them.
+        """
         mentions = []
         for match in USER_MENTION.finditer(record.content):
             user = self._users.get(int(match.group(1)))
@@ -866,7 +874,7 @@ class World:
             "flags": record.flags,
             "components": record.components,
         }
-        if record.guild_id is not None:
+        if record.guild_id is not None and gateway:
             data["guild_id"] = str(record.guild_id)
             member = self._guilds[record.guild_id].members.get(snowflake(record.author))
             if member is not None and record.webhook_id is None:
@@ -1042,8 +1050,9 @@ class World:
     def messages(self, channel_id: Snowflake) -> list[Payload]:
         """Return a channel's current messages, oldest first (ephemeral ones included, flagged 64)."""
         cid = snowflake(channel_id)
+        # The driver sees messages as the bot's gateway does, with guild_id and member.
         return [
-            self.message_payload(record)
+            self.message_payload(record, gateway=True)
             for record in self._messages.values()
             if record.channel_id == cid and not record.deleted
         ]
@@ -1055,7 +1064,7 @@ class World:
             raise KeyError(f"no message {message_id}")
         if record.deleted:
             raise KeyError(f"message {message_id} was deleted")
-        return self.message_payload(record)
+        return self.message_payload(record, gateway=True)
 
     def versions(self, message_id: Snowflake) -> list[MessageVersion]:
         """Return every state a message went through (creation, then each edit), with timestamps."""

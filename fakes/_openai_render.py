@@ -23,25 +23,15 @@ from xml.sax.saxutils import escape
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from bot.core.models import MODELS, RETIRED
+
 # ----- models, limits and price tables --------------------------------------------------------
 
 DEFAULT_IMAGE_MODEL = "gpt-image-2.6-sunburst"
-IMAGE_MODELS = frozenset(
-    {
-        "gpt-image-1-mini",
-        "gpt-image-1.5",
-        "gpt-image-2",
-        "gpt-image-2-2026-04-21",
-        "gpt-image-2.5-sunburst",
-        "gpt-image-2.5-sunburst-2026-09-08",
-        "gpt-image-2.5-flare",
-        "gpt-image-2.5-flare-2026-09-08",
-        "gpt-image-2.6-sunburst",
-        "gpt-image-2.6-flare",
-        "chatgpt-image-latest",
-    }
-)
-RETIRED_IMAGE_MODELS = frozenset({"dall-e-2", "dall-e-3", "gpt-image-1"})
+# What each model accepts is the bot's model table: it follows the SDK's types where they speak
+# (tests/test_model_table.py checks that) and names its public source where they are silent.
+IMAGE_MODELS = frozenset(MODELS)
+RETIRED_IMAGE_MODELS = frozenset(RETIRED)
 STANDARD_SIZES = {"1024x1024": (1024, 1024), "1024x1536": (1024, 1536), "1536x1024": (1536, 1024)}
 
 # Output image tokens for the standard sizes (reference 7.2); other sizes scale by area.
@@ -202,19 +192,19 @@ class ImageParams:
         return "transparent" if self.transparent else "opaque"
 
 
-def parse_size(label: str, model: str, type_: str) -> tuple[int, int]:
+def parse_size(label: str, model: str, type_: str, param: str = "size") -> tuple[int, int]:
     """Resolve a size string for a model, raising the API's 400 when the model refuses it."""
     if label == "auto":
         return (1024, 1024)
     if label in STANDARD_SIZES:
         return STANDARD_SIZES[label]
     match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", label)
-    # Arbitrary sizes are a gpt-image-2 family feature (2, 2.5 and 2.6 and their snapshots).
-    if match is None or not model.startswith("gpt-image-2"):
+    # Arbitrary WIDTHxHEIGHT sizes only for the models whose SDK docs list them.
+    if match is None or not MODELS[model].free_sizes:
         raise bad_request(
             f"Invalid size '{label}'. Supported sizes are 1024x1024, 1024x1536, 1536x1024, "
             "and auto.",
-            "size",
+            param,
             type_=type_,
         )
     width, height = int(match.group(1)), int(match.group(2))
@@ -230,14 +220,20 @@ def parse_size(label: str, model: str, type_: str) -> tuple[int, int]:
         raise bad_request(
             f"Invalid size '{label}'. Width and height must be multiples of 16, the aspect "
             "ratio must be between 1:3 and 3:1, and the size at most 3840x2160.",
-            "size",
+            param,
             type_=type_,
         )
     return (width, height)
 
 
-def image_params(raw: Mapping[str, Any], *, type_: str, stream: bool) -> ImageParams:
-    """Validate image options (tool fields or Images API fields); ``null`` means default."""
+def image_params(
+    raw: Mapping[str, Any], *, type_: str, stream: bool, where: str = ""
+) -> ImageParams:
+    """Validate image options (tool fields or Images API fields); ``null`` means default.
+
+    ``where`` prefixes the ``param`` of an error (``tools[0].`` for the Responses tool), and
+    what a model supports comes from the bot's model table (``bot.core.models``).
+    """
 
     def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
         """Return one of ``allowed`` (``default`` for null), or raise the API's 400."""
@@ -247,7 +243,7 @@ def image_params(raw: Mapping[str, Any], *, type_: str, stream: bool) -> ImagePa
         if value not in allowed:
             supported = ", ".join(f"'{a}'" for a in allowed)
             message = f"Invalid value: '{value}'. Supported values are: {supported}."
-            raise bad_request(message, name, type_=type_)
+            raise bad_request(message, where + name, type_=type_)
         return str(value)
 
     def integer(name: str, low: int, high: int, default: int) -> int:
@@ -256,36 +252,48 @@ def image_params(raw: Mapping[str, Any], *, type_: str, stream: bool) -> ImagePa
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            message = f"Invalid type for '{name}': expected an integer."
-            raise bad_request(message, name, "invalid_type", type_)
+            message = f"Invalid type for '{where}{name}': expected an integer."
+            raise bad_request(message, where + name, "invalid_type", type_)
         if not low <= value <= high:
-            message = f"Invalid '{name}': {value} is outside the range {low} to {high}."
-            raise bad_request(message, name, type_=type_)
+            message = f"Invalid '{where}{name}': {value} is outside the range {low} to {high}."
+            raise bad_request(message, where + name, type_=type_)
         return value
 
     model = raw.get("model") or DEFAULT_IMAGE_MODEL
     if not isinstance(model, str) or model not in IMAGE_MODELS:
         retired = " It has been retired." if model in RETIRED_IMAGE_MODELS else ""
-        raise bad_request(f"The model '{model}' does not exist.{retired}", "model", type_=type_)
+        raise bad_request(
+            f"The model '{model}' does not exist.{retired}", where + "model", type_=type_
+        )
+    spec = MODELS[model]
     size_label = raw.get("size")
     if size_label is not None and not isinstance(size_label, str):
-        raise bad_request("Invalid type for 'size'.", "size", "invalid_type", type_)
-    width, height = parse_size(size_label or "auto", model, type_)
-    quality = choice("quality", ("low", "medium", "high", "xhigh", "max", "auto"), "auto")
+        raise bad_request("Invalid type for 'size'.", where + "size", "invalid_type", type_)
+    width, height = parse_size(size_label or "auto", model, type_, where + "size")
+    quality = choice("quality", spec.qualities, "auto")
     output_format = choice("output_format", ("png", "webp", "jpeg", "gif", "svg"), "png")
     background = choice("background", ("transparent", "opaque", "auto"), "auto")
     choice("moderation", ("auto", "low"), "auto")
     action = choice("action", ("generate", "edit", "auto"), "auto")
+    if raw.get("input_fidelity") is not None:
+        if not spec.input_fidelity:
+            message = f"'input_fidelity' is not supported with the model '{model}'."
+            raise bad_request(message, where + "input_fidelity", type_=type_)
+        choice("input_fidelity", spec.input_fidelity, spec.input_fidelity[0])
     compression = integer("output_compression", 0, 100, 100)
     partial_images = integer("partial_images", 0, 3, 0)
     n = integer("n", 1, 10, 1)
     frame_count = integer("frame_count", 2, 16, 9)
-    if background == "transparent" and output_format == "jpeg":
-        message = "Transparent background is not supported with jpeg; use png or webp."
-        raise bad_request(message, "background", type_=type_)
+    if background == "transparent":
+        if output_format == "jpeg":
+            message = "Transparent background is not supported with jpeg; use png or webp."
+            raise bad_request(message, where + "background", type_=type_)
+        if not spec.transparent:
+            message = f"Transparent background is not supported with the model '{model}'."
+            raise bad_request(message, where + "background", type_=type_)
     if output_format in ("gif", "svg") and (partial_images or stream):
         message = f"The {output_format} output format does not support streaming or partials."
-        raise bad_request(message, "output_format", type_=type_)
+        raise bad_request(message, where + "output_format", type_=type_)
     return ImageParams(
         model=model,
         width=width,

@@ -778,7 +778,7 @@ class FakeDiscord(World):
         )
         self.emit_message("MESSAGE_CREATE", record)
         await self.gateway.flush()
-        return self.message_payload(record)
+        return self.message_payload(record, gateway=True)
 
 
 async def _serve(port: int, token: str, zlib: bool) -> None:

@@ -28,6 +28,9 @@ path (an exact path or an ``fnmatch`` glob; ``None`` matches any) and that it ca
 * ``cut_stream``, ``stall``: generations, streamed or not (a non-streamed call is cut or left
   silent before any reply), and ``GET /v1/responses/{id}?stream=true`` replays.
 
+``send_fewer_partials(at_most, rng=...)`` makes streamed generations send fewer partial images
+than asked (a fixed cap, or a random count per generation), as the API may.
+
 Operators can run it standalone: ``python -m fakes.openai_api --port 8089``.
 """
 
@@ -43,6 +46,7 @@ import fnmatch
 import itertools
 import json
 import logging
+import random
 import secrets
 import string
 import time
@@ -78,6 +82,7 @@ from fakes._openai_render import (
     text_tokens,
     typed_form,
 )
+from fakes._openai_strict import check_request
 
 __all__ = [
     "FakeOpenAI",
@@ -228,6 +233,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self.sent: list[SentEvent] = []
         self.timeline = Timeline()
+        self._partial_cap: int | None = None
+        self._partial_rng: random.Random | None = None
         self.reply_text: str | None = None
         self.stored_responses: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
@@ -301,6 +308,28 @@ class FakeOpenAI:
         """Use these delays for every following generation."""
         self.timeline = timeline
 
+    def send_fewer_partials(
+        self, at_most: int | None = None, *, rng: random.Random | None = None
+    ) -> None:
+        """Send fewer partial images than asked, as the API may when the final comes first.
+
+        Every following streamed generation sends at most ``at_most`` partials, or, with
+        ``rng``, a count drawn from 0 to what was asked; the final image always comes. Both
+        ``None`` restores sending exactly the number asked.
+        """
+        if at_most is not None and at_most < 0:
+            raise ValueError("at_most must be 0 or more")
+        self._partial_cap, self._partial_rng = at_most, rng
+
+    def _partials_to_send(self, asked: int) -> int:
+        """How many of the ``asked`` partial images the next generation sends."""
+        count = asked
+        if self._partial_cap is not None:
+            count = min(count, self._partial_cap)
+        if self._partial_rng is not None:
+            count = self._partial_rng.randint(0, count)
+        return count
+
     def queue_fault(self, fault: Fault, *, path: str | None = None) -> None:
         """Queue a fault for the next request it applies to (FIFO), optionally by path glob."""
         self._faults.append((fault, path))
@@ -329,6 +358,13 @@ class FakeOpenAI:
         try:
             try:
                 await self._record(request, call)
+                # Parameters are checked before anything else, as the API does: a request it
+                # refuses never meets a queued fault.
+                refusal = check_request(
+                    request.method, request.path, call.json, call.form, call.files
+                )
+                if refusal is not None:
+                    raise refusal
                 fault = call.fault = self._take_fault(request, call)
                 if fault is not None and fault.kind in HTTP_FAULTS:
                     raise fault_error(fault.kind, fault.retry_after_ms, call.request_id)
@@ -713,10 +749,12 @@ class FakeOpenAI:
             raise bad_request("Invalid type for 'tools'.", "tools", "invalid_type")
         echoed: list[Any] = []
         image_tool: tuple[Mapping[str, Any], ImageParams] | None = None
-        for tool in tools:
+        for index, tool in enumerate(tools):
             if isinstance(tool, dict) and tool.get("type") == "image_generation":
                 # Responses streams lifecycle events even for gif/svg, so stream=False here.
-                params = image_params(tool, type_="invalid_request_error", stream=False)
+                params = image_params(
+                    tool, type_="invalid_request_error", stream=False, where=f"tools[{index}]."
+                )
                 image_tool = image_tool or (tool, params)
                 echoed.append(echo_tool(tool, params))
             else:
@@ -734,7 +772,11 @@ class FakeOpenAI:
         return _ResponseJob(
             shell=response_shell(body, model, echoed, store),
             plan=plan,
-            partials=plan.params.partial_images if plan and body.get("stream") is True else 0,
+            partials=(
+                self._partials_to_send(plan.params.partial_images)
+                if plan and body.get("stream") is True
+                else 0
+            ),
             reply_text=reply,
             store=store,
             failure=fault.kind if plan and fault and fault.kind in ITEM_FAULTS else None,
@@ -1010,7 +1052,8 @@ class FakeOpenAI:
         )
         prefix = "image_edit" if images else "image_generation"
         if stream:
-            events = self._image_events(plan, prefix, params.partial_images, self.timeline)
+            partials = self._partials_to_send(params.partial_images)
+            events = self._image_events(plan, prefix, partials, self.timeline)
             return await self._stream(request, events, _ignore, images_api=True)
         await self._hold_or_drop(request)
         async with contextlib.aclosing(self._image_events(plan, prefix, 0, self.timeline)) as gen:

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType
@@ -180,3 +180,74 @@ async def run_cli(
         stdout, stderr = await communicate
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
+
+
+# ----- every request the end-to-end tests sent, run again through the stand-ins' checks -----
+# A misspelt option must fail a test, not every real call: even when the bot shows the 400 as
+# a polite error and the test only looks for *an* answer, the session fails at the end.
+
+_CURRENT_TEST: list[tuple[str, bool]] = [("", False)]
+RECORDED: list[tuple[str, str, Any]] = []  # (test id, "openai" | "discord", request)
+
+
+def recorded_request_violations(recorded: list[tuple[str, str, Any]]) -> list[str]:
+    """What the stand-ins' checks refuse among recorded requests, one line per request."""
+    from fakes._discord_model import check_request_body
+    from fakes._openai_strict import check_request
+
+    found: list[str] = []
+    for test, service, request in recorded:
+        if service == "openai":
+            files = list(request.files)
+            error = check_request(request.method, request.path, request.json, request.form, files)
+            body = error.body if error is not None else None
+        else:
+            error = check_request_body(request.method, request.path, request.json)
+            body = error.body() if error is not None else None
+        if body is not None:
+            found.append(f"{test}: {request.method} {request.path} -> {body}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _name_the_running_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    _CURRENT_TEST[0] = (request.node.nodeid, request.node.get_closest_marker("e2e") is not None)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_end_to_end_requests() -> Iterator[None]:
+    """Keep what each stand-in received in an end-to-end test when it closes."""
+    from fakes.discord_api import FakeDiscord
+
+    def keeping(cls: Any, service: str) -> Callable[[Any], Awaitable[None]]:
+        close = cls.close
+
+        async def close_and_keep(self: Any) -> None:
+            test, e2e = _CURRENT_TEST[0]
+            if e2e:
+                RECORDED.extend((test, service, r) for r in list(self.requests))
+            await close(self)
+
+        return close_and_keep
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeOpenAI, "close", keeping(FakeOpenAI, "openai"))
+        patch.setattr(FakeDiscord, "close", keeping(FakeDiscord, "discord"))
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when an end-to-end test sent a request the stand-ins' checks refuse."""
+    violations = recorded_request_violations(RECORDED)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if violations:
+        if reporter is not None:
+            reporter.write_sep("=", "requests the real services would refuse", red=True)
+            for line in violations[:50]:
+                reporter.write_line(line[:500])
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif RECORDED and reporter is not None:
+        reporter.write_line(
+            f"{len(RECORDED)} recorded end-to-end requests pass the stand-ins' checks"
+        )

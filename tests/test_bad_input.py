@@ -234,7 +234,7 @@ TOO_BIG = en("images.too_large_bytes", size=60.0, limit=50.0)
 WRONG_SIZE = en("mask.wrong_size", mask_width=512, mask_height=512, width=256, height=256)
 NOTHING = en("mask.nothing_to_edit")
 INVISIBLE = en("bad.prompt_invisible")
-FREE = "gpt-image-2.6-sunburst"
+FREE = "gpt-image-2.5-sunburst"  # the SDK grants free sizes to the 2 and 2.5 families
 
 CASES: tuple[Case, ...] = (
     # Files that are not images, or not usable ones, as /imagine attachments.
@@ -413,7 +413,7 @@ CASES: tuple[Case, ...] = (
             model=FREE,
             rule="each side must be a multiple of 16",
         ),
-        options={"size": "1000x1000"},
+        options={"size": "1000x1000", "model": FREE},
     ),
     imagine(
         "size ratio over 3:1",
@@ -423,41 +423,41 @@ CASES: tuple[Case, ...] = (
             model=FREE,
             rule="the aspect ratio must be between 1:3 and 3:1",
         ),
-        options={"size": "3840x1024"},
+        options={"size": "3840x1024", "model": FREE},
     ),
     imagine(
         "size over 3840x2160",
         en("bad.size_rules", size="4096x2304", model=FREE, rule="the largest size is 3840x2160"),
-        options={"size": "4096x2304"},
+        options={"size": "4096x2304", "model": FREE},
     ),
     imagine(
         "size under 256x256",
         en(
             "bad.size_rules", size="128x128", model=FREE, rule="the smallest size is 256x256 pixels"
         ),
-        options={"size": "128x128"},
+        options={"size": "128x128", "model": FREE},
     ),
     imagine(
         "size in fullwidth digits",
         size_rules("１０２４x１０２４", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
-        options={"size": "１０２４x１０２４"},
+        options={"size": "１０２４x１０２４", "model": FREE},
         why="int() reads any script's digits; the API takes ASCII only",
     ),
     imagine(
         "size in Arabic-Indic digits",
         size_rules("١٠٢٤x١٠٢٤", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
-        options={"size": "١٠٢٤x١٠٢٤"},
+        options={"size": "١٠٢٤x١٠٢٤", "model": FREE},
     ),
     imagine(
         "size with underscores",
         size_rules("1_024x1_024", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
-        options={"size": "1_024x1_024"},
+        options={"size": "1_024x1_024", "model": FREE},
         why="int() accepts digit separators; the API does not",
     ),
     imagine(
         "size with a space inside",
         size_rules("1024 x 1024", "write it as WIDTHxHEIGHT, e.g. 1536x864"),
-        options={"size": "1024 x 1024"},
+        options={"size": "1024 x 1024", "model": FREE},
     ),
     imagine(
         "fullwidth size on a fixed-size model",
@@ -489,7 +489,7 @@ CASES: tuple[Case, ...] = (
             model=FREE,
             rule="write it as WIDTHxHEIGHT, e.g. 1536x864",
         ),
-        options={"size": "huge"},
+        options={"size": "huge", "model": FREE},
     ),
     # Messages in a conversation thread (a file named mask*.png is the mask).
     thread(

@@ -369,7 +369,7 @@ async def test_doctor_checks_everything_in_plain_words(
 
 BAD_DEFAULTS = [
     ({"IMAGE_MODEL": "dall-e-3"}, "IMAGE_MODEL", "retired"),
-    ({"DEFAULT_SIZE": "1000x1000"}, "DEFAULT_SIZE", "size rules"),
+    ({"IMAGE_MODEL": "gpt-image-2", "DEFAULT_SIZE": "1000x1000"}, "DEFAULT_SIZE", "size rules"),
     ({"IMAGE_MODEL": "gpt-image-1.5", "DEFAULT_QUALITY": "xhigh"}, "DEFAULT_QUALITY", "quality"),
     ({"IMAGE_MODEL": "gpt-image-1.5", "DEFAULT_SIZE": "2048x1152"}, "DEFAULT_SIZE", "not a size"),
 ]

@@ -337,8 +337,9 @@ async def test_retired_models_are_rejected(client: AsyncOpenAI, model: str) -> N
         await client.responses.create(
             model="gpt-5.5", input="x", tools=[{"type": "image_generation", "model": model}]
         )
-    for error in (images_error.value, tool_error.value):
-        assert (error.code, error.param) == ("invalid_value", "model")
+    assert (images_error.value.code, images_error.value.param) == ("invalid_value", "model")
+    # A tool field is named by its path in the request, as the API does.
+    assert (tool_error.value.code, tool_error.value.param) == ("invalid_value", "tools[0].model")
     assert images_error.value.type == "image_generation_user_error"
 
 
@@ -369,7 +370,10 @@ async def test_size_rules(client: AsyncOpenAI, model: str, size: str, accepted: 
 
 
 async def test_other_validation_rules(client: AsyncOpenAI) -> None:
-    """Transparent jpeg, partial_images > 3 and over-long prompts are 400s; nulls are fine."""
+    """Transparent jpeg, partial_images > 3 and over-long prompts are 400s; nulls are fine.
+
+    (Unknown fields are refused: see tests/test_fake_strict.py.)
+    """
     with pytest.raises(openai.BadRequestError) as transparent_jpeg:
         await client.images.generate(prompt="x", background="transparent", output_format="jpeg")
     assert transparent_jpeg.value.param == "background"
@@ -377,7 +381,7 @@ async def test_other_validation_rules(client: AsyncOpenAI) -> None:
         await client.responses.create(
             model="gpt-5.5", input="x", tools=[{"type": "image_generation", "partial_images": 4}]
         )
-    assert too_many.value.param == "partial_images"
+    assert too_many.value.param == "tools[0].partial_images"
     with pytest.raises(openai.BadRequestError) as long_prompt:
         await client.images.generate(prompt="x" * 32001)
     assert long_prompt.value.param == "prompt"
@@ -390,7 +394,6 @@ async def test_other_validation_rules(client: AsyncOpenAI) -> None:
         background=None,
         output_format=None,
         n=None,
-        extra_body={"unknown_field": {"nested": True}},
     )
     assert result.size == "1024x1024" and result.output_format == "png"
 

@@ -486,7 +486,12 @@ async def test_an_image_over_the_upload_limit_is_reencoded_to_fit(
         d = box.discord
         await d.slash(
             "imagine",
-            {"prompt": "this photo as a postcard", "size": f"{side[0]}x{side[1]}", "partials": 0},
+            {
+                "prompt": "this photo as a postcard",
+                "size": f"{side[0]}x{side[1]}",
+                "partials": 0,
+                "model": "gpt-image-2.5-sunburst",
+            },
             attachments={"image": ("photo.png", photo)},
         )
         thread = await d.wait_for(lambda: first(d.threads(d.channel["id"])), timeout=15)

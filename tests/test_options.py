@@ -32,6 +32,10 @@ BAD_OPTIONS = [
     ({"model": "gpt-image-2", "size": "3840x3840"}, "bad.size_rules"),
     ({"model": "gpt-image-2", "size": "big"}, "bad.size_rules"),
     ({"model": "gpt-image-1.5", "quality": "max"}, "bad.unknown_quality"),
+    # The SDK names the 2 and 2.5 families for free sizes, and 2.5 alone for xhigh/max.
+    ({"model": "gpt-image-2.6-sunburst", "size": "1536x864"}, "bad.unknown_size"),
+    ({"model": "gpt-image-2.6-flare", "quality": "xhigh"}, "bad.unknown_quality"),
+    ({"model": "gpt-image-2", "quality": "max"}, "bad.unknown_quality"),
     ({"format": "gif"}, "bad.unknown_format"),
     ({"background": "green"}, "bad.unknown_background"),
     ({"moderation": "none"}, "bad.unknown_moderation"),
@@ -56,7 +60,7 @@ def test_bad_options_are_rejected_with_their_own_message(
     [
         {},
         {"model": "gpt-image-2", "size": "1536x864"},
-        {"model": "gpt-image-2.6-sunburst", "size": "3840x2160", "quality": "max"},
+        {"model": "gpt-image-2.5-sunburst", "size": "3840x2160", "quality": "max"},
         {"format": "webp", "compression": 0, "background": "transparent"},
         {"format": "jpeg", "compression": 100},
         {"model": "gpt-image-1.5", "input_fidelity": "high", "size": "1024x1536"},

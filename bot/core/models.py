@@ -13,7 +13,12 @@ EXTENDED_QUALITIES: Final = (*BASE_QUALITIES, "xhigh", "max")
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """The capabilities of one image model, as its documentation describes them."""
+    """The capabilities of one image model, as its documentation describes them.
+
+    `free_sizes` and `qualities` follow the installed openai SDK's types, which name the
+    families taking `WIDTHxHEIGHT` sizes and `xhigh`/`max` (tests/test_model_table.py derives
+    them from the SDK and compares). Where the SDK is silent, `source` names what is followed.
+    """
 
     name: str
     free_sizes: bool
@@ -21,20 +26,32 @@ class ModelSpec:
     transparent: bool
     input_fidelity: tuple[str, ...]
     label: str
+    source: str = ""
 
 
 def _family(names: tuple[str, ...], **caps: object) -> dict[str, ModelSpec]:
     return {name: ModelSpec(name=name, **caps) for name in names}  # type: ignore[arg-type]
 
 
+# The SDK says transparent backgrounds "are available for supported GPT Image models" and
+# names only some; input_fidelity it grants to gpt-image-1.5 (high, low) and gpt-image-1-mini
+# (low), and says to omit for gpt-image-2.
+_SDK_SILENT = (
+    "transparent: OpenAI image generation guide (GPT Image models take background=transparent "
+    "with png or webp); input_fidelity: the SDK names only gpt-image-1.5 and gpt-image-1-mini"
+)
+
 MODELS: Final[dict[str, ModelSpec]] = {
     **_family(
         ("gpt-image-2.6-sunburst", "gpt-image-2.6-flare"),
-        free_sizes=True,
-        qualities=EXTENDED_QUALITIES,
+        # Not among the SDK's families for free sizes or xhigh/max (third-party relays claim
+        # both; the SDK does not, so neither does the bot until it does).
+        free_sizes=False,
+        qualities=BASE_QUALITIES,
         transparent=True,
         input_fidelity=(),
         label="GPT Image 2.6",
+        source=_SDK_SILENT,
     ),
     **_family(
         (
@@ -48,11 +65,14 @@ MODELS: Final[dict[str, ModelSpec]] = {
         transparent=True,
         input_fidelity=(),
         label="GPT Image 2.5",
+        source="input_fidelity: the SDK names only gpt-image-1.5 and gpt-image-1-mini",
     ),
     **_family(
         ("gpt-image-2", "gpt-image-2-2026-04-21"),
         free_sizes=True,
         qualities=BASE_QUALITIES,
+        # The SDK calls transparent backgrounds on gpt-image-2 a preview: not every account
+        # has it, so the bot refuses up front rather than let the API refuse later.
         transparent=False,
         input_fidelity=(),
         label="GPT Image 2",
@@ -64,6 +84,7 @@ MODELS: Final[dict[str, ModelSpec]] = {
         transparent=True,
         input_fidelity=("low", "high"),
         label="GPT Image 1.5",
+        source=_SDK_SILENT,
     ),
     **_family(
         ("gpt-image-1-mini",),
@@ -72,6 +93,7 @@ MODELS: Final[dict[str, ModelSpec]] = {
         transparent=True,
         input_fidelity=("low",),
         label="GPT Image 1 mini",
+        source=_SDK_SILENT,
     ),
     **_family(
         ("chatgpt-image-latest",),
@@ -80,6 +102,7 @@ MODELS: Final[dict[str, ModelSpec]] = {
         transparent=True,
         input_fidelity=(),
         label="ChatGPT Image (latest)",
+        source=_SDK_SILENT,
     ),
 }
 
