@@ -82,7 +82,10 @@ def url_passwords(database_url: str) -> list[str]:
     userinfo, at, _host = parts.netloc.rpartition("@")
     if at and ":" in userinfo:
         found.append(userinfo.split(":", 1)[1])
-    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    for pair in parts.query.split("&"):  # as written: parse_qsl would decode it
+        key, _equals, value = pair.partition("=")
+        if key.lower() == "password":
+            found.append(value)
     found += [unquote(value) for value in found]
     return sorted({value for value in found if value}, key=len, reverse=True)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiosqlite
 import psycopg
@@ -33,10 +35,16 @@ from storage import (
     UsageTotals,
     UserUsage,
     Window,
+    describe_database,
     open_store,
+    redact_url,
     sqlite_path_from_url,
+    url_passwords,
 )
 from storage.postgres import PostgresStore
+from storage.postgres import migrate as postgres_migrate
+from storage.postgres import packaged_migrations as postgres_migrations
+from storage.postgres import schema_version as postgres_schema_version
 from storage.sqlite import (
     Migration,
     load_migrations,
@@ -45,7 +53,7 @@ from storage.sqlite import (
     schema_version,
     split_statements,
 )
-from tests.conftest import wait_until
+from tests.conftest import PostgresServer, wait_until
 
 T = TypeVar("T")
 
@@ -1309,6 +1317,97 @@ async def test_postgres_admission_waits_for_a_holder_in_another_pool(
         other.stop()
 
 
+async def test_postgres_migrations_twin_the_sqlite_ones() -> None:
+    twins = [(m.version, m.name) for m in postgres_migrations()]
+    assert twins == [(m.version, m.name) for m in packaged_migrations()]
+    assert all(migration.statements for migration in postgres_migrations())
+
+
+async def test_postgres_setup_from_several_processes_at_once(
+    postgres_url: str, clock: FakeClock
+) -> None:
+    # Four pools migrating one empty database together: each migration is applied once.
+    stores = await asyncio.gather(
+        *(PostgresStore.open(postgres_url, clock=clock) for _ in range(4))
+    )
+    try:
+        turn = await stores[0].add_turn(new_turn())
+        await stores[1].setup()
+        assert await stores[3].get_turn(turn.id) == turn
+    finally:
+        for store in stores:
+            await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await postgres_schema_version(conn) == len(postgres_migrations())
+        cursor = await conn.execute(
+            "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
+        )
+        rows = await cursor.fetchall()
+    assert [(row[0], row[1]) for row in rows] == [
+        (m.version, m.name) for m in postgres_migrations()
+    ]
+    assert {row[2] for row in rows} == {clock.now}
+
+
+async def test_postgres_migrations_are_atomic(postgres_url: str) -> None:
+    first = Migration(1, "first", ("CREATE TABLE a (x INTEGER)",))
+    broken = Migration(2, "broken", ("CREATE TABLE b (x INTEGER)", "CREATE TABLE a (x INTEGER)"))
+    fixed = Migration(2, "fixed", ("CREATE TABLE b (x INTEGER)",))
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await postgres_schema_version(conn) == 0
+        with pytest.raises(psycopg.errors.DuplicateTable):
+            await postgres_migrate(conn, [first, broken])
+        assert await postgres_schema_version(conn) == 1
+        cursor = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        assert [row[0] for row in await cursor.fetchall()] == ["a", "schema_migrations"]
+        assert await postgres_migrate(conn, [first, fixed]) == 2
+        assert await postgres_migrate(conn, [first, fixed]) == 2
+
+
+async def test_postgres_refuses_a_database_from_a_newer_bot(postgres_url: str) -> None:
+    async with await PostgresStore.open(postgres_url):
+        pass
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)"
+        )
+    with pytest.raises(SchemaVersionError, match="999"):
+        await PostgresStore.open(postgres_url)
+
+
+async def test_open_store_selects_postgresql(postgres_url: str) -> None:
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgresql+psycopg://")):
+        store = await open_store(url)
+        try:
+            assert isinstance(store, PostgresStore)
+            await store.set_guild_config(1, {"engine": "images"})
+            assert await store.get_guild_config(1) == {"engine": "images"}
+        finally:
+            await store.close()
+
+
+async def test_postgres_errors_never_show_the_password(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    right = postgres_server.url()
+    wrong = right.replace(quote(postgres_server.password, safe=""), "wr%40ng:pass")
+    assert wrong != right
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StorageError) as refused:
+        await PostgresStore.open(wrong, connect_timeout=5)
+    message = str(refused.value)
+    assert "password authentication failed" in message
+    assert "postgres:***@127.0.0.1" in message
+    with pytest.raises(StorageError) as missing:
+        await open_store(right.rsplit("/", 1)[0] + "/no_such_database")
+    assert "no_such_database" in str(missing.value)
+    everything = message + str(missing.value) + caplog.text
+    for secret in ("wr@ng:pass", "wr%40ng:pass", postgres_server.password):
+        assert secret not in everything
+
+
 # DATABASE_URL
 
 
@@ -1330,9 +1429,9 @@ def test_sqlite_urls_follow_sqlalchemy(url: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://bot:hunter2@db/bot", "not available yet"),
-        ("postgresql+asyncpg://bot:hunter2@db/bot", "not available yet"),
-        ("postgres://bot:hunter2@db/bot", "not available yet"),
+        ("postgresql://bot:hunter2@db/bot", "names PostgreSQL"),
+        ("postgresql+asyncpg://bot:hunter2@db/bot", "names PostgreSQL"),
+        ("postgres://bot:hunter2@db/bot", "names PostgreSQL"),
         ("mysql://bot:hunter2@db/bot", "'mysql' is not supported"),
         ("data/bot.db", "not a database URL"),
         ("sqlite://data/bot.db", "three slashes"),
@@ -1365,6 +1464,49 @@ async def test_open_store_absolute_path_and_memory(tmp_path: Path) -> None:
         assert await memory.get_user_settings(1) == {"b": 2}
 
 
-async def test_open_store_refuses_postgresql_for_now() -> None:
-    with pytest.raises(ValueError, match="not available yet"):
-        await open_store("postgresql://localhost/bot")
+async def test_open_store_refuses_other_databases_without_the_password() -> None:
+    with pytest.raises(ValueError, match="'mysql' is not supported") as raised:
+        await open_store("mysql://bot:hunter2@db/bot")
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "described"),
+    [
+        (
+            "postgresql://bot:hu%40nter2@db:5432/bot?sslmode=require",
+            "postgresql://bot:***@db:5432/bot?sslmode=require",
+            "PostgreSQL postgresql://bot:***@db:5432/bot?sslmode=require",
+        ),
+        (
+            "postgresql+psycopg://bot:hunter2@db/bot",
+            "postgresql+psycopg://bot:***@db/bot",
+            "PostgreSQL postgresql://bot:***@db/bot",
+        ),
+        (
+            "postgres://db/bot?user=bot&password=hunter2",
+            "postgres://db/bot?user=bot&password=***",
+            "PostgreSQL postgresql://db/bot?user=bot&password=***",
+        ),
+        (
+            "postgresql://bot@db/bot",
+            "postgresql://bot@db/bot",
+            "PostgreSQL postgresql://bot@db/bot",
+        ),
+        ("sqlite:///data/bot.db", "sqlite:///data/bot.db", "SQLite file data/bot.db"),
+        ("sqlite://", "sqlite://", "SQLite in memory"),
+    ],
+)
+def test_database_urls_are_shown_without_their_password(
+    url: str, shown: str, described: str
+) -> None:
+    assert redact_url(url) == shown
+    assert describe_database(url) == described
+    for password in url_passwords(url):
+        assert password not in shown
+
+
+def test_url_passwords_lists_every_spelling() -> None:
+    assert url_passwords("postgresql://bot:hu%40nter2@db/bot") == ["hu%40nter2", "hu@nter2"]
+    assert url_passwords("postgresql://db/bot?password=a%2Fb") == ["a%2Fb", "a/b"]
+    assert url_passwords("postgresql://bot@db/bot") == []
