@@ -224,7 +224,11 @@ class PostgresServer:
         owner = "postgres" if os.geteuid() == 0 else None
         # In memory where there is a tmpfs: creating a database per test is then fast.
         shm = Path("/dev/shm")
-        where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        roomy = shm.is_dir() and os.access(shm, os.W_OK)
+        if roomy:
+            stats = os.statvfs(shm)
+            roomy = stats.f_bavail * stats.f_frsize > 1 << 30
+        where = shm if roomy else None
         root = Path(tempfile.mkdtemp(prefix="imagine-pg-", dir=where))
         # '@' and ':' in the password make the URLs percent-encode it, as real ones may.
         server = cls(initdb.parent, root, owner, "pw@:" + secrets.token_hex(8))
@@ -261,9 +265,15 @@ class PostgresServer:
     def _run(
         self, program: str, *args: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
+        # As the cluster's owner, from a folder it may enter (the checkout may be private).
+        ids: dict[str, Any] = {}
+        if self.owner is not None:
+            entry = pwd.getpwnam(self.owner)
+            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         result = subprocess.run(
             [str(self.bindir / program), *args],
-            user=self.owner,
+            cwd=self.root,
+            **ids,
             capture_output=True,
             text=True,
             timeout=120,
