@@ -1,4 +1,4 @@
-"""`python -m bot <command>`: run (default), generate, demo, doctor."""
+"""`python -m bot <command>`: run (default), generate, demo, doctor, copy-database."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.cli import add_generate_arguments, generate
+from bot.cli import add_copy_database_arguments, add_generate_arguments, generate
 from bot.logs import setup_logging
 from bot.settings import Settings
+from storage import url_passwords
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a scripted session against the built-in stand-ins")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     sub.add_parser("doctor", help="check settings, the database and the tokens")
+    add_copy_database_arguments(
+        sub.add_parser("copy-database", help="copy the SQLite database into PostgreSQL")
+    )
     return parser
 
 
@@ -39,9 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in (settings.discord_token, settings.openai_api_key)
         if s is not None
     ]
+    # Database passwords ride in URLs: keep them out of every log line too.
+    for url in (settings.database_url, getattr(args, "to", None), getattr(args, "source", None)):
+        secrets += url_passwords(url) if url else []
     setup_logging(settings.log_level if command == "run" else "WARNING", secrets)
     if command == "generate":
         return asyncio.run(generate(args, settings))
+    if command == "copy-database":
+        from bot.cli import copy_database
+
+        return asyncio.run(copy_database(args, settings))
     if command == "doctor":
         from bot.doctor import run_checks
 

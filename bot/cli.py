@@ -1,4 +1,4 @@
-"""Headless commands: `generate` (one turn to files) and `doctor` (checks, in plain words)."""
+"""Headless commands: `generate` (one turn to files) and `copy-database` (SQLite to PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from bot.core.options import (
 from bot.core.studio import record_turn
 from bot.services import Services, default_options, open_services
 from bot.settings import Settings
+from storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +265,59 @@ async def _record(services: Services, done: Completed, request: TurnRequest, pat
         user_id=CLI_USER_ID,
         image_url=str(path.resolve()),
     )
+
+
+def add_copy_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `copy-database`."""
+    parser.add_argument(
+        "--to", required=True, metavar="URL", help="the PostgreSQL database: postgresql://..."
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="URL",
+        help="the SQLite database (default: DATABASE_URL), sqlite:///path/to/bot.db",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="empty the PostgreSQL database first if it already holds data",
+    )
+
+
+async def copy_database(
+    args: argparse.Namespace, settings: Settings, *, out: Callable[[str], object] = print
+) -> int:
+    """Copy the SQLite database into PostgreSQL; 0 when done, 2 for bad input, 1 on failure."""
+    from storage import describe_database, sqlite_path_from_url
+    from storage.copy import TargetNotEmpty, copy_sqlite_to_postgres
+    from storage.urls import MEMORY, database_backend
+
+    source_url = args.source or settings.database_url
+    try:
+        if database_backend(args.to) != "postgresql":
+            raise ValueError("--to must be a postgresql:// URL")
+        if database_backend(source_url) != "sqlite":
+            raise ValueError("the source (--from, or DATABASE_URL) must be a sqlite:/// URL")
+        path = sqlite_path_from_url(source_url)
+        if path == MEMORY:
+            raise ValueError("the source must be a SQLite file, not an in-memory database")
+    except ValueError as exc:
+        out(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    source, target = describe_database(source_url), describe_database(args.to)
+    try:
+        copied = await copy_sqlite_to_postgres(path, args.to, overwrite=args.overwrite)
+    except TargetNotEmpty as exc:
+        out(f"error: {exc}; nothing was copied. Pass --overwrite to replace what it holds.")
+        return EXIT_BAD_INPUT
+    except StorageError as exc:
+        out(f"error: {exc}; nothing was copied")
+        return 1
+    for table in copied:
+        after = f" (next id {table.next_id})" if table.next_id is not None else ""
+        out(f"{table.name}: {table.rows} rows{after}")
+    out(f"copied {sum(t.rows for t in copied)} rows from {source} to {target}")
+    out("set DATABASE_URL to the PostgreSQL URL to run the bot on it")
+    return EXIT_OK

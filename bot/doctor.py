@@ -14,7 +14,7 @@ from bot.core.openai_adapter import OpenAIImageClient
 from bot.core.options import ImageOptions, validate_options
 from bot.services import client_config, default_options
 from bot.settings import Settings
-from storage import open_store
+from storage import describe_database, open_store, url_passwords
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +71,21 @@ async def check_defaults(settings: Settings) -> CheckResult:
 
 
 async def check_database(settings: Settings) -> CheckResult:
-    """The database opens and its schema is current."""
+    """The database opens and its schema is current; says which backend, never the password."""
+    url = settings.database_url
     try:
-        store = await open_store(settings.database_url)
+        where = describe_database(url)
+    except ValueError as exc:
+        return CheckResult("database", False, f"DATABASE_URL: {exc}")
+    try:
+        store = await open_store(url)
     except Exception as exc:
-        return CheckResult("database", False, f"cannot open {settings.database_url}: {exc}")
+        problem = str(exc)
+        for password in url_passwords(url):
+            problem = problem.replace(password, "***")
+        return CheckResult("database", False, f"cannot open {where}: {problem}")
     await store.close()
-    return CheckResult("database", True, f"{settings.database_url} opens and is up to date")
+    return CheckResult("database", True, f"{where} opens and is up to date")
 
 
 async def check_discord(settings: Settings) -> CheckResult:

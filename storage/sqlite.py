@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from importlib.resources.abc import Traversable
 from types import TracebackType
 from typing import Self
 
 import aiosqlite
 
+from storage._rows import (
+    ACTIVE,
+    CONVERSATION_COLUMNS,
+    JOB_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
+    conversation_from_row,
+    dump_json,
+    job_from_row,
+    load_json,
+    turn_from_row,
+    usage_entry_from_row,
+    utc_day,
+)
 from storage.base import (
-    ACTIVE_JOB_STATUSES,
     ANONYMOUS_USER_ID,
     FINISHED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
@@ -44,6 +52,17 @@ from storage.base import (
     UserUsage,
     Window,
 )
+from storage.schema import Migration, load_migrations, split_statements
+
+__all__ = [
+    "Migration",
+    "SqliteStore",
+    "load_migrations",
+    "migrate",
+    "packaged_migrations",
+    "schema_version",
+    "split_statements",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,56 +83,6 @@ _PRAGMAS = (
 
 
 # Migrations
-
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One numbered schema change; its statements run in order inside one transaction."""
-
-    version: int
-    name: str
-    statements: tuple[str, ...]
-
-
-def split_statements(script: str) -> tuple[str, ...]:
-    """Split an SQL script into statements that each end at the end of a line."""
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        # SQLite's own tokenizer knows about strings, comments and trigger bodies.
-        if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
-    leftover = [
-        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
-    ]
-    if leftover:
-        raise StorageError(f"unterminated SQL statement: {leftover[0].strip()!r}")
-    return tuple(statements)
-
-
-def load_migrations(directory: Traversable) -> tuple[Migration, ...]:
-    """Read `NNNN_name.sql` files from a directory, checking they are numbered 1, 2, 3, ..."""
-    found: dict[int, Migration] = {}
-    for entry in directory.iterdir():
-        if not entry.name.endswith(".sql"):
-            continue
-        match = _MIGRATION_NAME.match(entry.name)
-        if match is None:
-            raise StorageError(f"migration file {entry.name!r} is not named NNNN_name.sql")
-        version = int(match.group(1))
-        if version in found:
-            raise StorageError(f"two migration files have number {version:04d}")
-        script = entry.read_text(encoding="utf-8")
-        found[version] = Migration(version, match.group(2), split_statements(script))
-    versions = sorted(found)
-    if versions != list(range(1, len(versions) + 1)):
-        raise StorageError(f"migrations must be numbered 0001, 0002, ... without gaps: {versions}")
-    return tuple(found[version] for version in versions)
 
 
 @cache
@@ -161,131 +130,7 @@ async def migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -
     return current
 
 
-# Row mapping
-
-_CONVERSATION_COLUMNS = (
-    "channel_id, guild_id, owner_id, parent_channel_id, latest_response_id, latest_message_id, "
-    "engine, options, created_at, updated_at"
-)
-_TURN_COLUMNS = (
-    "id, channel_id, guild_id, user_id, message_id, response_id, parent_response_id, prompt, "
-    "revised_prompt, options, engine, model, usage, cost_usd, status, image_url, created_at, result"
-)
-_JOB_COLUMNS = (
-    "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
-    "attempts, error, created_at, started_at, finished_at, reserved_usd, reserved_images, "
-    "response_id, turn_id"
-)
-_USAGE_COLUMNS = (
-    "id, at, guild_id, user_id, channel_id, response_id, model, engine, images, input_tokens, "
-    "output_tokens, image_input_tokens, image_output_tokens, cost_usd"
-)
-
-
-def _dump_json(value: dict[str, object]) -> str:
-    """Serialize a dict column; raises TypeError for values JSON cannot hold."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def _load_json(text: str | None) -> dict[str, object]:
-    """Parse a dict column."""
-    if not text:
-        return {}
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise StorageError(f"expected a JSON object in the database, found {type(value).__name__}")
-    return value
-
-
-def _utc_day(at: float) -> str:
-    """Return the UTC date of a unix time as 'YYYY-MM-DD'."""
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d")
-
-
-# Rows are read by position, so any tuple-like row_factory on an injected connection works.
-
-
-def _conversation(row: Row) -> Conversation:
-    return Conversation(
-        channel_id=row[0],
-        guild_id=row[1],
-        owner_id=row[2],
-        parent_channel_id=row[3],
-        latest_response_id=row[4],
-        latest_message_id=row[5],
-        engine=row[6],
-        options=_load_json(row[7]),
-        created_at=row[8],
-        updated_at=row[9],
-    )
-
-
-def _turn(row: Row) -> Turn:
-    return Turn(
-        id=row[0],
-        channel_id=row[1],
-        guild_id=row[2],
-        user_id=row[3],
-        message_id=row[4],
-        response_id=row[5],
-        parent_response_id=row[6],
-        prompt=row[7],
-        revised_prompt=row[8],
-        options=_load_json(row[9]),
-        engine=row[10],
-        model=row[11],
-        usage=_load_json(row[12]),
-        cost_usd=row[13],
-        status=row[14],
-        image_url=row[15],
-        created_at=row[16],
-        result=_load_json(row[17]),
-    )
-
-
-def _job(row: Row) -> Job:
-    return Job(
-        id=row[0],
-        kind=row[1],
-        status=row[2],
-        guild_id=row[3],
-        channel_id=row[4],
-        user_id=row[5],
-        payload=_load_json(row[6]),
-        locale=row[7],
-        progress_message_id=row[8],
-        attempts=row[9],
-        error=row[10],
-        created_at=row[11],
-        started_at=row[12],
-        finished_at=row[13],
-        reserved_usd=row[14],
-        reserved_images=row[15],
-        response_id=row[16],
-        turn_id=row[17],
-    )
-
-
-def _usage_entry(row: Row) -> UsageEntry:
-    return UsageEntry(
-        id=row[0],
-        at=row[1],
-        guild_id=row[2],
-        user_id=row[3],
-        channel_id=row[4],
-        response_id=row[5],
-        model=row[6],
-        engine=row[7],
-        images=row[8],
-        input_tokens=row[9],
-        output_tokens=row[10],
-        image_input_tokens=row[11],
-        image_output_tokens=row[12],
-        cost_usd=row[13],
-    )
-
-
-_ACTIVE = tuple(sorted(status.value for status in ACTIVE_JOB_STATUSES))
+_ACTIVE = ACTIVE
 
 
 def _usage_filter(
@@ -440,10 +285,10 @@ class SqliteStore:
     async def get_conversation(self, channel_id: int) -> Conversation | None:
         """Return the conversation of a thread or DM channel, or None."""
         row = await self._row(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE channel_id = ?",
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE channel_id = ?",
             (channel_id,),
         )
-        return _conversation(row) if row is not None else None
+        return conversation_from_row(row) if row is not None else None
 
     async def create_conversation(self, conversation: Conversation) -> None:
         """Insert a conversation, or replace it (keeping its original `created_at`)."""
@@ -454,7 +299,7 @@ class SqliteStore:
         self, conn: aiosqlite.Connection, conversation: Conversation
     ) -> None:
         await conn.execute(
-            f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+            f"INSERT INTO conversations ({CONVERSATION_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (channel_id) DO UPDATE SET"
             " guild_id = excluded.guild_id,"
@@ -473,7 +318,7 @@ class SqliteStore:
                 conversation.latest_response_id,
                 conversation.latest_message_id,
                 conversation.engine,
-                _dump_json(conversation.options),
+                dump_json(conversation.options),
                 conversation.created_at,
                 conversation.updated_at,
             ),
@@ -522,15 +367,15 @@ class SqliteStore:
                 turn.parent_response_id,
                 turn.prompt,
                 turn.revised_prompt,
-                _dump_json(turn.options),
+                dump_json(turn.options),
                 turn.engine,
                 turn.model,
-                _dump_json(turn.usage),
+                dump_json(turn.usage),
                 turn.cost_usd,
                 str(turn.status),
                 turn.image_url,
                 created_at,
-                _dump_json(turn.result),
+                dump_json(turn.result),
             ),
         )
         return Turn(
@@ -557,24 +402,24 @@ class SqliteStore:
 
     async def get_turn(self, turn_id: int) -> Turn | None:
         """Return a turn by id, or None."""
-        row = await self._row(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
-        return _turn(row) if row is not None else None
+        row = await self._row(f"SELECT {TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
+        return turn_from_row(row) if row is not None else None
 
     async def get_turn_by_message(self, message_id: int) -> Turn | None:
         """Return the newest turn posted as this Discord message, or None."""
         row = await self._row(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE message_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE message_id = ? ORDER BY id DESC LIMIT 1",
             (message_id,),
         )
-        return _turn(row) if row is not None else None
+        return turn_from_row(row) if row is not None else None
 
     async def get_turn_by_response(self, response_id: str) -> Turn | None:
         """Return the newest turn produced by this OpenAI response, or None."""
         row = await self._row(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE response_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE response_id = ? ORDER BY id DESC LIMIT 1",
             (response_id,),
         )
-        return _turn(row) if row is not None else None
+        return turn_from_row(row) if row is not None else None
 
     async def latest_turn(self, channel_id: int, *, with_image: bool = True) -> Turn | None:
         """Return the channel's newest completed turn (with an image unless told otherwise).
@@ -583,11 +428,11 @@ class SqliteStore:
         """
         posted = " AND (message_id IS NOT NULL OR image_url IS NOT NULL)" if with_image else ""
         row = await self._row(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? AND status = ?{posted}"
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE channel_id = ? AND status = ?{posted}"
             " ORDER BY id DESC LIMIT 1",
             (channel_id, TurnStatus.COMPLETED.value),
         )
-        return _turn(row) if row is not None else None
+        return turn_from_row(row) if row is not None else None
 
     async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
         """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
@@ -600,10 +445,10 @@ class SqliteStore:
     async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
         """Return a channel's most recent turns, newest first."""
         rows = await self._rows(
-            f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?",
             (channel_id, limit),
         )
-        return [_turn(row) for row in rows]
+        return [turn_from_row(row) for row in rows]
 
     async def delete_turn(self, turn_id: int) -> bool:
         """Delete a turn and its saved image; return whether it existed."""
@@ -665,14 +510,14 @@ class SqliteStore:
                 "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
                 " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
                 " reserved_images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
-                f" RETURNING {_JOB_COLUMNS}",
+                f" RETURNING {JOB_COLUMNS}",
                 (
                     job.kind,
                     JobStatus.QUEUED.value,
                     job.guild_id,
                     job.channel_id,
                     job.user_id,
-                    _dump_json(job.payload),
+                    dump_json(job.payload),
                     job.locale,
                     job.progress_message_id,
                     now,
@@ -682,7 +527,7 @@ class SqliteStore:
                 ),
             )
         )
-        return _job(rows[0])
+        return job_from_row(rows[0])
 
     async def _occupancy(
         self,
@@ -772,13 +617,13 @@ class SqliteStore:
         async with self._transaction() as conn:
             rows = list(
                 await conn.execute_fetchall(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND status IN (?, ?)",
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND status IN (?, ?)",
                     (job_id, *retryable),
                 )
             )
             if not rows:
                 return None
-            job = _job(rows[0])
+            job = job_from_row(rows[0])
             gate(
                 await self._occupancy(
                     conn,
@@ -792,16 +637,16 @@ class SqliteStore:
                 await conn.execute_fetchall(
                     "UPDATE jobs SET status = ?, queued_at = ?, error = NULL, started_at = NULL,"
                     " finished_at = NULL, reserved_usd = ?, reserved_images = ?,"
-                    f" response_id = NULL WHERE id = ? RETURNING {_JOB_COLUMNS}",
+                    f" response_id = NULL WHERE id = ? RETURNING {JOB_COLUMNS}",
                     (JobStatus.QUEUED.value, self._clock(), reserved_usd, reserved_images, job_id),
                 )
             )
-            return _job(rows[0])
+            return job_from_row(rows[0])
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
-        row = await self._row(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(row) if row is not None else None
+        row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return job_from_row(row) if row is not None else None
 
     async def start_job(self, job_id: int) -> bool:
         """Move a queued job to running and count the attempt; False if it was not queued."""
@@ -933,10 +778,10 @@ class SqliteStore:
     async def saved_jobs(self) -> list[Job]:
         """Return the jobs whose image is saved but not yet posted, oldest first."""
         rows = await self._rows(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.SAVED.value,),
         )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def get_turn_image(self, turn_id: int) -> tuple[bytes, str] | None:
         """Return the saved image (bytes, format) of a turn, or None."""
@@ -953,28 +798,28 @@ class SqliteStore:
     async def queued_jobs(self) -> list[Job]:
         """Return the queued jobs in the order they will run (first in, first out)."""
         rows = await self._rows(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
             (JobStatus.QUEUED.value,),
         )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def running_jobs(self) -> list[Job]:
         """Return the running jobs in the order they were first enqueued."""
         rows = await self._rows(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.RUNNING.value,),
         )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def interrupt_running_jobs(self) -> list[Job]:
         """Mark every running job interrupted (at start-up) and return them in enqueue order."""
         rows = await self._write_returning(
             "UPDATE jobs SET status = ?, finished_at = ?, reserved_usd = 0, reserved_images = 0"
-            f" WHERE status = ? RETURNING {_JOB_COLUMNS}",
+            f" WHERE status = ? RETURNING {JOB_COLUMNS}",
             (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
         )
         # RETURNING gives no order guarantee.
-        return sorted((_job(row) for row in rows), key=lambda job: job.id)
+        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     async def queue_position(self, job_id: int) -> int:
         """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
@@ -1029,7 +874,7 @@ class SqliteStore:
             " image_output_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 at,
-                _utc_day(at),
+                utc_day(at),
                 entry.guild_id,
                 entry.user_id,
                 entry.channel_id,
@@ -1108,18 +953,18 @@ class SqliteStore:
         """Return ledger rows since a time, newest first."""
         where, params = _usage_filter(since, user_id, guild_id)
         rows = await self._rows(
-            f"SELECT {_USAGE_COLUMNS} FROM usage_ledger WHERE {where}"
+            f"SELECT {USAGE_COLUMNS} FROM usage_ledger WHERE {where}"
             " ORDER BY at DESC, id DESC LIMIT ?",
             [*params, limit],
         )
-        return [_usage_entry(row) for row in rows]
+        return [usage_entry_from_row(row) for row in rows]
 
     # Settings
 
     async def get_user_settings(self, user_id: int) -> dict[str, object]:
         """Return a user's saved defaults ({} when none)."""
         row = await self._row("SELECT settings FROM user_settings WHERE user_id = ?", (user_id,))
-        return _load_json(row[0]) if row is not None else {}
+        return load_json(row[0]) if row is not None else {}
 
     async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
         """Replace a user's saved defaults."""
@@ -1127,13 +972,13 @@ class SqliteStore:
             "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (user_id) DO UPDATE SET"
             " settings = excluded.settings, updated_at = excluded.updated_at",
-            (user_id, _dump_json(settings), self._clock()),
+            (user_id, dump_json(settings), self._clock()),
         )
 
     async def get_guild_config(self, guild_id: int) -> dict[str, object]:
         """Return a server's configuration ({} when none)."""
         row = await self._row("SELECT config FROM guild_config WHERE guild_id = ?", (guild_id,))
-        return _load_json(row[0]) if row is not None else {}
+        return load_json(row[0]) if row is not None else {}
 
     async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
         """Replace a server's configuration."""
@@ -1141,7 +986,7 @@ class SqliteStore:
             "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (guild_id) DO UPDATE SET"
             " config = excluded.config, updated_at = excluded.updated_at",
-            (guild_id, _dump_json(config), self._clock()),
+            (guild_id, dump_json(config), self._clock()),
         )
 
     # Privacy

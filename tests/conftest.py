@@ -1,21 +1,33 @@
-"""Shared fixtures: the stand-ins on random ports, waiting on conditions with a deadline, and
-the `e2e` marker put on every test that runs the whole bot or a process."""
+"""Shared fixtures: the stand-ins on random ports, waiting on conditions with a deadline, a
+PostgreSQL server of the test session's own, and the `e2e` marker put on every test that runs
+the whole bot or a process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import glob
 import inspect
 import os
+import pwd
 import re
+import secrets
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
 from fakes.openai_api import FakeOpenAI
@@ -251,3 +263,149 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line(
             f"{len(RECORDED)} recorded end-to-end requests pass the stand-ins' checks"
         )
+
+
+# PostgreSQL: one server per test session, started from the system's binaries in a temporary
+# folder (initdb + pg_ctl, 127.0.0.1 on a free port, a password on TCP), and a fresh database
+# per test. Tests on it are not `e2e`: the server is a service like the stand-ins, not the bot.
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster owned by the test session."""
+
+    def __init__(self, bindir: Path, root: Path, owner: str | None, password: str) -> None:
+        self.bindir = bindir
+        self.root = root
+        self.data = root / "data"
+        self.owner = owner
+        self.password = password
+        self.port = 0
+
+    @classmethod
+    def start(cls) -> PostgresServer:
+        """Find the binaries, make a cluster and start it; fails the session clearly if not."""
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+        initdb = Path(found[-1]) if found else Path(shutil.which("initdb") or "initdb")
+        if not initdb.is_file():
+            reason = "PostgreSQL's initdb was not found (Debian: apt-get install postgresql)"
+            if os.environ.get("CI"):
+                pytest.fail(reason)  # CI installs it: a missing server is a broken CI
+            pytest.skip(reason)
+        # initdb refuses to run as root: the cluster belongs to the `postgres` user then.
+        owner = "postgres" if os.geteuid() == 0 else None
+        # In memory where there is a tmpfs: creating a database per test is then fast.
+        shm = Path("/dev/shm")
+        roomy = shm.is_dir() and os.access(shm, os.W_OK)
+        if roomy:
+            stats = os.statvfs(shm)
+            roomy = stats.f_bavail * stats.f_frsize > 1 << 30
+        where = shm if roomy else None
+        root = Path(tempfile.mkdtemp(prefix="imagine-pg-", dir=where))
+        # '@' and ':' in the password make the URLs percent-encode it, as real ones may.
+        server = cls(initdb.parent, root, owner, "pw@:" + secrets.token_hex(8))
+        if owner is not None:
+            entry = pwd.getpwnam(owner)
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+        password_file = root / "password"
+        password_file.write_text(server.password)
+        server._run(
+            "initdb", "-D", str(server.data), "-U", "postgres", "--encoding=UTF8",
+            "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+            f"--pwfile={password_file}", "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        password_file.unlink()
+        for _attempt in range(3):  # a free port can be taken between probing and binding
+            server.port = _free_port()
+            settings = (
+                f"port = {server.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{root}'\nmax_connections = 300\n"
+                # Durability is not under test; speed is.
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+            (server.data / "postgresql.auto.conf").write_text(settings)
+            started = server._run(
+                "pg_ctl", "-D", str(server.data), "-l", str(root / "server.log"), "-w",
+                "-t", "60", "start", check=False,
+            )  # fmt: skip
+            if started.returncode == 0:
+                return server
+        log = (root / "server.log").read_text(errors="replace")[-3000:]
+        server.remove()
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log}")
+
+    def _run(
+        self, program: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        # As the cluster's owner, from a folder it may enter (the checkout may be private).
+        ids: dict[str, Any] = {}
+        if self.owner is not None:
+            entry = pwd.getpwnam(self.owner)
+            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        result = subprocess.run(
+            [str(self.bindir / program), *args],
+            cwd=self.root,
+            **ids,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"{program} failed ({result.returncode}): {result.stderr[-2000:]}")
+        return result
+
+    def url(self, database: str = "postgres") -> str:
+        """A postgresql:// URL for one database, with the password (percent-encoded)."""
+        return (
+            f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}/"
+            f"{database}"
+        )
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[str]:
+        """Create an empty database, yield its URL, drop it afterwards."""
+        name = "test_" + uuid.uuid4().hex[:16]
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield self.url(name)
+        finally:
+            with psycopg.connect(self.url(), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+        self.remove()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _version_key(path: str) -> int:
+    """The major version in /usr/lib/postgresql/<major>/bin/initdb."""
+    major = Path(path).parts[-3]
+    return int(major) if major.isdigit() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (started on first use, stopped at the end)."""
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's server."""
+    with postgres_server.database() as url:
+        yield url

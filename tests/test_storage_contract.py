@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiosqlite
+import psycopg
 import pytest
 
 from storage import (
@@ -31,9 +35,16 @@ from storage import (
     UsageTotals,
     UserUsage,
     Window,
+    describe_database,
     open_store,
+    redact_url,
     sqlite_path_from_url,
+    url_passwords,
 )
+from storage.postgres import PostgresStore
+from storage.postgres import migrate as postgres_migrate
+from storage.postgres import packaged_migrations as postgres_migrations
+from storage.postgres import schema_version as postgres_schema_version
 from storage.sqlite import (
     Migration,
     load_migrations,
@@ -42,6 +53,9 @@ from storage.sqlite import (
     schema_version,
     split_statements,
 )
+from tests.conftest import PostgresServer, wait_until
+
+T = TypeVar("T")
 
 # 2026-01-01T00:00:00Z
 NEW_YEAR = 1_767_225_600.0
@@ -63,22 +77,34 @@ class FakeClock:
         self.now += seconds
 
 
-StoreFactory = Callable[[Path, FakeClock], AbstractAsyncContextManager[Store]]
+# Opens one more store (in the test's own event loop) on the test's database.
+StoreOpener = Callable[[FakeClock], Awaitable[Store]]
 
 
-@asynccontextmanager
-async def sqlite_store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    """A SqliteStore on a fresh database file."""
-    store = await SqliteStore.open(tmp_path / "store.db", clock=clock)
-    try:
-        yield store
-    finally:
-        await store.close()
+def sqlite_database(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
+    """A fresh SQLite database file."""
+    path = tmp_path / "store.db"
+
+    async def open_sqlite(clock: FakeClock) -> Store:
+        return await SqliteStore.open(path, clock=clock)
+
+    return open_sqlite
+
+
+def postgres_database(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
+    """A fresh database on the test session's PostgreSQL server."""
+    url: str = request.getfixturevalue("postgres_url")
+
+    async def open_postgres(clock: FakeClock) -> Store:
+        return await PostgresStore.open(url, clock=clock)
+
+    return open_postgres
 
 
 # Each backend runs the whole contract suite; a new backend is one more line here.
 BACKENDS = [
-    pytest.param(sqlite_store, id="sqlite"),
+    pytest.param(sqlite_database, id="sqlite"),
+    pytest.param(postgres_database, id="postgres"),
 ]
 
 
@@ -88,12 +114,19 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> AsyncIterator[Store]:
-    factory: StoreFactory = request.param
-    async with factory(tmp_path, clock) as opened:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
+    """How to open a store on this test's own, empty database (as often as a test likes)."""
+    factory: Callable[[pytest.FixtureRequest, Path], StoreOpener] = request.param
+    return factory(request, tmp_path)
+
+
+@pytest.fixture
+async def store(database: StoreOpener, clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await database(clock)
+    try:
         yield opened
+    finally:
+        await opened.close()
 
 
 def conversation(channel_id: int = 100, **changes: object) -> Conversation:
@@ -978,6 +1011,77 @@ async def test_multi_statement_writes_interleave_with_other_writes(store: Store)
     assert len(await store.list_turns(100, limit=1000)) == 50
 
 
+# Two store instances on one database (two processes, as the database sees them)
+
+
+def within(*, user_images: int, guild_images: int) -> Callable[[Occupancy], None]:
+    """A gate with a per-user and a per-server cap on images (spent + reserved)."""
+
+    def gate(occupancy: Occupancy) -> None:
+        if occupancy.user_images + 1 > user_images or occupancy.guild_images + 1 > guild_images:
+            raise Refused(occupancy)
+
+    return gate
+
+
+async def test_admission_holds_across_two_store_instances(
+    database: StoreOpener, clock: FakeClock
+) -> None:
+    first, second = await database(clock), await database(clock)
+    try:
+        gate = within(user_images=3, guild_images=5)
+
+        async def admit(store: Store, user_id: int) -> Job | None:
+            try:
+                return await store.admit_job(
+                    new_job(user_id, reserved_usd=0.1, reserved_images=1),
+                    user_window=WHOLE_TIME,
+                    guild_window=WHOLE_TIME,
+                    gate=gate,
+                )
+            except Refused:
+                return None
+
+        attempts = [
+            admit(store, user_id)
+            for _ in range(8)
+            for store in (first, second)
+            for user_id in (10, 11)
+        ]
+        admitted = [job for job in await asyncio.gather(*attempts) if job is not None]
+        # Two users of one server: three places each, five for the server.
+        assert len(admitted) == 5
+        per_user = {
+            user_id: sum(job.user_id == user_id for job in admitted) for user_id in (10, 11)
+        }
+        assert sorted(per_user.values()) == [2, 3]
+        assert await second.count_active_jobs() == await first.count_active_jobs() == 5
+        assert len({job.id for job in admitted}) == 5
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_retry_is_taken_once_across_two_store_instances(
+    database: StoreOpener, clock: FakeClock
+) -> None:
+    first, second = await database(clock), await database(clock)
+    try:
+        job = await first.enqueue_job(new_job())
+        await first.start_job(job.id)
+        await first.finish_job(job.id, "interrupted")
+        results = await asyncio.gather(
+            *(readmit(store, job.id) for _ in range(6) for store in (first, second))
+        )
+        assert sum(result is not None for result in results) == 1
+        again = await second.get_job(job.id)
+        assert again is not None and again.status == "queued"
+        assert await first.start_job(job.id) and not await second.start_job(job.id)
+    finally:
+        await first.close()
+        await second.close()
+
+
 # SQLite only
 
 
@@ -1091,6 +1195,219 @@ async def test_sqlite_open_store_closes_its_connection(tmp_path: Path) -> None:
         await store.get_conversation(1)
 
 
+# PostgreSQL only
+
+
+class StoreThread:
+    """An event loop of its own in a thread of its own, for a store that must not share the
+    test's loop: a gate that blocks it holds its transaction open, as a slow process would."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on this thread's loop and wait for it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+def lock_waiters(observer: psycopg.Connection[Any]) -> int:
+    """How many sessions wait for an advisory lock right now."""
+    row = observer.execute(
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+@pytest.mark.parametrize("contender", ["same user", "same server", "retry"])
+async def test_postgres_admission_waits_for_a_holder_in_another_pool(
+    postgres_url: str, clock: FakeClock, contender: str
+) -> None:
+    """While one process's admission holds the last place, another's waits for it to commit
+    and then sees its reservation, for the same user, the same server, and a Retry."""
+    holder, other = StoreThread(), StoreThread()
+    inside, release = threading.Event(), threading.Event()
+    seen: list[Occupancy] = []
+
+    def one_place(occupancy: Occupancy) -> None:
+        if occupancy.user_pending >= 1 or occupancy.guild_images >= 1:
+            raise Refused(occupancy)
+
+    def holding(occupancy: Occupancy) -> None:
+        inside.set()
+        assert release.wait(timeout=60), "the test never released the first admission"
+        one_place(occupancy)
+
+    def watching(occupancy: Occupancy) -> None:
+        seen.append(occupancy)
+        one_place(occupancy)
+
+    first = await holder.call(PostgresStore.open(postgres_url, clock=clock))
+    second = await other.call(PostgresStore.open(postgres_url, clock=clock))
+    pending: list[asyncio.Future[Job | None]] = []
+    try:
+        retried: Job | None = None
+        if contender == "retry":
+            retried = await other.call(second.enqueue_job(new_job(10)))
+            await other.call(second.start_job(retried.id))
+            await other.call(second.finish_job(retried.id, "interrupted"))
+        admitted: asyncio.Future[Job | None] = asyncio.ensure_future(
+            holder.call(
+                first.admit_job(
+                    new_job(10, reserved_images=1),
+                    user_window=WHOLE_TIME,
+                    guild_window=WHOLE_TIME,
+                    gate=holding,
+                )
+            )
+        )
+        pending.append(admitted)
+        await wait_until(inside.is_set, what="the first admission to reach its gate")
+        if retried is not None:
+            contending = second.readmit_job(
+                retried.id,
+                reserved_usd=0.0,
+                reserved_images=1,
+                user_window=WHOLE_TIME,
+                guild_window=WHOLE_TIME,
+                gate=watching,
+            )
+        else:
+            user_id = 10 if contender == "same user" else 11
+            contending = second.admit_job(
+                new_job(user_id, reserved_images=1),
+                user_window=WHOLE_TIME,
+                guild_window=WHOLE_TIME,
+                gate=watching,
+            )
+        contended: asyncio.Future[Job | None] = asyncio.ensure_future(other.call(contending))
+        pending.append(contended)
+        with psycopg.connect(postgres_url, autocommit=True) as observer:
+            await wait_until(
+                lambda: lock_waiters(observer) == 1,
+                what="the second admission to wait for the first one's lock",
+            )
+        # It read nothing while the first held the place.
+        assert seen == [] and not contended.done()
+        release.set()
+        job = await admitted
+        assert job is not None
+        with pytest.raises(Refused):
+            await contended
+        assert len(seen) == 1
+        if contender == "same server":
+            assert (seen[0].user_pending, seen[0].guild_images) == (0, 1)
+        else:
+            assert seen[0].user_pending == 1
+        assert [queued.id for queued in await holder.call(first.queued_jobs())] == [job.id]
+    finally:
+        release.set()
+        # Let both admissions end (however the test ended) before their loops go.
+        if pending:
+            await asyncio.wait(pending, timeout=60)
+        await holder.call(first.close())
+        await other.call(second.close())
+        holder.stop()
+        other.stop()
+
+
+async def test_postgres_migrations_twin_the_sqlite_ones() -> None:
+    twins = [(m.version, m.name) for m in postgres_migrations()]
+    assert twins == [(m.version, m.name) for m in packaged_migrations()]
+    assert all(migration.statements for migration in postgres_migrations())
+
+
+async def test_postgres_setup_from_several_processes_at_once(
+    postgres_url: str, clock: FakeClock
+) -> None:
+    # Four pools migrating one empty database together: each migration is applied once.
+    stores = await asyncio.gather(
+        *(PostgresStore.open(postgres_url, clock=clock) for _ in range(4))
+    )
+    try:
+        turn = await stores[0].add_turn(new_turn())
+        await stores[1].setup()
+        assert await stores[3].get_turn(turn.id) == turn
+    finally:
+        for store in stores:
+            await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await postgres_schema_version(conn) == len(postgres_migrations())
+        cursor = await conn.execute(
+            "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
+        )
+        rows = await cursor.fetchall()
+    assert [(row[0], row[1]) for row in rows] == [
+        (m.version, m.name) for m in postgres_migrations()
+    ]
+    assert {row[2] for row in rows} == {clock.now}
+
+
+async def test_postgres_migrations_are_atomic(postgres_url: str) -> None:
+    first = Migration(1, "first", ("CREATE TABLE a (x INTEGER)",))
+    broken = Migration(2, "broken", ("CREATE TABLE b (x INTEGER)", "CREATE TABLE a (x INTEGER)"))
+    fixed = Migration(2, "fixed", ("CREATE TABLE b (x INTEGER)",))
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await postgres_schema_version(conn) == 0
+        with pytest.raises(psycopg.errors.DuplicateTable):
+            await postgres_migrate(conn, [first, broken])
+        assert await postgres_schema_version(conn) == 1
+        cursor = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        assert [row[0] for row in await cursor.fetchall()] == ["a", "schema_migrations"]
+        assert await postgres_migrate(conn, [first, fixed]) == 2
+        assert await postgres_migrate(conn, [first, fixed]) == 2
+
+
+async def test_postgres_refuses_a_database_from_a_newer_bot(postgres_url: str) -> None:
+    async with await PostgresStore.open(postgres_url):
+        pass
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)"
+        )
+    with pytest.raises(SchemaVersionError, match="999"):
+        await PostgresStore.open(postgres_url)
+
+
+async def test_open_store_selects_postgresql(postgres_url: str) -> None:
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgresql+psycopg://")):
+        store = await open_store(url)
+        try:
+            assert isinstance(store, PostgresStore)
+            await store.set_guild_config(1, {"engine": "images"})
+            assert await store.get_guild_config(1) == {"engine": "images"}
+        finally:
+            await store.close()
+
+
+async def test_postgres_errors_never_show_the_password(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    right = postgres_server.url()
+    wrong = right.replace(quote(postgres_server.password, safe=""), "wr%40ng:pass")
+    assert wrong != right
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StorageError) as refused:
+        await PostgresStore.open(wrong, connect_timeout=5)
+    message = str(refused.value)
+    assert "password authentication failed" in message
+    assert "postgres:***@127.0.0.1" in message
+    with pytest.raises(StorageError) as missing:
+        await open_store(right.rsplit("/", 1)[0] + "/no_such_database")
+    assert "no_such_database" in str(missing.value)
+    everything = message + str(missing.value) + caplog.text
+    for secret in ("wr@ng:pass", "wr%40ng:pass", postgres_server.password):
+        assert secret not in everything
+
+
 # DATABASE_URL
 
 
@@ -1112,9 +1429,9 @@ def test_sqlite_urls_follow_sqlalchemy(url: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://bot:hunter2@db/bot", "not available yet"),
-        ("postgresql+asyncpg://bot:hunter2@db/bot", "not available yet"),
-        ("postgres://bot:hunter2@db/bot", "not available yet"),
+        ("postgresql://bot:hunter2@db/bot", "names PostgreSQL"),
+        ("postgresql+asyncpg://bot:hunter2@db/bot", "names PostgreSQL"),
+        ("postgres://bot:hunter2@db/bot", "names PostgreSQL"),
         ("mysql://bot:hunter2@db/bot", "'mysql' is not supported"),
         ("data/bot.db", "not a database URL"),
         ("sqlite://data/bot.db", "three slashes"),
@@ -1147,6 +1464,49 @@ async def test_open_store_absolute_path_and_memory(tmp_path: Path) -> None:
         assert await memory.get_user_settings(1) == {"b": 2}
 
 
-async def test_open_store_refuses_postgresql_for_now() -> None:
-    with pytest.raises(ValueError, match="not available yet"):
-        await open_store("postgresql://localhost/bot")
+async def test_open_store_refuses_other_databases_without_the_password() -> None:
+    with pytest.raises(ValueError, match="'mysql' is not supported") as raised:
+        await open_store("mysql://bot:hunter2@db/bot")
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "described"),
+    [
+        (
+            "postgresql://bot:hu%40nter2@db:5432/bot?sslmode=require",
+            "postgresql://bot:***@db:5432/bot?sslmode=require",
+            "PostgreSQL postgresql://bot:***@db:5432/bot?sslmode=require",
+        ),
+        (
+            "postgresql+psycopg://bot:hunter2@db/bot",
+            "postgresql+psycopg://bot:***@db/bot",
+            "PostgreSQL postgresql://bot:***@db/bot",
+        ),
+        (
+            "postgres://db/bot?user=bot&password=hunter2",
+            "postgres://db/bot?user=bot&password=***",
+            "PostgreSQL postgresql://db/bot?user=bot&password=***",
+        ),
+        (
+            "postgresql://bot@db/bot",
+            "postgresql://bot@db/bot",
+            "PostgreSQL postgresql://bot@db/bot",
+        ),
+        ("sqlite:///data/bot.db", "sqlite:///data/bot.db", "SQLite file data/bot.db"),
+        ("sqlite://", "sqlite://", "SQLite in memory"),
+    ],
+)
+def test_database_urls_are_shown_without_their_password(
+    url: str, shown: str, described: str
+) -> None:
+    assert redact_url(url) == shown
+    assert describe_database(url) == described
+    for password in url_passwords(url):
+        assert password not in shown
+
+
+def test_url_passwords_lists_every_spelling() -> None:
+    assert url_passwords("postgresql://bot:hu%40nter2@db/bot") == ["hu%40nter2", "hu@nter2"]
+    assert url_passwords("postgresql://db/bot?password=a%2Fb") == ["a%2Fb", "a/b"]
+    assert url_passwords("postgresql://bot@db/bot") == []

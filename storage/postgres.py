@@ -1,0 +1,1077 @@
+"""The PostgreSQL backend: a psycopg 3 connection pool, the same numbered migrations.
+
+Several bot processes may share one database, so every rule the ledger needs holds across
+processes, not only across the tasks of one: admission reads the occupancy and inserts the job
+under a transaction-scoped advisory lock per user and per server; state changes are conditional
+UPDATEs (of two processes racing for a job, exactly one wins); migrations run under an advisory
+lock too, so two processes starting together apply each one once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import cache
+from importlib import resources
+from types import TracebackType
+from typing import Self
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from storage._rows import (
+    ACTIVE,
+    CONVERSATION_COLUMNS,
+    JOB_COLUMNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
+    conversation_from_row,
+    dump_json,
+    job_from_row,
+    load_json,
+    turn_from_row,
+    usage_entry_from_row,
+    utc_day,
+)
+from storage.base import (
+    ANONYMOUS_USER_ID,
+    FINISHED_JOB_STATUSES,
+    RETRYABLE_JOB_STATUSES,
+    AdmissionGate,
+    Conversation,
+    DayUsage,
+    Job,
+    JobStatus,
+    NewJob,
+    NewTurn,
+    NewUsageEntry,
+    Occupancy,
+    SchemaVersionError,
+    StorageError,
+    Turn,
+    TurnStatus,
+    UsageEntry,
+    UsageTotals,
+    UserUsage,
+    Window,
+)
+from storage.schema import Migration, load_migrations
+from storage.urls import postgres_conninfo, redact_url, scrub
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Connection = psycopg.AsyncConnection[TupleRow]
+Pool = AsyncConnectionPool[Connection]
+
+
+def lock_key(kind: str, ident: int) -> int:
+    """Return the advisory-lock key (a signed 64-bit int) of one user, server or other thing."""
+    # A stable hash, the same in every process (Python's hash() is salted per process).
+    digest = hashlib.blake2b(f"imagine-bot:{kind}:{ident}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_MIGRATION_LOCK = lock_key("migrations", 0)
+
+
+# Migrations
+
+
+@cache
+def packaged_migrations() -> tuple[Migration, ...]:
+    """Return the migrations shipped in `storage/migrations/postgres`."""
+    return load_migrations(resources.files("storage") / "migrations" / "postgres")
+
+
+# The level is the highest version in this table (SQLite keeps it in PRAGMA user_version); a row
+# per migration also says when each was applied.
+_CREATE_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
+    " applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+
+async def schema_version(conn: Connection) -> int:
+    """Return the schema version recorded in the database (0 for an empty one)."""
+    cursor = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    exists = await cursor.fetchone()
+    if exists is None or not exists[0]:
+        return 0
+    cursor = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def migrate(
+    conn: Connection, migrations: Sequence[Migration], *, clock: Clock = time.time
+) -> int:
+    """Apply the migrations the database lacks, each atomically; return the new version.
+
+    `conn` must be in autocommit mode: each migration is its own transaction.
+    """
+    latest = migrations[-1].version if migrations else 0
+    current = await schema_version(conn)
+    if current > latest:
+        raise SchemaVersionError(
+            f"the database is at schema version {current} but this bot only knows up to "
+            f"{latest}; upgrade the bot or restore an older database"
+        )
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        async with conn.transaction():
+            # Two processes starting together: the second waits here, then finds the version
+            # already applied. DDL is transactional, so a failed migration leaves no trace.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(_CREATE_SCHEMA_TABLE)
+            current = await schema_version(conn)
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, clock()),
+            )
+        current = migration.version
+        log.info("applied migration %04d_%s", migration.version, migration.name)
+    return current
+
+
+def _usage_filter(
+    since: float, user_id: int | None, guild_id: int | None, until: float | None = None
+) -> tuple[str, list[object]]:
+    """Build a WHERE clause for the usage ledger from fixed fragments and `%s` parameters."""
+    # Optional filters are left out rather than written as `(%s IS NULL OR col = %s)`, which
+    # would hide the (user_id, at) and (guild_id, at) indexes from the planner.
+    clauses = ["at >= %s"]
+    params: list[object] = [since]
+    if until is not None:
+        clauses.append("at < %s")
+        params.append(until)
+    if user_id is not None:
+        clauses.append("user_id = %s")
+        params.append(user_id)
+    if guild_id is not None:
+        clauses.append("guild_id = %s")
+        params.append(guild_id)
+    return " AND ".join(clauses), params
+
+
+class PostgresStore:
+    """The store on PostgreSQL, through a pool of psycopg connections in autocommit mode.
+
+    A single write is one statement (committed on its own); several statements that must hold
+    together run in an explicit transaction on one pooled connection.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        clock: Clock = time.time,
+        migrations: Sequence[Migration] | None = None,
+        close_pool: bool = False,
+    ) -> None:
+        """Wrap an open pool whose connections are in autocommit mode; `close_pool` hands its
+        ownership to the store."""
+        self._pool = pool
+        self._clock = clock
+        self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
+        self._close_pool = close_pool
+        self._ready = False
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        clock: Clock = time.time,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> PostgresStore:
+        """Connect to the database a postgresql:// URL names, migrate it, and return the store.
+
+        Raises StorageError when the server cannot be reached or refuses the credentials; the
+        message names the URL with its password hidden.
+        """
+        conninfo = postgres_conninfo(database_url)
+        where = redact_url(conninfo)
+        # One connection first: a wrong password or host fails at once with libpq's own words
+        # (the pool would retry in the background until its timeout).
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+            )
+        except psycopg.Error as exc:
+            # Raised without the original: libpq may quote pieces of a malformed URL.
+            raise StorageError(
+                f"cannot connect to {where}: {scrub(str(exc), database_url)}"
+            ) from None
+        await probe.close()
+        pool: Pool = AsyncConnectionPool(
+            conninfo,
+            min_size=min_connections,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            open=False,
+            name="imagine-store",
+            timeout=30.0,
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+            store = cls(pool, clock=clock, close_pool=True)
+            await store.setup()
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, psycopg.Error | TimeoutError):
+                raise StorageError(f"cannot use {where}: {scrub(str(exc), database_url)}") from None
+            raise
+        return store
+
+    # Lifecycle
+
+    async def setup(self) -> None:
+        """Apply pending migrations; safe to call again and from several processes at once."""
+        async with self._pool.connection() as conn:
+            version = await migrate(conn, self._migrations, clock=self._clock)
+        self._ready = True
+        log.debug("PostgreSQL store ready at schema version %d", version)
+
+    async def close(self) -> None:
+        """Close the pool if the store owns it (it does when made by `open`)."""
+        if self._close_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        if not self._ready:
+            await self.setup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Plumbing
+
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[TupleRow]:
+        """Run a read and return all its rows."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(sql, params)
+            return await cursor.fetchall()
+
+    async def _row(self, sql: str, params: Sequence[object] = ()) -> TupleRow | None:
+        """Run a read and return its first row, or None."""
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def _write(self, sql: str, params: Sequence[object]) -> int:
+        """Run one write statement (committed on its own); return how many rows it changed."""
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(sql, params)
+            return cursor.rowcount
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """Run several statements atomically on one connection (rolled back on any error)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @staticmethod
+    async def _fetch(
+        conn: Connection, sql: str, params: Sequence[object] | Mapping[str, object]
+    ) -> list[TupleRow]:
+        cursor = await conn.execute(sql, params)
+        return await cursor.fetchall()
+
+    @staticmethod
+    async def _lock(conn: Connection, keys: Sequence[int]) -> None:
+        """Take transaction-scoped advisory locks, always in ascending order (no deadlocks)."""
+        for key in sorted(set(keys)):
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    # Conversations
+
+    async def get_conversation(self, channel_id: int) -> Conversation | None:
+        """Return the conversation of a thread or DM channel, or None."""
+        row = await self._row(
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE channel_id = %s",
+            (channel_id,),
+        )
+        return conversation_from_row(row) if row is not None else None
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Insert a conversation, or replace it (keeping its original `created_at`)."""
+        async with self._pool.connection() as conn:
+            await self._upsert_conversation(conn, conversation)
+
+    async def _upsert_conversation(self, conn: Connection, conversation: Conversation) -> None:
+        await conn.execute(
+            f"INSERT INTO conversations ({CONVERSATION_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (channel_id) DO UPDATE SET"
+            " guild_id = excluded.guild_id,"
+            " owner_id = excluded.owner_id,"
+            " parent_channel_id = excluded.parent_channel_id,"
+            " latest_response_id = excluded.latest_response_id,"
+            " latest_message_id = excluded.latest_message_id,"
+            " engine = excluded.engine,"
+            " options = excluded.options,"
+            " updated_at = excluded.updated_at",
+            (
+                conversation.channel_id,
+                conversation.guild_id,
+                conversation.owner_id,
+                conversation.parent_channel_id,
+                conversation.latest_response_id,
+                conversation.latest_message_id,
+                conversation.engine,
+                dump_json(conversation.options),
+                conversation.created_at,
+                conversation.updated_at,
+            ),
+        )
+
+    async def advance_conversation(
+        self, channel_id: int, *, response_id: str, message_id: int | None
+    ) -> bool:
+        """Point a conversation at its newest response; return False if there is none."""
+        changed = await self._write(
+            "UPDATE conversations"
+            " SET latest_response_id = %s, latest_message_id = %s, updated_at = %s"
+            " WHERE channel_id = %s",
+            (response_id, message_id, self._clock(), channel_id),
+        )
+        return changed > 0
+
+    async def delete_conversation(self, channel_id: int) -> bool:
+        """Forget a conversation; return whether it existed (its turns stay)."""
+        changed = await self._write(
+            "DELETE FROM conversations WHERE channel_id = %s", (channel_id,)
+        )
+        return changed > 0
+
+    # Turns
+
+    async def add_turn(self, turn: NewTurn) -> Turn:
+        """Record a turn and return it with its id and creation time."""
+        async with self._pool.connection() as conn:
+            return await self._insert_turn(conn, turn)
+
+    async def _insert_turn(self, conn: Connection, turn: NewTurn) -> Turn:
+        created_at = self._clock()
+        rows = await self._fetch(
+            conn,
+            "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
+            " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
+            " cost_usd, status, image_url, created_at, result)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING id",
+            (
+                turn.channel_id,
+                turn.guild_id,
+                turn.user_id,
+                turn.message_id,
+                turn.response_id,
+                turn.parent_response_id,
+                turn.prompt,
+                turn.revised_prompt,
+                dump_json(turn.options),
+                turn.engine,
+                turn.model,
+                dump_json(turn.usage),
+                float(turn.cost_usd),
+                str(turn.status),
+                turn.image_url,
+                created_at,
+                dump_json(turn.result),
+            ),
+        )
+        return Turn(
+            id=int(rows[0][0]),
+            channel_id=turn.channel_id,
+            guild_id=turn.guild_id,
+            user_id=turn.user_id,
+            message_id=turn.message_id,
+            response_id=turn.response_id,
+            parent_response_id=turn.parent_response_id,
+            prompt=turn.prompt,
+            revised_prompt=turn.revised_prompt,
+            # Copies, so the caller mutating its NewTurn cannot change the returned record.
+            options=dict(turn.options),
+            engine=turn.engine,
+            model=turn.model,
+            usage=dict(turn.usage),
+            cost_usd=float(turn.cost_usd),
+            status=str(turn.status),
+            image_url=turn.image_url,
+            created_at=created_at,
+            result=dict(turn.result),
+        )
+
+    async def get_turn(self, turn_id: int) -> Turn | None:
+        """Return a turn by id, or None."""
+        row = await self._row(f"SELECT {TURN_COLUMNS} FROM turns WHERE id = %s", (turn_id,))
+        return turn_from_row(row) if row is not None else None
+
+    async def get_turn_by_message(self, message_id: int) -> Turn | None:
+        """Return the newest turn posted as this Discord message, or None."""
+        row = await self._row(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE message_id = %s ORDER BY id DESC LIMIT 1",
+            (message_id,),
+        )
+        return turn_from_row(row) if row is not None else None
+
+    async def get_turn_by_response(self, response_id: str) -> Turn | None:
+        """Return the newest turn produced by this OpenAI response, or None."""
+        row = await self._row(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE response_id = %s ORDER BY id DESC LIMIT 1",
+            (response_id,),
+        )
+        return turn_from_row(row) if row is not None else None
+
+    async def latest_turn(self, channel_id: int, *, with_image: bool = True) -> Turn | None:
+        """Return the channel's newest completed turn (with an image unless told otherwise).
+
+        A turn has an image once it was posted: it has a message id or an image URL.
+        """
+        posted = " AND (message_id IS NOT NULL OR image_url IS NOT NULL)" if with_image else ""
+        row = await self._row(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE channel_id = %s AND status = %s{posted}"
+            " ORDER BY id DESC LIMIT 1",
+            (channel_id, TurnStatus.COMPLETED.value),
+        )
+        return turn_from_row(row) if row is not None else None
+
+    async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
+        """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
+        changed = await self._write(
+            "UPDATE turns SET message_id = %s, image_url = %s WHERE id = %s",
+            (message_id, image_url, turn_id),
+        )
+        return changed > 0
+
+    async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
+        """Return a channel's most recent turns, newest first."""
+        rows = await self._rows(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE channel_id = %s ORDER BY id DESC LIMIT %s",
+            (channel_id, limit),
+        )
+        return [turn_from_row(row) for row in rows]
+
+    async def delete_turn(self, turn_id: int) -> bool:
+        """Delete a turn and its saved image; return whether it existed."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM turn_images WHERE turn_id = %s", (turn_id,))
+            cursor = await conn.execute("DELETE FROM turns WHERE id = %s", (turn_id,))
+            return cursor.rowcount > 0
+
+    async def delete_turn_rolling_back(self, turn_id: int) -> bool:
+        """Delete a turn and its image; a conversation whose head it was goes back to its parent.
+
+        The parent is the turn's `parent_response_id` (and the message that showed it, if that
+        turn is still known), or nothing for a first turn: the next message starts afresh.
+        """
+        async with self._transaction() as conn:
+            rows = await self._fetch(
+                conn,
+                "DELETE FROM turns WHERE id = %s"
+                " RETURNING channel_id, response_id, parent_response_id",
+                (turn_id,),
+            )
+            if not rows:
+                return False
+            channel_id, response_id, parent_response_id = rows[0]
+            await conn.execute("DELETE FROM turn_images WHERE turn_id = %s", (turn_id,))
+            if response_id is not None:
+                parent_message = await self._fetch(
+                    conn,
+                    "SELECT message_id FROM turns WHERE response_id = %s AND channel_id = %s"
+                    " ORDER BY id DESC LIMIT 1",
+                    (parent_response_id, channel_id),
+                )
+                await conn.execute(
+                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = %s,"
+                    " updated_at = %s WHERE channel_id = %s AND latest_response_id = %s",
+                    (
+                        parent_response_id,
+                        parent_message[0][0] if parent_message else None,
+                        self._clock(),
+                        channel_id,
+                        response_id,
+                    ),
+                )
+            return True
+
+    # Jobs
+
+    async def enqueue_job(self, job: NewJob) -> Job:
+        """Add a queued job (with its reservation) and return it, without a limit check."""
+        async with self._pool.connection() as conn:
+            return await self._insert_job(conn, job)
+
+    async def _insert_job(self, conn: Connection, job: NewJob) -> Job:
+        now = self._clock()
+        rows = await self._fetch(
+            conn,
+            "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
+            " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
+            " reserved_images) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)"
+            f" RETURNING {JOB_COLUMNS}",
+            (
+                job.kind,
+                JobStatus.QUEUED.value,
+                job.guild_id,
+                job.channel_id,
+                job.user_id,
+                dump_json(job.payload),
+                job.locale,
+                job.progress_message_id,
+                now,
+                now,
+                float(job.reserved_usd),
+                job.reserved_images,
+            ),
+        )
+        return job_from_row(rows[0])
+
+    async def _occupancy(
+        self,
+        conn: Connection,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        user_window: Window,
+        guild_window: Window,
+    ) -> Occupancy:
+        """Spent usage in the windows plus the reservations of active jobs, read in one
+        statement (inside the admission transaction, after its locks)."""
+        rows = await self._fetch(
+            conn,
+            "SELECT"
+            " (SELECT COUNT(*) FROM jobs WHERE user_id = %(user)s AND status = ANY(%(active)s)),"
+            " (SELECT COALESCE(SUM(images), 0) FROM usage_ledger"
+            "   WHERE user_id = %(user)s AND at >= %(user_since)s AND at < %(user_until)s)"
+            " + (SELECT COALESCE(SUM(reserved_images), 0) FROM jobs"
+            "   WHERE user_id = %(user)s AND status = ANY(%(active)s)),"
+            " (SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger"
+            "   WHERE user_id = %(user)s AND at >= %(user_since)s AND at < %(user_until)s)"
+            " + (SELECT COALESCE(SUM(reserved_usd), 0) FROM jobs"
+            "   WHERE user_id = %(user)s AND status = ANY(%(active)s)),"
+            " (SELECT COALESCE(SUM(images), 0) FROM usage_ledger"
+            "   WHERE guild_id = %(guild)s AND at >= %(guild_since)s AND at < %(guild_until)s)"
+            " + (SELECT COALESCE(SUM(reserved_images), 0) FROM jobs"
+            "   WHERE guild_id = %(guild)s AND status = ANY(%(active)s)),"
+            " (SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger"
+            "   WHERE guild_id = %(guild)s AND at >= %(guild_since)s AND at < %(guild_until)s)"
+            " + (SELECT COALESCE(SUM(reserved_usd), 0) FROM jobs"
+            "   WHERE guild_id = %(guild)s AND status = ANY(%(active)s))",
+            {
+                "user": user_id,
+                # A DM (no server) matches no row: `guild_id = NULL` is never true.
+                "guild": guild_id,
+                "active": list(ACTIVE),
+                "user_since": user_window.since,
+                "user_until": user_window.until,
+                "guild_since": guild_window.since,
+                "guild_until": guild_window.until,
+            },
+        )
+        user_pending, user_images, user_usd, guild_images, guild_usd = rows[0]
+        return Occupancy(
+            user_pending=int(user_pending),
+            user_images=int(user_images),
+            user_usd=float(user_usd),
+            guild_images=int(guild_images),
+            guild_usd=float(guild_usd),
+        )
+
+    async def _admission_locks(self, conn: Connection, user_id: int, guild_id: int | None) -> None:
+        """Serialize admissions that share a user or a server, across every process.
+
+        Held until the transaction ends, so the next admission reads an occupancy that already
+        counts this one's reservation.
+        """
+        keys = [lock_key("user", user_id)]
+        if guild_id is not None:
+            keys.append(lock_key("guild", guild_id))
+        await self._lock(conn, keys)
+
+    async def admit_job(
+        self,
+        job: NewJob,
+        *,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job:
+        """Add a queued job with its reservation, atomically with the limit check."""
+        async with self._transaction() as conn:
+            await self._admission_locks(conn, job.user_id, job.guild_id)
+            gate(
+                await self._occupancy(
+                    conn,
+                    user_id=job.user_id,
+                    guild_id=job.guild_id,
+                    user_window=user_window,
+                    guild_window=guild_window,
+                )
+            )
+            return await self._insert_job(conn, job)
+
+    async def readmit_job(
+        self,
+        job_id: int,
+        *,
+        reserved_usd: float,
+        reserved_images: int,
+        user_window: Window,
+        guild_window: Window,
+        gate: AdmissionGate,
+    ) -> Job | None:
+        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+
+        The same row is re-queued (same id, payload and progress message; error and times
+        cleared; attempts kept and counted on), so a second click on Retry, on this process or
+        another, finds it already queued and returns None instead of running the request twice.
+        """
+        retryable = sorted(status.value for status in RETRYABLE_JOB_STATUSES)
+        async with self._transaction() as conn:
+            owners = await self._fetch(
+                conn, "SELECT user_id, guild_id FROM jobs WHERE id = %s", (job_id,)
+            )
+            if not owners:
+                return None
+            await self._admission_locks(conn, int(owners[0][0]), owners[0][1])
+            rows = await self._fetch(
+                conn,
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND status = ANY(%s) FOR UPDATE",
+                (job_id, retryable),
+            )
+            if not rows:
+                return None
+            job = job_from_row(rows[0])
+            gate(
+                await self._occupancy(
+                    conn,
+                    user_id=job.user_id,
+                    guild_id=job.guild_id,
+                    user_window=user_window,
+                    guild_window=guild_window,
+                )
+            )
+            rows = await self._fetch(
+                conn,
+                "UPDATE jobs SET status = %s, queued_at = %s, error = NULL, started_at = NULL,"
+                " finished_at = NULL, reserved_usd = %s, reserved_images = %s,"
+                f" response_id = NULL WHERE id = %s RETURNING {JOB_COLUMNS}",
+                (
+                    JobStatus.QUEUED.value,
+                    self._clock(),
+                    float(reserved_usd),
+                    reserved_images,
+                    job_id,
+                ),
+            )
+            return job_from_row(rows[0])
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """Return a job by id, or None."""
+        row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
+        return job_from_row(row) if row is not None else None
+
+    async def start_job(self, job_id: int) -> bool:
+        """Move a queued job to running and count the attempt; False if it was not queued."""
+        # One conditional UPDATE: of two workers racing for the same job (in any process), the
+        # second waits for the first's row lock, then finds the status changed.
+        changed = await self._write(
+            "UPDATE jobs SET status = %s, attempts = attempts + 1, started_at = %s,"
+            " finished_at = NULL WHERE id = %s AND status = %s",
+            (JobStatus.RUNNING.value, self._clock(), job_id, JobStatus.QUEUED.value),
+        )
+        return changed > 0
+
+    async def place_job(
+        self, job_id: int, channel_id: int, conversation: Conversation | None
+    ) -> bool:
+        """Move a queued job to the channel it will be shown in, and open that channel's
+        conversation (replacing one there), in one transaction; False if the job is not queued.
+        """
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET channel_id = %s WHERE id = %s AND status = %s",
+                (channel_id, job_id, JobStatus.QUEUED.value),
+            )
+            if cursor.rowcount == 0:
+                return False
+            if conversation is not None:
+                await self._upsert_conversation(conn, conversation)
+            return True
+
+    async def finish_job(
+        self,
+        job_id: int,
+        status: str,
+        error: str | None = None,
+        *,
+        usage: NewUsageEntry | None = None,
+    ) -> bool:
+        """End a queued or running job with a final status, releasing its reservation; False if
+        it had already ended. `usage` is charged in the same transaction.
+
+        Raises ValueError for a status that is not final.
+        """
+        if status not in FINISHED_JOB_STATUSES:
+            allowed = ", ".join(sorted(FINISHED_JOB_STATUSES))
+            raise ValueError(f"a job cannot finish as {status!r}; use one of {allowed}")
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = %s, error = %s, finished_at = %s, reserved_usd = 0,"
+                " reserved_images = 0 WHERE id = %s AND status = ANY(%s)",
+                (str(status), error, self._clock(), job_id, list(ACTIVE)),
+            )
+            if cursor.rowcount == 0:
+                return False
+            if usage is not None:
+                await self._insert_usage(conn, usage)
+            return True
+
+    async def set_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember the OpenAI response a running job streams; False if it is not running."""
+        changed = await self._write(
+            "UPDATE jobs SET response_id = %s WHERE id = %s AND status = %s",
+            (response_id, job_id, JobStatus.RUNNING.value),
+        )
+        return changed > 0
+
+    async def save_result(
+        self,
+        job_id: int | None,
+        turn: NewTurn,
+        *,
+        image: bytes,
+        image_format: str,
+        usage: NewUsageEntry,
+        advance: bool,
+    ) -> Turn:
+        """Save a finished image, its turn, its usage and the new head in one transaction."""
+        async with self._transaction() as conn:
+            if job_id is not None:
+                # First, so a job another process already ended saves nothing at all.
+                locked = await self._fetch(
+                    conn,
+                    "SELECT progress_message_id FROM jobs WHERE id = %s AND status = %s FOR UPDATE",
+                    (job_id, JobStatus.RUNNING.value),
+                )
+                if not locked:
+                    raise StorageError(f"job {job_id} is not running; its result was not saved")
+            saved = await self._insert_turn(conn, turn)
+            await conn.execute(
+                "INSERT INTO turn_images (turn_id, format, data) VALUES (%s, %s, %s)",
+                (saved.id, image_format, image),
+            )
+            await self._insert_usage(conn, usage)
+            if advance and turn.response_id is not None:
+                await conn.execute(
+                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
+                    " updated_at = %s WHERE channel_id = %s",
+                    (turn.response_id, self._clock(), turn.channel_id),
+                )
+            if job_id is not None:
+                # The job's progress message becomes the final image: a reply to it continues
+                # from this turn even before the posting is recorded.
+                await conn.execute(
+                    "UPDATE turns SET message_id = %s WHERE id = %s AND message_id IS NULL",
+                    (locked[0][0], saved.id),
+                )
+                await conn.execute(
+                    "UPDATE jobs SET status = %s, turn_id = %s, reserved_usd = 0,"
+                    " reserved_images = 0 WHERE id = %s",
+                    (JobStatus.SAVED.value, saved.id, job_id),
+                )
+            return saved
+
+    async def mark_posted(
+        self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None
+    ) -> bool:
+        """Record where a saved job's image was posted and end the job (saved -> done)."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE turns SET message_id = %s, image_url = %s WHERE id = %s",
+                (message_id, image_url, turn_id),
+            )
+            # The head's message follows only if the head is still this turn's response.
+            await conn.execute(
+                "UPDATE conversations SET latest_message_id = %s FROM turns"
+                " WHERE turns.id = %s AND conversations.channel_id = turns.channel_id"
+                " AND conversations.latest_response_id = turns.response_id",
+                (message_id, turn_id),
+            )
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = %s, finished_at = %s WHERE id = %s AND status = %s",
+                (JobStatus.DONE.value, self._clock(), job_id, JobStatus.SAVED.value),
+            )
+            return cursor.rowcount > 0
+
+    async def saved_jobs(self) -> list[Job]:
+        """Return the jobs whose image is saved but not yet posted, oldest first."""
+        rows = await self._rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY id",
+            (JobStatus.SAVED.value,),
+        )
+        return [job_from_row(row) for row in rows]
+
+    async def get_turn_image(self, turn_id: int) -> tuple[bytes, str] | None:
+        """Return the saved image (bytes, format) of a turn, or None."""
+        row = await self._row("SELECT data, format FROM turn_images WHERE turn_id = %s", (turn_id,))
+        return (bytes(row[0]), str(row[1])) if row is not None else None
+
+    async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
+        """Remember the message that shows a job's progress; False if no such job."""
+        changed = await self._write(
+            "UPDATE jobs SET progress_message_id = %s WHERE id = %s", (message_id, job_id)
+        )
+        return changed > 0
+
+    async def queued_jobs(self) -> list[Job]:
+        """Return the queued jobs in the order they will run (first in, first out)."""
+        rows = await self._rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY queued_at, id",
+            (JobStatus.QUEUED.value,),
+        )
+        return [job_from_row(row) for row in rows]
+
+    async def running_jobs(self) -> list[Job]:
+        """Return the running jobs in the order they were first enqueued."""
+        rows = await self._rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY id",
+            (JobStatus.RUNNING.value,),
+        )
+        return [job_from_row(row) for row in rows]
+
+    async def interrupt_running_jobs(self) -> list[Job]:
+        """Mark every running job interrupted (at start-up) and return them in enqueue order."""
+        async with self._pool.connection() as conn:
+            rows = await self._fetch(
+                conn,
+                "UPDATE jobs SET status = %s, finished_at = %s, reserved_usd = 0,"
+                f" reserved_images = 0 WHERE status = %s RETURNING {JOB_COLUMNS}",
+                (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
+            )
+        # RETURNING gives no order guarantee.
+        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
+
+    async def queue_position(self, job_id: int) -> int:
+        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
+        row = await self._row(
+            "SELECT COUNT(*) FROM jobs AS ahead"
+            " JOIN jobs AS this ON this.id = %s AND this.status = %s"
+            " WHERE ahead.status = %s AND (ahead.queued_at < this.queued_at"
+            " OR (ahead.queued_at = this.queued_at AND ahead.id <= this.id))",
+            (job_id, JobStatus.QUEUED.value, JobStatus.QUEUED.value),
+        )
+        return int(row[0]) if row is not None else 0
+
+    async def count_active_jobs(self, user_id: int | None = None) -> int:
+        """Count queued and running jobs, of one user or of everyone."""
+        params: list[object] = [list(ACTIVE)]
+        sql = "SELECT COUNT(*) FROM jobs WHERE status = ANY(%s)"
+        if user_id is not None:
+            sql += " AND user_id = %s"
+            params.append(user_id)
+        row = await self._row(sql, params)
+        return int(row[0]) if row is not None else 0
+
+    # Uploaded-file cache
+
+    async def get_uploaded_file(self, sha256: str) -> str | None:
+        """Return the Files API id cached for this content hash, or None."""
+        row = await self._row("SELECT file_id FROM uploaded_files WHERE sha256 = %s", (sha256,))
+        return str(row[0]) if row is not None else None
+
+    async def put_uploaded_file(self, sha256: str, file_id: str, bytes: int) -> None:
+        """Cache the Files API id of an upload under its content hash (replacing an old one)."""
+        await self._write(
+            "INSERT INTO uploaded_files (sha256, file_id, size_bytes, created_at)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (sha256) DO UPDATE SET"
+            " file_id = excluded.file_id, size_bytes = excluded.size_bytes,"
+            " created_at = excluded.created_at",
+            (sha256, file_id, bytes, self._clock()),
+        )
+
+    # Usage ledger
+
+    async def record_usage(self, entry: NewUsageEntry) -> None:
+        """Append what one request cost to the ledger."""
+        async with self._pool.connection() as conn:
+            await self._insert_usage(conn, entry)
+
+    async def _insert_usage(self, conn: Connection, entry: NewUsageEntry) -> None:
+        at = self._clock()
+        await conn.execute(
+            "INSERT INTO usage_ledger (at, day, guild_id, user_id, channel_id, response_id,"
+            " model, engine, images, input_tokens, output_tokens, image_input_tokens,"
+            " image_output_tokens, cost_usd)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                at,
+                utc_day(at),
+                entry.guild_id,
+                entry.user_id,
+                entry.channel_id,
+                entry.response_id,
+                entry.model,
+                entry.engine,
+                entry.images,
+                entry.input_tokens,
+                entry.output_tokens,
+                entry.image_input_tokens,
+                entry.image_output_tokens,
+                float(entry.cost_usd),
+            ),
+        )
+
+    async def usage_totals(
+        self,
+        *,
+        since: float,
+        until: float | None = None,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+    ) -> UsageTotals:
+        """Sum usage in [since, until), optionally for one user and/or one server."""
+        where, params = _usage_filter(since, user_id, guild_id, until)
+        row = await self._row(
+            "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(input_tokens), 0),"
+            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+            f" FROM usage_ledger WHERE {where}",
+            params,
+        )
+        if row is None:
+            return UsageTotals(images=0, input_tokens=0, output_tokens=0, cost_usd=0.0)
+        return UsageTotals(
+            images=int(row[0]),
+            input_tokens=int(row[1]),
+            output_tokens=int(row[2]),
+            cost_usd=float(row[3]),
+        )
+
+    async def usage_by_day(
+        self, *, since: float, guild_id: int | None = None, user_id: int | None = None
+    ) -> list[DayUsage]:
+        """Sum usage per UTC day since a time, oldest day first (days without usage omitted)."""
+        where, params = _usage_filter(since, user_id, guild_id)
+        rows = await self._rows(
+            "SELECT day, SUM(images), SUM(cost_usd) FROM usage_ledger"
+            f" WHERE {where} GROUP BY day ORDER BY day",
+            params,
+        )
+        return [
+            DayUsage(day=str(row[0]), images=int(row[1]), cost_usd=float(row[2])) for row in rows
+        ]
+
+    async def usage_by_user(self, *, since: float, guild_id: int | None) -> list[UserUsage]:
+        """Sum usage per user since a time (one server, or all if None), costliest first."""
+        where, params = _usage_filter(since, None, guild_id)
+        rows = await self._rows(
+            "SELECT user_id, SUM(images) AS total_images, SUM(cost_usd) AS total_cost"
+            f" FROM usage_ledger WHERE {where} GROUP BY user_id"
+            " ORDER BY total_cost DESC, total_images DESC, user_id",
+            params,
+        )
+        return [
+            UserUsage(user_id=int(row[0]), images=int(row[1]), cost_usd=float(row[2]))
+            for row in rows
+        ]
+
+    async def list_usage(
+        self,
+        *,
+        since: float,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        limit: int = 100,
+    ) -> list[UsageEntry]:
+        """Return ledger rows since a time, newest first."""
+        where, params = _usage_filter(since, user_id, guild_id)
+        rows = await self._rows(
+            f"SELECT {USAGE_COLUMNS} FROM usage_ledger WHERE {where}"
+            " ORDER BY at DESC, id DESC LIMIT %s",
+            [*params, limit],
+        )
+        return [usage_entry_from_row(row) for row in rows]
+
+    # Settings
+
+    async def get_user_settings(self, user_id: int) -> dict[str, object]:
+        """Return a user's saved defaults ({} when none)."""
+        row = await self._row("SELECT settings FROM user_settings WHERE user_id = %s", (user_id,))
+        return load_json(row[0]) if row is not None else {}
+
+    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
+        """Replace a user's saved defaults."""
+        await self._write(
+            "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (user_id) DO UPDATE SET"
+            " settings = excluded.settings, updated_at = excluded.updated_at",
+            (user_id, dump_json(settings), self._clock()),
+        )
+
+    async def get_guild_config(self, guild_id: int) -> dict[str, object]:
+        """Return a server's configuration ({} when none)."""
+        row = await self._row("SELECT config FROM guild_config WHERE guild_id = %s", (guild_id,))
+        return load_json(row[0]) if row is not None else {}
+
+    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
+        """Replace a server's configuration."""
+        await self._write(
+            "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (guild_id) DO UPDATE SET"
+            " config = excluded.config, updated_at = excluded.updated_at",
+            (guild_id, dump_json(config), self._clock()),
+        )
+
+    # Privacy
+
+    async def delete_user_data(self, user_id: int) -> int:
+        """Erase what the bot keeps about a user; return the number of rows affected.
+
+        Deletes their settings, their turns, their finished jobs and the conversations they
+        own. Their usage rows lose everything that points at them (user, channel, response)
+        and are kept under ANONYMOUS_USER_ID, so a server's spending and budgets stay right.
+        Queued and running jobs are left to finish.
+        """
+        finished = sorted(status.value for status in FINISHED_JOB_STATUSES)
+        statements: list[tuple[str, Sequence[object]]] = [
+            ("DELETE FROM user_settings WHERE user_id = %s", (user_id,)),
+            (
+                "DELETE FROM turn_images WHERE turn_id IN"
+                " (SELECT id FROM turns WHERE user_id = %s)",
+                (user_id,),
+            ),
+            ("DELETE FROM turns WHERE user_id = %s", (user_id,)),
+            ("DELETE FROM jobs WHERE user_id = %s AND status = ANY(%s)", (user_id, finished)),
+            ("DELETE FROM conversations WHERE owner_id = %s", (user_id,)),
+            (
+                "UPDATE usage_ledger SET user_id = %s, channel_id = NULL, response_id = NULL"
+                " WHERE user_id = %s",
+                (ANONYMOUS_USER_ID, user_id),
+            ),
+        ]
+        affected = 0
+        async with self._transaction() as conn:
+            for sql, params in statements:
+                cursor = await conn.execute(sql, params)
+                affected += cursor.rowcount
+        return affected
