@@ -954,7 +954,8 @@ class PostgresStore:
         where, params = _usage_filter(since, user_id, guild_id, until)
         row = await self._row(
             "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(input_tokens), 0),"
-            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+            " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0),"
+            " COALESCE(SUM(image_input_tokens + image_output_tokens), 0)"
             f" FROM usage_ledger WHERE {where}",
             params,
         )
@@ -965,6 +966,7 @@ class PostgresStore:
             input_tokens=int(row[1]),
             output_tokens=int(row[2]),
             cost_usd=float(row[3]),
+            image_tokens=int(row[4]),
         )
 
     async def usage_by_day(
