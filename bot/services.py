@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from bot.core.runner import RunnerConfig, TurnRunner
 from bot.settings import Settings
 from storage import open_store
 from storage.base import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,5 +78,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         yield Services(settings=settings, store=store, client=client, runner=runner, prices=prices)
     finally:
+        stats = budget.stats
+        log.info(
+            "image memory budget: peak %.1f of %d MiB, %d waits (%.1f s), previews decoded %d, "
+            "dropped undecoded %d, repeated finals skipped %.1f MB",
+            stats.peak / MIB,
+            settings.image_memory_budget_mb,
+            stats.waits,
+            stats.wait_seconds,
+            stats.partials_decoded,
+            stats.partials_dropped,
+            stats.skipped_bytes / 1e6,
+        )
         await store.close()
         await client.close()

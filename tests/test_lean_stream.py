@@ -258,3 +258,15 @@ def test_stream_ends_at_done_and_ignores_what_follows() -> None:
     parser = LeanSSEParser()
     assert [e.type for e in events_of(iter([data]), parser)] == ["a"]
     assert parser.done
+
+
+def test_the_repeat_is_skipped_even_when_it_shares_a_chunk_with_its_first_copy() -> None:
+    rng = random.Random(12)
+    events = turn_events(rng, 3000)
+    parser = LeanSSEParser(auto_skip_repeats=True)
+    got = list(events_of(iter([frame(rng, events, varied=False)]), parser))
+
+    final_b64 = events[-1]["response"]["output"][0]["result"]
+    assert parser.skipped_bytes == len(final_b64)
+    span = got[-1].span(got[-1].data["response"]["output"][0]["result"])
+    assert span is not None and span.skipped

@@ -126,10 +126,12 @@ class LeanSSEParser:
     """Incremental parser: `feed()` bytes as they arrive, get complete `LeanEvent`s back.
 
     `skip_repeated_results` makes the `result` of a `response.completed`/`.incomplete` event a
-    skipped span (the consumer already holds the final image from `output_item.done`).
+    skipped span (the consumer already holds the final image from `output_item.done`);
+    `auto_skip_repeats` sets it as soon as an `output_item.done` with a `result` is parsed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, auto_skip_repeats: bool = False) -> None:
+        self.auto_skip_repeats = auto_skip_repeats
         self.skip_repeated_results = False
         self.done = False
         self.skipped_bytes = 0
@@ -356,6 +358,14 @@ class LeanSSEParser:
             event.data = json.loads(data)
         except ValueError as exc:
             raise StreamProtocolError(f"an event's data is not JSON: {exc}") from exc
+        if (
+            self.auto_skip_repeats
+            and event.type == "response.output_item.done"
+            and any(s.key == "result" and not s.skipped for s in spans)
+        ):
+            # Decided here, before the next event's bytes: response.completed often starts in
+            # the same chunk, before the consumer could say it holds the final.
+            self.skip_repeated_results = True
         return event
 
 

@@ -447,7 +447,7 @@ class OpenAIImageClient:
         item: Any = None
         text: str | None = None
         drawing = False
-        parser = LeanSSEParser()
+        parser = LeanSSEParser(auto_skip_repeats=True)
         allowance = TurnAllowance(self._budget)
         delivered = False
         call = self._client.responses.with_streaming_response.create(
