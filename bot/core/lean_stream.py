@@ -7,8 +7,9 @@ bytes are scanned once: inside a `data:` line the value of an image key (`partia
 short marker, so that only the small rest of the event meets `json.loads`. A span can also be
 *skipped*: its bytes are counted and dropped (the final image repeated in `response.completed`).
 
-`LeanEvent.model()` builds the SDK's own typed event from the same data, with the spans put
-back: the tests hold it equal to what the SDK parses from the same bytes.
+`LeanEvent.restored()` gives the same data with the spans put back: built into the SDK's typed
+event (`openai._models.construct_type`), the tests hold it equal to what the SDK parses from the
+same bytes. (Only the adapter imports `openai`; this module stays free of it.)
 
 SSE framing follows the SDK's decoder (openai/_streaming.py): lines end at CR, LF or CRLF; a
 blank line dispatches; `:` starts a comment; `event`, `data` (joined with LF), `id` (kept across
@@ -109,13 +110,6 @@ class LeanEvent:
             return value
 
         return walk(self.data)
-
-    def model(self, cast_to: Any, *, with_spans: bool = True) -> Any:
-        """The SDK's typed event for this data (built the way the SDK builds it)."""
-        from openai._models import construct_type
-
-        data = self.restored() if with_spans else self.data
-        return construct_type(type_=cast_to, value=data)
 
 
 class StreamProtocolError(ValueError):
