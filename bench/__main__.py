@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load, pipeline
+from bench import pipeline, realsize
 from bench.harness import BotSession, bot_session
 from bench.plot import PHOTO, PHOTO_BARE, STREAMED, WAITED, Series, draw_plot
 from bench.report import Row, text_table, write_results
@@ -26,16 +26,15 @@ from fakes.openai_api import Timeline
 HERE = Path(__file__).resolve().parent
 FIGURES = ("ttfi", "overhead", "backlog", "cpu", "load", "storage")
 NOTES = (
-    "Pictures: the rows marked *stand-in pictures* stream what the OpenAI stand-in "
-    "pre-renders (smooth gradients PNG squeezes to 20-40 KB), as the figures are specified. "
-    "Generated pictures weigh far more (a 1024x1024 PNG is 1.3-2 MB), and the bot's costs "
-    "grow with the bytes, so the rows marked *photo-sized PNGs* repeat the figures with "
-    "pre-rendered PNGs of that weight (faint noise over a gradient: 1.4 MB at 1024x1024, "
-    "2.1 MB at 1536x1024; bench/payload.py).",
-    "Warm-up: every bot process runs two unmeasured turns first (first-use imports, "
-    "connection pools, the stand-ins' picture caches).",
+    "Sizes: the headline rows (real-size) stream 1536x1024 PNGs of 2.7 MB (faint noise over a "
+    "gradient, bench/payload.py; 3.6 MB of base64 per event, 14.4 MB per turn with 2 "
+    "partials, the final coming twice), the weight the API returns. Rows marked *stand-in "
+    "pictures* stream the stand-in's own 20-40 KB gradients: they measure the fixed cost of a "
+    "turn, not the image bytes.",
+    "Warm-up: every bot process runs unmeasured turns first (first-use imports, connection "
+    "pools, the stand-ins' picture caches).",
     "The stand-ins run in the benchmark process and share the machine's 2 cores with the "
-    "bot; every baseline was taken in the same run for that reason.",
+    "bot; every baseline and floor was taken in the same run for that reason.",
 )
 
 
@@ -56,6 +55,10 @@ class Config:
     heartbeat_ms: int
     storage_turns: int
     storage_operations: int
+    cpu_repeats: int
+    cpu_batch: int
+    burst: int
+    plateau_turns: int
 
 
 FULL = Config(
@@ -72,6 +75,10 @@ FULL = Config(
     heartbeat_ms=250,
     storage_turns=1_000_000,
     storage_operations=2000,
+    cpu_repeats=3,
+    cpu_batch=12,
+    burst=100,
+    plateau_turns=1000,
 )
 QUICK = Config(
     name="quick",
@@ -81,12 +88,16 @@ QUICK = Config(
     backlog_generations=2,
     backlog_upload=0.4,
     cpu_turns=8,
-    load_generations=10,
+    load_generations=6,
     load_size="1536x1024",
     load_interval=1.0,
     heartbeat_ms=250,
     storage_turns=20_000,
     storage_operations=300,
+    cpu_repeats=3,
+    cpu_batch=3,
+    burst=6,
+    plateau_turns=10,
 )
 
 
@@ -148,15 +159,13 @@ async def guarded(
 
 
 ORDER = (
+    "cpu",
+    "load",
+    "overhead-photo",
     "ttfi",
     "overhead",
-    "load",
-    "cpu",
-    "storage",
     "backlog",
-    "overhead-photo",
-    "cpu-photo",
-    "load-photo",
+    "storage",
 )
 
 
@@ -189,13 +198,17 @@ async def run(config: Config, figures: Sequence[str], workdir: Path, photo: bool
             if "overhead" in wanted and photo:
 
                 async def overhead_photo() -> list[Row]:
+                    await session.openai.pictures(1536, 1024)
                     outcome.overhead_photo = await pipeline.overhead_per_partial(
-                        session, config.overhead_generations, photo_like=True
+                        session, config.overhead_generations, photo_like=True, size="1536x1024"
                     )
                     return [pipeline.overhead_row(outcome.overhead_photo)]
 
                 await guarded(
-                    results, "overhead-photo", "bot overhead per partial (photo)", overhead_photo
+                    results,
+                    "overhead-photo",
+                    "bot overhead per partial (real size)",
+                    overhead_photo,
                 )
             if "backlog" in wanted:
 
@@ -209,43 +222,32 @@ async def run(config: Config, figures: Sequence[str], workdir: Path, photo: bool
     if "cpu" in wanted:
 
         async def cpu() -> list[Row]:
-            async with bot_session(workdir / "cpu", users=load.CPU_CONCURRENCY) as session:
-                await warm_up(session)
-                result = await load.cpu_per_turn(session, config.cpu_turns, photo=photo)
-                rows = [load.cpu_row(result)]
-                if result.photo is not None:
-                    rows.append(load.cpu_photo_row(result))
-                return rows
+            run = await realsize.default_concurrency(
+                workdir / "cpu",
+                repeats=config.cpu_repeats,
+                batch=config.cpu_batch,
+                burst=config.burst,
+                plateau=config.plateau_turns,
+            )
+            return [
+                realsize.cpu_row(run),
+                realsize.memory_default_row(run),
+                realsize.plateau_row(run),
+            ]
 
-        await guarded(results, "cpu", "bot CPU per turn", cpu)
-        if len(results["cpu"]) > 1:
-            results["cpu-photo"] = results["cpu"][1:]
-            del results["cpu"][1:]
+        await guarded(results, "cpu", "bot CPU per turn (real size)", cpu)
     if "load" in wanted:
-        for photo_like in (False, True) if photo else (False,):
 
-            async def concurrent(photo_like: bool = photo_like) -> list[Row]:
-                async with bot_session(
-                    workdir / ("load-photo" if photo_like else "load"),
-                    users=config.load_generations,
-                    heartbeat_interval_ms=config.heartbeat_ms,
-                ) as session:
-                    result = await load.concurrent_load(
-                        session,
-                        config.load_generations,
-                        config.load_size,
-                        config.load_interval,
-                        config.heartbeat_ms / 1000,
-                        photo_like=photo_like,
-                        idle=not photo_like,
-                        warm_up=warm_up,
-                    )
-                    if photo_like:
-                        return [load.memory_row(result)]
-                    return [load.lag_row(result), load.memory_row(result)]
+        async def concurrent() -> list[Row]:
+            run = await realsize.concurrent(
+                workdir / "load",
+                config.load_generations,
+                config.load_interval,
+                config.heartbeat_ms,
+            )
+            return realsize.concurrent_rows(run)
 
-            key = "load-photo" if photo_like else "load"
-            await guarded(results, key, f"{config.load_generations} concurrent", concurrent)
+        await guarded(results, "load", f"{config.load_generations} concurrent", concurrent)
     if "storage" in wanted:
 
         async def storage() -> list[Row]:
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-photo",
         action="store_true",
-        help="skip the extra rows measured with photo-sized PNGs",
+        help="skip the overhead row at real size",
     )
     return parser
 

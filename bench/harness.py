@@ -235,7 +235,9 @@ class BotSession:
         }
         env.update(
             {
-                "PYTHONPATH": str(ROOT),
+                # BENCH_BOT_ROOT runs another checkout's bot (e.g. the base commit) under the
+                # same benchmark, for a before/after measured the same way.
+                "PYTHONPATH": os.environ.get("BENCH_BOT_ROOT", str(ROOT)),
                 "DISCORD_TOKEN": BOT_TOKEN,
                 "OPENAI_API_KEY": "sk-bench-local-only",
                 "OPENAI_BASE_URL": self.openai.base_url,

@@ -3,7 +3,7 @@
 The stand-in's own pre-rendered pictures are smooth gradients that PNG squeezes to ~20-40 KB,
 while a generated 1024x1024 PNG weighs 1.3-2 MB. The bot's costs (SSE parsing, base64, uploads,
 memory) grow with the bytes, so by default every generation carries photo-like PNGs (fine noise
-over a gradient: ~1.4 MB at 1024x1024, ~2.1 MB at 1536x1024), rendered once per size and reused,
+over a gradient: ~1.8 MB at 1024x1024, ~2.7 MB at 1536x1024), rendered once per size and reused,
 so the stand-in spends no CPU on pictures while the bot is measured.
 """
 
@@ -17,7 +17,8 @@ from PIL import Image
 from fakes import _openai_render as render
 from fakes.openai_api import FakeOpenAI, _ImagePlan
 
-NOISE_SIGMA = 4.0
+# 2.7 MB at 1536x1024, the weight of a generated PNG of that size (issue 10).
+NOISE_SIGMA = 8.0
 PARTIALS = 3
 
 

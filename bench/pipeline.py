@@ -18,6 +18,8 @@ from fakes.openai_api import Timeline
 TTFI_TARGET = 0.40
 OVERHEAD_P50_TARGET = 0.015
 OVERHEAD_P99_TARGET = 0.050
+# Issue 10: at real size (2.7 MB partials) the bot may add no more than this at the median.
+REAL_SIZE_P50_TARGET = 0.010
 BACKLOG_TOLERANCE = 0.1
 # A partial counts as stale if a newer one had left the stand-in this long before its upload.
 STALE_MARGIN = 0.1
@@ -40,6 +42,7 @@ class OverheadResult:
     """Per partial: stand-in sent -> Discord stand-in received the upload; and the bare upload."""
 
     pictures: str
+    size: str = "1024x1024"
     bot: list[float] = field(default_factory=list)
     bot_visible: list[float] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
@@ -132,15 +135,17 @@ async def _bare_uploads(
 
 
 async def overhead_per_partial(
-    session: BotSession, generations: int, *, photo_like: bool
+    session: BotSession, generations: int, *, photo_like: bool, size: str = "1024x1024"
 ) -> OverheadResult:
     """Pair each partial the stand-in sent with the Discord stand-in receiving its upload."""
     session.openai.photo_like = photo_like
-    result = OverheadResult(pictures=pictures_label(photo_like))
+    result = OverheadResult(pictures=pictures_label(photo_like), size=size)
     session.openai.set_timeline(Timeline(0.15, 0.15, 0.15))
     done: list[Generation] = []
     for index in range(generations):
-        generation = await session.imagine("overhead", user=session.user(index), partials=2)
+        generation = await session.imagine(
+            "overhead", user=session.user(index), partials=2, size=size
+        )
         await session.wait_done([generation], within=30)
         done.append(generation)
     times = openai_times(session.openai)
@@ -163,7 +168,7 @@ async def overhead_per_partial(
 
 def pictures_label(photo_like: bool) -> str:
     """How the pictures of a run are described in the table."""
-    return "photo-sized PNGs" if photo_like else "stand-in pictures"
+    return "real-size PNGs" if photo_like else "stand-in pictures"
 
 
 def overhead_row(result: OverheadResult) -> Row:
@@ -177,14 +182,22 @@ def overhead_row(result: OverheadResult) -> Row:
         if result.upload_bytes > 1e5
         else (f"{result.upload_bytes / 1e3:.0f} KB")
     )
+    p50_target = REAL_SIZE_P50_TARGET if result.upload_bytes > 2e6 else OVERHEAD_P50_TARGET
+    # The same figure per third of the partials (in order): min and median of repeats.
+    third = max(1, len(result.bot) // 3)
+    repeats = [percentile(result.bot[i : i + third], 0.5) for i in range(0, third * 3, third)]
+    repeats = [r for r in repeats if r == r]
     return Row(
         figure=f"bot overhead per partial ({result.pictures}, {size})",
         baseline=f"p50 {ms(b50)}, p99 {ms(b99)} (bare upload)",
-        measured=f"p50 {ms(p50)}, p99 {ms(p99)}",
-        target=f"p50 <= {ms(OVERHEAD_P50_TARGET)}, p99 <= {ms(OVERHEAD_P99_TARGET)}",
-        passed=p50 <= OVERHEAD_P50_TARGET and p99 <= OVERHEAD_P99_TARGET,
+        measured=(
+            f"p50 {ms(p50)}, p99 {ms(p99)}; p50 per third: min {ms(min(repeats))}, "
+            f"median {ms(median(repeats))}"
+        ),
+        target=f"p50 <= {ms(p50_target)}, p99 <= {ms(OVERHEAD_P99_TARGET)}",
+        passed=p50 <= p50_target and p99 <= OVERHEAD_P99_TARGET,
         details=[
-            f"{len(result.bot)} partials of 1024x1024 ({size} PNG each, sequential "
+            f"{len(result.bot)} partials of {result.size} ({size} PNG each, sequential "
             "generations, partials 150 ms apart): from the OpenAI stand-in flushing "
             "`response.image_generation_call.partial_image` (SentEvent.at) to the Discord "
             "stand-in receiving the PATCH that carries `partial-{i}.png` (RecordedRequest.at).",

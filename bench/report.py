@@ -101,40 +101,6 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU(s), {cpu}, Python {sys.version.split()[0]}, {platform.system()}"
 
 
-PROFILE = """\
-## Profile
-
-py-spy (`py-spy record --rate 200 --format raw -p <bot pid>`, aggregated by function) on the bot
-process during the 100-concurrent run at 1536x1024, before any change to the bot:
-
-- **Photo-sized PNGs (2.1 MB, 2.8 MB of base64 per event): 41% of the bot's CPU was the openai
-  SDK's SSE line splitter** (`openai._streaming._SSELineDecoder.feed`: a `[\\r\\n]` regex run over
-  every byte, plus a growing bytearray), ~4.4 ms per MB, so ~10 ms per partial image. Then base64
-  decoding 14% (in `asyncio.to_thread`, but `binascii` holds the GIL: the decodes run one at a
-  time, ~4.4 ms per image), HTTP reads (httpx/httpcore) 9%, JSON parsing 4%, uploads (aiohttp) 4%.
-  The bot's own code (cogs, studio, sink, runner) was under 3%.
-- Fixed in `bot/core/openai_adapter.py`: the client's SSE decoder (the SDK's `_make_sse_decoder`
-  hook) now splits lines with `bytes.find`, the same lines as the SDK's splitter (checked against
-  it on 300,000 random chunkings, CR/LF/CRLF split across chunks); ~20x faster on image events,
-  2.5x on small ones. CPU per turn with photo-sized PNGs went from ~93 ms to ~48 ms, overhead per
-  partial from ~20 ms to ~12 ms (p50). Base64 is now decoded with `binascii.a2b_base64` straight
-  from the str (no ASCII copy of 2.8 MB first).
-- **Stand-in pictures (20-40 KB)**, after the fix: the loop is mostly idle (`select` 20%); the
-  SDK's pydantic construction of each stream event (`TypeAdapter.validate_python`) 13%, aiosqlite
-  9%, request building in the SDK 3%, aiohttp uploads 4%, discord.py's gateway 3%.
-- **Memory** (tracemalloc at the peak of the photo-sized run, 837 MB traced): 227 MB parsed base64
-  strings held by SDK event objects, 227 MB SSE `data` strings the SDK keeps alongside them,
-  194 MB decoded images, 72 MB lines still arriving, 39 MB uploads in flight. The decodes queue on
-  the default executor (6 threads, serialised by the GIL); each queued generation keeps its
-  event's text and parsed string (~5.6 MB) alive while it waits. That is ~13 MB per concurrent
-  generation at 1536x1024: 100 at once need well over a gigabyte; GLOBAL_CONCURRENCY (default 4)
-  is what bounds it.
-- **Loop lag spikes** with stand-in pictures come from the cyclic garbage collector: full (gen 2)
-  collections of ~150,000 tracked objects took 30-80 ms in the bot process under load (gc
-  callbacks), on 2 cores shared with the stand-ins.
-"""
-
-
 def write_results(
     path: Path,
     rows: Sequence[Row],
@@ -144,7 +110,7 @@ def write_results(
     notes: Sequence[str],
     plot: str | None,
 ) -> None:
-    """Write results.md: the table, how each figure was measured and came out, and the profile."""
+    """Write results.md: the table, and how each figure was measured and came out."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = revision()
     parts = [
@@ -169,5 +135,4 @@ def write_results(
         parts.append("")
     if notes:
         parts += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    parts.append(PROFILE)
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.core.costs import PriceTable
+from bot.core.memory_budget import MIB, ImageMemoryBudget
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions
 from bot.core.runner import RunnerConfig, TurnRunner
 from bot.settings import Settings
 from storage import open_store
 from storage.base import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,9 @@ def client_config(settings: Settings) -> ClientConfig:
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open storage and the OpenAI client; close both on exit."""
     prices = PriceTable.from_json(settings.prices_json)
-    client = OpenAIImageClient(client_config(settings))
+    # One budget for the image bytes of every turn in flight (IMAGE_MEMORY_BUDGET_MB).
+    budget = ImageMemoryBudget(settings.image_memory_budget_mb * MIB)
+    client = OpenAIImageClient(client_config(settings), budget=budget)
     store = await open_store(settings.database_url)
     try:
         runner = TurnRunner(
@@ -72,5 +78,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         yield Services(settings=settings, store=store, client=client, runner=runner, prices=prices)
     finally:
+        stats = budget.stats
+        log.info(
+            "image memory budget: peak %.1f of %d MiB, %d waits (%.1f s), previews decoded %d, "
+            "dropped undecoded %d, repeated finals skipped %.1f MB",
+            stats.peak / MIB,
+            settings.image_memory_budget_mb,
+            stats.waits,
+            stats.wait_seconds,
+            stats.partials_decoded,
+            stats.partials_dropped,
+            stats.skipped_bytes / 1e6,
+        )
         await store.close()
         await client.close()

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_input_bytes: int = 50 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     global_concurrency: int = 4
+    # Image bytes (base64 read, images decoded) all turns may hold at once; a turn waits for
+    # room before it reads an image, and the socket holds OpenAI back meanwhile.
+    image_memory_budget_mb: int = Field(default=160, ge=16)
     user_concurrency: int = 1
     user_daily_usd: float | None = None
     user_daily_images: int | None = None

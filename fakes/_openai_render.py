@@ -7,6 +7,7 @@ computations meant to run in a worker thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -380,8 +381,13 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
+@functools.lru_cache(maxsize=16)
 def b64(data: bytes) -> str:
-    """Return bare base64 text, the way the API carries images."""
+    """Return bare base64 text, the way the API carries images.
+
+    Cached: pre-rendered pictures are the same bytes objects turn after turn (bytes cache their
+    hash), so a benchmark's stand-in does not spend its CPU re-encoding megabytes.
+    """
     return base64.b64encode(data).decode("ascii")
 
 

@@ -51,7 +51,9 @@ def test_command_line_writes_the_results(tmp_path: Path) -> None:
 
     assert code == 0
     text = (tmp_path / "results.md").read_text(encoding="utf-8")
-    assert "| storage |" in text and "## Profile" in text
+    assert "| storage |" in text and "## How each figure was measured" in text
+    # Nothing the run did not measure: no fixed profile text.
+    assert "## Profile" not in text
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
@@ -66,3 +68,13 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     )
 
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_floor_is_measured_on_real_size_bytes() -> None:
+    from bench.realsize import measure_floor
+
+    floor = measure_floor(1)
+    # Two partials and the final twice, 3.6 MB of base64 each: the weight issue 10 names.
+    assert floor.image_bytes >= 2_500_000 and floor.stream_bytes >= 4 * 3_300_000
+    assert len(floor.stdlib) == len(floor.simd) == 1
+    assert all(t > 0 for t in floor.stdlib + floor.simd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.core import i18n
@@ -52,16 +53,56 @@ class ResponseCreated:
     response_id: str
 
 
-@dataclass(frozen=True, slots=True)
 class Partial:
-    """A coarse preview of the image (index 0 is the first)."""
+    """A coarse preview of the image (index 0 is the first).
 
-    index: int
-    image: bytes
-    format: str
+    The image may come still encoded (`source`): it is decoded on the first read of `image`,
+    so that a preview the sink drops for a newer one (latest wins) is never decoded at all.
+    """
+
+    __slots__ = ("__weakref__", "_image", "_source", "format", "index")
+
+    def __init__(
+        self,
+        index: int,
+        image: bytes | None = None,
+        format: str = "png",
+        *,
+        source: Callable[[], bytes] | None = None,
+    ) -> None:
+        if (image is None) == (source is None):
+            raise TypeError("a Partial takes either the image or its source")
+        self.index = index
+        self.format = format
+        self._image = image
+        self._source = source
+
+    @property
+    def image(self) -> bytes:
+        """The preview's bytes (decoded now if they came encoded)."""
+        if self._image is None:
+            assert self._source is not None
+            self._image, self._source = self._source(), None
+        return self._image
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the bytes exist yet (False: nobody has looked at this preview)."""
+        return self._image is not None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Partial):
+            return NotImplemented
+        return (self.index, self.format, self.image) == (other.index, other.format, other.image)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        size = f"{len(self._image)} bytes" if self._image is not None else "encoded"
+        return f"Partial(index={self.index}, image=<{size}>, format={self.format!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Completed:
     """The final image and what it cost.
 

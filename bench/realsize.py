@@ -1,0 +1,367 @@
+"""Figures at the size users meet: 1536x1024 PNGs of ~2.7 MB (3.6 MB of base64 per event).
+
+Every CPU figure is a ratio to a floor measured in the same run, in this process, on the same
+bytes: base64-decoding the images a turn must show with the standard library, plus one copy of
+the turn's whole event stream. Figures are min and median over repeats (this machine is noisy);
+partials the bot dropped are counted apart from those it uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.harness import BotSession, Generation, bot_session, openai_times
+from bench.payload import photo_like
+from bench.report import Row, mib, ms
+from bench.stats import LagWindow, lag_window, median
+from bot.core.b64 import b64decode, decoder_name
+from fakes import _openai_render as render
+from fakes.openai_api import Timeline
+
+SIZE = "1536x1024"
+WIDTH, HEIGHT = 1536, 1024
+CPU_RATIO_TARGET = 2.0
+PEAK_100_TARGET = 400 * 1024 * 1024
+PEAK_DEFAULT_TARGET = 250 * 1024 * 1024
+PLATEAU_TARGET = 1.3
+LAG_TARGET_MS = 100.0
+HEARTBEAT_TOLERANCE = 0.1
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass
+class Floor:
+    """The physical floor of one turn's bytes, measured here."""
+
+    stream_bytes: int
+    image_bytes: int
+    stdlib: list[float]
+    simd: list[float]
+
+
+def measure_floor(repeats: int) -> Floor:
+    """Decode the turn's three images (2 partials + final) and copy its event stream once."""
+    pictures = photo_like(WIDTH, HEIGHT)
+    shown = [pictures.partials[0], pictures.partials[1], pictures.final]
+    texts = [render.b64(p).encode() for p in shown]
+    # The stream carries the final twice (output_item.done and response.completed).
+    stream = b"".join([*texts, texts[-1]])
+    stdlib: list[float] = []
+    simd: list[float] = []
+    for _ in range(repeats):
+        for decode, out in ((binascii.a2b_base64, stdlib), (b64decode, simd)):
+            started = time.perf_counter()
+            copy = bytearray(stream)
+            images = [decode(t) for t in texts]
+            out.append(time.perf_counter() - started)
+            del copy, images
+    return Floor(len(stream), len(pictures.final), stdlib, simd)
+
+
+@dataclass
+class Batch:
+    """One batch of turns: CPU of the bot process, and partials sent vs uploaded."""
+
+    turns: int
+    cpu: float
+    wall: float
+    sent: int
+    uploaded: int
+
+    @property
+    def per_turn(self) -> float:
+        """CPU seconds per turn."""
+        return self.cpu / self.turns
+
+
+@dataclass
+class DefaultRun:
+    """The bot at the default concurrency: CPU batches, peak RSS, and the RSS plateau."""
+
+    floor: Floor
+    batches: list[Batch] = field(default_factory=list)
+    rss_warm: int = 0
+    hwm_default: int = 0
+    burst: int = 0
+    plateau_turns: int = 0
+    rss_after: list[tuple[int, int]] = field(default_factory=list)
+    plateau_sent: int = 0
+    plateau_uploaded: int = 0
+
+
+def _sent_partials(session: BotSession, generations: list[Generation]) -> int:
+    times = openai_times(session.openai)
+    return sum(len(times[g.prompt].partials) for g in generations if g.prompt in times)
+
+
+async def _turns(
+    session: BotSession, count: int, concurrency: int, label: str, user_offset: int = 0
+) -> list[Generation]:
+    """Run `count` turns at 1536x1024 with 2 partials, `concurrency` at a time."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+    finished: list[Generation] = []
+
+    async def worker(slot: int) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            user = session.user(user_offset + slot)
+            generation = await session.imagine(label, user=user, partials=2, size=SIZE)
+            await session.wait_done([generation], within=120)
+            finished.append(generation)
+
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    return finished
+
+
+async def _warm_up(session: BotSession) -> None:
+    """Unmeasured turns at the default concurrency, until the first-use costs are paid."""
+    await session.openai.pictures(WIDTH, HEIGHT)
+    session.openai.photo_like = True
+    session.openai.set_timeline(Timeline(0.05, 0.05, 0.05))
+    await _turns(session, 2 * DEFAULT_CONCURRENCY, DEFAULT_CONCURRENCY, "warm-up")
+
+
+async def default_concurrency(
+    workdir: Path, *, repeats: int, batch: int, burst: int, plateau: int
+) -> DefaultRun:
+    """One bot at GLOBAL_CONCURRENCY=4: a burst of `burst` turns, CPU batches, the plateau."""
+    floor = measure_floor(max(5, repeats * 2))
+    run = DefaultRun(floor=floor)
+    env = {"GLOBAL_CONCURRENCY": str(DEFAULT_CONCURRENCY)}
+    async with bot_session(workdir, users=max(burst, 8), env=env) as session:
+        await _warm_up(session)
+        await asyncio.sleep(0.5)
+        run.rss_warm = session.memory()["VmRSS"]
+        # All at once, as a busy server would: the bot queues them, 4 run.
+        session.openai.set_timeline(Timeline(0.1, 0.1, 0.1))
+        generations = [
+            await session.imagine("burst", user=session.user(i), partials=2, size=SIZE)
+            for i in range(burst)
+        ]
+        await session.wait_done(generations, within=600)
+        run.burst = len(generations)
+        run.hwm_default = session.memory()["VmHWM"]
+        # Events 250 ms apart: every partial is uploaded before the next arrives.
+        session.openai.set_timeline(Timeline(0.25, 0.25, 0.25))
+        for repeat in range(repeats):
+            before, started = session.cpu_seconds(), time.monotonic()
+            done = await _turns(session, batch, DEFAULT_CONCURRENCY, f"cpu{repeat}")
+            await asyncio.sleep(0.3)
+            run.batches.append(
+                Batch(
+                    turns=len(done),
+                    cpu=session.cpu_seconds() - before,
+                    wall=time.monotonic() - started,
+                    sent=_sent_partials(session, done),
+                    uploaded=sum(len(g.uploads) for g in done),
+                )
+            )
+        # The plateau only needs turns to pass: events 20 ms apart (some previews are dropped,
+        # counted below).
+        session.openai.set_timeline(Timeline(0.02, 0.02, 0.02))
+        run.plateau_turns = plateau
+        step = max(1, plateau // 5)
+        all_done: list[Generation] = []
+        for start in range(0, plateau, step):
+            done = await _turns(session, min(step, plateau - start), DEFAULT_CONCURRENCY, "plateau")
+            all_done += done
+            await asyncio.sleep(0.3)
+            run.rss_after.append((start + len(done), session.memory()["VmRSS"]))
+        run.plateau_sent = _sent_partials(session, all_done)
+        run.plateau_uploaded = sum(len(g.uploads) for g in all_done)
+    return run
+
+
+def _mm(values: list[float], unit: Callable[[float], str]) -> str:
+    return f"min {unit(min(values))}, median {unit(median(values))}"
+
+
+def cpu_row(run: DefaultRun) -> Row:
+    """Bot CPU per turn at real size, as a ratio to the floor."""
+    floor = run.floor
+    per_turn = [b.per_turn for b in run.batches]
+    ratio_min = min(per_turn) / min(floor.stdlib)
+    ratio_median = median(per_turn) / median(floor.stdlib)
+    sent = sum(b.sent for b in run.batches)
+    uploaded = sum(b.uploaded for b in run.batches)
+    return Row(
+        figure="bot CPU per turn (1536x1024, 2.7 MB PNG, 2 partials)",
+        baseline=f"floor {_mm(floor.stdlib, ms)}",
+        measured=(
+            f"{_mm(per_turn, ms)}; ratio {ratio_min:.2f}x (min) / {ratio_median:.2f}x (median); "
+            f"{uploaded} of {sent} partials uploaded"
+        ),
+        target=f"<= {CPU_RATIO_TARGET:.1f}x the floor",
+        passed=ratio_median <= CPU_RATIO_TARGET,
+        details=[
+            f"{len(run.batches)} batches of {run.batches[0].turns if run.batches else 0} turns "
+            f"of `/imagine` at {SIZE} with 2 partials, {DEFAULT_CONCURRENCY} at a time, events "
+            "250 ms apart: utime+stime of the bot process (/proc/<pid>/stat) per batch / turns. "
+            "Per batch: "
+            + "; ".join(
+                f"{ms(b.per_turn)} ({b.cpu:.2f} s CPU, {b.wall:.1f} s wall, {b.uploaded} of "
+                f"{b.sent} partials uploaded)"
+                for b in run.batches
+            )
+            + ".",
+            f"Floor, measured in the benchmark process in the same run on the same bytes "
+            f"({len(floor.stdlib)} repeats): one copy of the turn's {floor.stream_bytes / 1e6:.1f} "
+            "MB of base64 (2 partials and the final twice) plus `binascii.a2b_base64` of the "
+            f"three images the turn shows ({floor.image_bytes / 1e6:.2f} MB PNG each): "
+            f"{_mm(floor.stdlib, ms)}.",
+            f"With the bot's decoder ({decoder_name()}) the same floor is "
+            f"{_mm(floor.simd, ms)}; against it the bot's median is "
+            f"{median(per_turn) / median(floor.simd):.1f}x: what remains is the fixed cost of a "
+            "turn (Discord, the SDK's request, storage), not the image bytes.",
+            "Partials the bot did not upload (dropped for a newer one, latest wins) are "
+            "counted above apart from the uploaded ones; a batch with drops does fewer uploads "
+            "and would flatter the figure.",
+        ],
+    )
+
+
+def memory_default_row(run: DefaultRun) -> Row:
+    """Peak RSS of a burst at the default concurrency."""
+    return Row(
+        figure=f"peak RSS, {run.burst} turns at the default concurrency ({DEFAULT_CONCURRENCY})",
+        baseline=f"{mib(run.rss_warm)} (RSS after warm-up)",
+        measured=mib(run.hwm_default),
+        target=f"<= {mib(PEAK_DEFAULT_TARGET)}",
+        passed=run.hwm_default <= PEAK_DEFAULT_TARGET,
+        details=[
+            f"{run.burst} `/imagine` at {SIZE} (2.7 MB PNGs, 2 partials) sent at once to a bot "
+            f"with GLOBAL_CONCURRENCY={DEFAULT_CONCURRENCY}; VmHWM of the bot process after "
+            "all finals were posted (one measurement: VmHWM is a high-water mark of a process).",
+        ],
+    )
+
+
+def plateau_row(run: DefaultRun) -> Row:
+    """RSS after many sequential turns vs. after warm-up."""
+    last = run.rss_after[-1][1] if run.rss_after else 0
+    ratio = last / run.rss_warm if run.rss_warm else float("nan")
+    return Row(
+        figure=f"RSS plateau over {run.plateau_turns} turns, {DEFAULT_CONCURRENCY} at a time",
+        baseline=f"{mib(run.rss_warm)} (after warm-up)",
+        measured=f"{mib(last)}, {ratio:.2f}x",
+        target=f"<= {PLATEAU_TARGET:.1f}x",
+        passed=ratio <= PLATEAU_TARGET,
+        details=[
+            "VmRSS of the bot process after each fifth of the turns: "
+            + ", ".join(f"{n} turns {mib(rss)}" for n, rss in run.rss_after)
+            + f"; {run.plateau_uploaded} of {run.plateau_sent} partials uploaded.",
+            "Measured in the same process after the burst and the CPU batches.",
+        ],
+    )
+
+
+@dataclass
+class ConcurrentRun:
+    """100 turns at once: peak RSS, loop lag, heartbeats."""
+
+    turns: int
+    rss_warm: int
+    hwm: int
+    lag: LagWindow
+    gaps: list[float]
+    heartbeat: float
+    sent: int
+    uploaded: int
+    wall: float
+    budget_note: str
+
+
+async def concurrent(
+    workdir: Path,
+    turns: int,
+    interval: float,
+    heartbeat_ms: int,
+    env: dict[str, str] | None = None,
+) -> ConcurrentRun:
+    """`turns` concurrent real-size turns in as many threads (GLOBAL_CONCURRENCY above them)."""
+    async with bot_session(
+        workdir, users=turns, heartbeat_interval_ms=heartbeat_ms, env=env or {}
+    ) as session:
+        await _warm_up(session)
+        await asyncio.sleep(0.5)
+        rss_warm = session.memory()["VmRSS"]
+        session.openai.set_timeline(Timeline(interval, interval, interval))
+        start = await session.lag_snapshot(time.monotonic())
+        began = time.monotonic()
+        batch = [
+            await session.imagine("load", user=session.user(i), partials=2, size=SIZE)
+            for i in range(turns)
+        ]
+        await session.wait_done(batch, within=600)
+        ended = time.monotonic()
+        end = await session.lag_snapshot(ended)
+        hwm = session.memory()["VmHWM"]
+        beats = [t for t in session.discord.heartbeats if start.updated_at <= t <= end.updated_at]
+        sent = _sent_partials(session, batch)
+        uploaded = sum(len(g.uploads) for g in batch)
+    # The bot logs its budget's account when it stops (bot/services.py).
+    log = session.log_file.read_text(errors="replace")
+    note = next((line for line in reversed(log.splitlines()) if "image memory budget" in line), "")
+    return ConcurrentRun(
+        turns=turns,
+        rss_warm=rss_warm,
+        hwm=hwm,
+        lag=lag_window(start.histogram, end.histogram, end.updated_at - start.updated_at),
+        gaps=[b - a for a, b in itertools.pairwise(beats)],
+        heartbeat=heartbeat_ms / 1000,
+        sent=sent,
+        uploaded=uploaded,
+        wall=ended - began,
+        budget_note=note.split("image memory budget", 1)[-1] if note else "",
+    )
+
+
+def concurrent_rows(run: ConcurrentRun) -> list[Row]:
+    """Peak RSS and loop lag under 100 concurrent real-size turns."""
+    late = sum(1 for gap in run.gaps if gap > run.heartbeat + HEARTBEAT_TOLERANCE)
+    summary = (
+        f"{run.turns} concurrent `/imagine` at {SIZE} (2.7 MB PNGs, 2 partials each) in "
+        f"{run.turns} threads, events 2 s apart (partial, partial, final); all finals posted "
+        f"{run.wall:.1f} s after the first command; "
+        f"{run.uploaded} of {run.sent} partials uploaded."
+    )
+    details = [summary]
+    if run.budget_note:
+        details.append(f"The bot's own account at shutdown: image memory budget{run.budget_note}")
+    return [
+        Row(
+            figure=f"peak RSS, {run.turns} concurrent real-size turns",
+            baseline=f"{mib(run.rss_warm)} (RSS after warm-up)",
+            measured=mib(run.hwm),
+            target=f"<= {mib(PEAK_100_TARGET)}",
+            passed=run.hwm <= PEAK_100_TARGET,
+            details=[*details, "VmHWM of the bot process after the run."],
+        ),
+        Row(
+            figure=f"event-loop lag, {run.turns} concurrent real-size turns",
+            baseline=f"heartbeat every {ms(run.heartbeat)}",
+            measured=(
+                f"max {run.lag.max_ms:.0f} ms, p99 {run.lag.p99_ms:.0f} ms; heartbeat gap max "
+                f"{ms(max(run.gaps, default=0.0))}, {late} late"
+            ),
+            target=f"max <= {LAG_TARGET_MS:.0f} ms, 0 late heartbeats",
+            passed=run.lag.max_ms <= LAG_TARGET_MS and late == 0,
+            details=[
+                *details,
+                f"The bot's LOOP_LAG_FILE monitor: {run.lag.samples} wake-ups over "
+                f"{run.lag.seconds:.1f} s; a heartbeat gap above interval + "
+                f"{ms(HEARTBEAT_TOLERANCE)} is late.",
+            ],
+        ),
+    ]
+
+
+Step = Callable[[], Awaitable[list[Row]]]

@@ -1,0 +1,179 @@
+"""A byte budget for image data in flight, shared by every turn of the process.
+
+A turn reserves room before it reads an image's bytes off the socket; while the budget is
+spent it waits, reads nothing, and TCP holds the sender back. Its reservation then follows the
+image: it is tied to the event that carries it (`Partial`, `Completed`) and returned when that
+event is freed (the upload is done and nothing holds it), or when the same turn starts reading
+a newer image (the sink keeps only the newest preview; an older one still uploading is not
+counted: at most one per turn).
+
+Why a waiting turn gives its older image back first: a turn's last delivered event is held by
+its consumers' loop variables until its next event arrives. If a waiting turn kept its
+reservation, every turn could wait on the others' reservations at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import weakref
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+DEFAULT_BUDGET_MB = 160
+# What a turn reserves before it knows an image's size: the largest of the last few seen.
+FIRST_ESTIMATE = 4 * MIB
+
+
+@dataclass
+class BudgetStats:
+    """What the budget saw (for logs and benchmarks)."""
+
+    peak: int = 0
+    waits: int = 0
+    wait_seconds: float = 0.0
+    partials_decoded: int = 0
+    partials_dropped: int = 0
+    skipped_bytes: int = 0
+
+
+class Lease:
+    """Bytes taken from a budget; `release()` gives them back once (later calls do nothing)."""
+
+    __slots__ = ("__weakref__", "_budget", "size")
+
+    def __init__(self, budget: ImageMemoryBudget, size: int) -> None:
+        self._budget: ImageMemoryBudget | None = budget
+        self.size = size
+
+    def resize(self, size: int) -> None:
+        """Count `size` bytes instead (growing never waits: the bytes are already read)."""
+        if self._budget is None:
+            return
+        self._budget._adjust(size - self.size)
+        self.size = size
+
+    def release(self) -> None:
+        """Give the bytes back."""
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget._adjust(-self.size)
+
+    @property
+    def released(self) -> bool:
+        """Whether the bytes were given back."""
+        return self._budget is None
+
+
+class ImageMemoryBudget:
+    """At most `capacity` bytes of image data in flight; waiters are served first come, first served."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError("the image memory budget must be positive")
+        self.capacity = capacity
+        self.used = 0
+        self.stats = BudgetStats()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._recent: collections.deque[int] = collections.deque(maxlen=16)
+
+    @property
+    def estimate(self) -> int:
+        """What an image of unknown size is expected to take."""
+        return min(self.capacity, max(self._recent, default=FIRST_ESTIMATE))
+
+    def observe(self, size: int) -> None:
+        """Remember the size of an image that was read."""
+        self._recent.append(size)
+
+    async def acquire(self, size: int) -> Lease:
+        """Take `size` bytes (at most the capacity), waiting while they do not fit."""
+        size = max(0, min(size, self.capacity))
+        if not self._waiters and self.used + size <= self.capacity:
+            self._adjust(size)
+            return Lease(self, size)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, future)
+        self._waiters.append(entry)
+        self.stats.waits += 1
+        started = time.monotonic()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # Granted and cancelled at once: the bytes were counted; give them back.
+                self._adjust(-size)
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        finally:
+            self.stats.wait_seconds += time.monotonic() - started
+        return Lease(self, size)
+
+    def _adjust(self, delta: int) -> None:
+        self.used += delta
+        self.stats.peak = max(self.stats.peak, self.used)
+        if delta < 0:
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.used + size > self.capacity:
+                return
+            self._waiters.popleft()
+            self.used += size
+            self.stats.peak = max(self.stats.peak, self.used)
+            future.set_result(None)
+
+
+class TurnAllowance:
+    """One turn's share of the budget: the reservation for its newest image."""
+
+    def __init__(self, budget: ImageMemoryBudget | None) -> None:
+        self._budget = budget
+        self._lease: Lease | None = None
+
+    @property
+    def held(self) -> int:
+        """Bytes this turn counts now."""
+        lease = self._lease
+        return 0 if lease is None or lease.released else lease.size
+
+    async def reserve(self) -> None:
+        """Make room for a new image (giving back the older one's): may wait."""
+        if self._budget is None:
+            return
+        self.release()
+        self._lease = await self._budget.acquire(self._budget.estimate)
+
+    def settle(self, size: int) -> None:
+        """The image turned out to be `size` bytes."""
+        if self._budget is None:
+            return
+        self._budget.observe(size)
+        if self._lease is not None:
+            self._lease.resize(min(size, self._budget.capacity))
+
+    def attach(self, owner: object) -> None:
+        """Give the reservation back when `owner` (the event carrying the image) is freed."""
+        if self._lease is not None and not self._lease.released:
+            weakref.finalize(owner, self._lease.release)
+
+    def release(self) -> None:
+        """Give the reservation back now."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    def finish(self, *, delivered: bool) -> None:
+        """The stream ended: a reservation no delivered event carries goes back now."""
+        if not delivered:
+            self.release()
+        else:
+            self._lease = None

@@ -1,0 +1,191 @@
+"""The adapter's lean stream against the stand-in: the SDK stays the client of record (requests,
+retries, errors), the repeated final is skipped, previews decode lazily, and the memory budget
+holds streams back while it is spent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+from collections.abc import AsyncIterator, Callable
+
+import openai
+import pytest
+
+from bot.core.events import Completed, Failed, Partial, ResponseCreated
+from bot.core.lean_stream import LeanSSEParser
+from bot.core.memory_budget import ImageMemoryBudget, TurnAllowance
+from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
+from bot.core.options import ImageOptions, TurnRequest
+from fakes.openai_api import FakeOpenAI, Fault, Timeline
+
+KEY = "sk-test-not-a-real-key-000000"
+REQUEST = TurnRequest(prompt="a lighthouse in a storm", options=ImageOptions(partials=2))
+
+
+def make_client(fake: FakeOpenAI, *, retries: int = 0, budget: ImageMemoryBudget | None = None):
+    config = ClientConfig(api_key=KEY, base_url=fake.base_url, max_retries=retries)
+    return OpenAIImageClient(config, budget=budget)
+
+
+@pytest.fixture
+async def client(fake_openai: FakeOpenAI) -> AsyncIterator[OpenAIImageClient]:
+    image_client = make_client(fake_openai, budget=ImageMemoryBudget(64 * 1024 * 1024))
+    yield image_client
+    await image_client.close()
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for a condition, failing after a deadline."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def final_b64(fake: FakeOpenAI) -> str:
+    """The final image's base64 as the stand-in stored it (the last stored response)."""
+    stored = list(fake.stored_responses.values())[-1]
+    return next(o["result"] for o in stored["output"] if o["type"] == "image_generation_call")
+
+
+async def test_a_turn_reads_partials_and_one_final_and_skips_the_repeat(
+    fake_openai: FakeOpenAI, client: OpenAIImageClient
+) -> None:
+    events = [e async for e in client.stream_responses(REQUEST)]
+
+    assert isinstance(events[0], ResponseCreated)
+    partials = [e for e in events if isinstance(e, Partial)]
+    assert [p.index for p in partials] == [0, 1]
+    done = events[-1]
+    assert isinstance(done, Completed)
+    b64 = final_b64(fake_openai)
+    assert done.image == base64.b64decode(b64)
+    # The copy of the final inside response.completed was counted and dropped, never kept.
+    assert client.budget is not None
+    assert client.budget.stats.skipped_bytes == len(b64)
+
+
+async def test_partials_decode_only_when_looked_at(
+    fake_openai: FakeOpenAI, client: OpenAIImageClient
+) -> None:
+    events = [e async for e in client.stream_responses(REQUEST)]
+    first, second = (e for e in events if isinstance(e, Partial))
+    assert not first.decoded and not second.decoded
+    assert second.image.startswith(b"\x89PNG") and second.decoded
+    stats = client.budget.stats  # type: ignore[union-attr]
+    del events, first, second
+    gc.collect()
+    # The first preview was freed without anyone decoding it: counted apart from work done.
+    assert (stats.partials_decoded, stats.partials_dropped) == (1, 1)
+
+
+async def test_the_sdk_retries_and_raises_status_errors(fake_openai: FakeOpenAI) -> None:
+    client = make_client(fake_openai, retries=1)
+    try:
+        fake_openai.queue_fault(Fault("server_500"))
+        events = [e async for e in client.stream_responses(REQUEST)]
+        assert isinstance(events[-1], Completed)
+        calls = [r for r in fake_openai.requests if r.path == "/v1/responses"]
+        # The SDK retried (its own header counts the retries): the request loop is the SDK's.
+        assert [r.headers.get("x-stainless-retry-count") for r in calls] == ["0", "1"]
+
+        fake_openai.queue_fault(Fault("moderation_400"))
+        call = client._client.responses.with_streaming_response.create(
+            **client.responses_params(REQUEST)
+        )
+        with pytest.raises(openai.BadRequestError) as raised:
+            async for _ in client._lean(call, LeanSSEParser(), TurnAllowance(None)):
+                pass
+        assert raised.value.code == "moderation_blocked" and raised.value.status_code == 400
+    finally:
+        await client.close()
+
+
+async def test_a_nested_stream_error_raises_as_in_the_sdk(
+    fake_openai: FakeOpenAI, client: OpenAIImageClient
+) -> None:
+    fake_openai.queue_fault(Fault("error_event_nested", after_events=3))
+    with pytest.raises(openai.APIError) as sdk_raised:
+        stream = await client._client.responses.create(**client.responses_params(REQUEST))
+        async for _ in stream:
+            pass
+
+    fake_openai.queue_fault(Fault("error_event_nested", after_events=3))
+    call = client._client.responses.with_streaming_response.create(
+        **client.responses_params(REQUEST)
+    )
+    with pytest.raises(openai.APIError) as lean_raised:
+        async for _ in client._lean(call, LeanSSEParser(), TurnAllowance(None)):
+            pass
+    ours, theirs = lean_raised.value, sdk_raised.value
+    assert type(ours) is type(theirs) is openai.APIError
+    assert (ours.message, ours.code, ours.type, ours.body) == (
+        theirs.message,
+        theirs.code,
+        theirs.type,
+        theirs.body,
+    )
+
+    fake_openai.queue_fault(Fault("error_event_nested", after_events=3))
+    events = [e async for e in client.stream_responses(REQUEST)]
+    assert isinstance(events[-1], Failed) and events[-1].kind.value == "moderation"
+
+
+async def test_a_spent_budget_holds_the_stream_back_until_an_image_is_freed(
+    fake_openai: FakeOpenAI,
+) -> None:
+    # Room for one image: the second turn waits while the first turn's preview is alive.
+    budget = ImageMemoryBudget(1)
+    client = make_client(fake_openai, budget=budget)
+    fake_openai.set_timeline(Timeline(0.0, 0.0, 0.0))
+    try:
+        first = client.stream_responses(REQUEST)
+        held = [e async for e in first if isinstance(e, Partial | Completed)]
+        assert budget.used == 1
+
+        second = client.stream_responses(REQUEST)
+        nxt = asyncio.ensure_future(anext(second))
+        created = await nxt
+        assert isinstance(created, ResponseCreated)
+        waiting = asyncio.ensure_future(anext(second))
+        await until(lambda: budget.stats.waits >= 1)
+        assert not waiting.done()
+
+        del held
+        gc.collect()
+        event = await asyncio.wait_for(waiting, 10)
+        assert isinstance(event, Partial)
+        await second.aclose()
+    finally:
+        await client.close()
+
+
+async def test_budget_waiters_are_served_in_order_and_cancellation_is_clean() -> None:
+    budget = ImageMemoryBudget(10)
+    big = await budget.acquire(8)
+    order: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        lease = await budget.acquire(size)
+        order.append(name)
+        lease.release()
+
+    a = asyncio.ensure_future(take("a", 5))
+    b = asyncio.ensure_future(take("b", 1))
+    c = asyncio.ensure_future(take("c", 3))
+    await until(lambda: budget.stats.waits == 3)
+    # b would fit now, but a came first: nobody jumps the queue.
+    assert order == []
+    c.cancel()
+    await asyncio.gather(c, return_exceptions=True)
+    big.release()
+    await asyncio.gather(a, b)
+    assert order == ["a", "b"] and budget.used == 0
+    # More than the capacity is clamped: one huge image can always pass alone.
+    lease = await budget.acquire(1000)
+    assert lease.size == 10
+    lease.release()
+    lease.release()
+    assert budget.used == 0
