@@ -99,6 +99,7 @@ class WebStudio:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics_text),
                 web.get("/static/{name}", self.static),
+                web.get("/favicon.ico", self.no_icon),
                 web.get("/paint/{token}", self.paint),
                 web.get("/paint/{token}/image", self.paint_image),
                 web.post("/paint/{token}", self.paint_submit),
@@ -207,6 +208,10 @@ class WebStudio:
         response = web.Response(text=self.metrics.render())
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
+
+    async def no_icon(self, request: web.Request) -> web.Response:
+        """Browsers ask for an icon on every page; there is none, and that is not an error."""
+        return web.Response(status=204)
 
     async def static(self, request: web.Request) -> web.Response:
         """One of the app's own files, by exact name."""
