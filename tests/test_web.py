@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,37 @@ async def test_without_a_public_address_the_grid_stays(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             status, _, _ = await text_of(http, local(box, "/healthz"))
             assert status == 200
+
+
+async def test_log_lines_of_a_job_carry_its_job_thread_and_openai_request_ids(
+    web_box: Sandbox,
+) -> None:
+    import logging
+
+    from bot.core.logcontext import ContextFilter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect(level=logging.INFO)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s%(context)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        thread, _final = await imagine(web_box, "a lantern")
+        await web_box.wait_idle()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    finished = [line for line in lines if "turn finished" in line]
+    assert len(finished) == 1, lines
+    assert f"thread={thread['id']}" in finished[0]
+    assert re.search(r" job=[0-9]+ thread=[0-9]+ openai_request=req_[A-Za-z0-9]+$", finished[0])
+    # Lines outside any job carry no ids.
+    assert all("job=" not in line for line in lines if "web studio listening" in line)

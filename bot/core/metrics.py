@@ -7,6 +7,7 @@ duration, outcome, cost) from the events it is shown, so the ledger's code needs
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from bot.core.events import Completed, Failed, Partial, Started
 if TYPE_CHECKING:
     from bot.core.studio import TurnSink
     from storage.base import Job, Turn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Counter", "Gauge", "Histogram", "MeteredSink", "Metrics", "Registry"]
 
@@ -331,6 +334,14 @@ class MeteredSink:
             self._metrics.openai_responses.inc(status="completed")
             self._metrics.cost.inc(max(event.cost, 0.0), engine=engine, model=model)
             self._metrics.images.inc(engine=engine, model=model)
+            # One line per finished turn; the job, thread and OpenAI request ids follow it.
+            log.info(
+                "turn finished: %s %s in %.1fs, $%.4f",
+                engine,
+                model,
+                self._clock() - self._started_at,
+                event.cost,
+            )
             self._started_at = None
         return await self._inner.completed(event, turn)
 

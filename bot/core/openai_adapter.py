@@ -15,6 +15,7 @@ import openai
 from openai import AsyncOpenAI
 from openai._streaming import ServerSentEvent, SSEDecoder
 
+from bot.core import logcontext
 from bot.core.errors import FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, TurnFailure, Usage
 from bot.core.images import to_data_url
@@ -342,7 +343,10 @@ class OpenAIImageClient:
         meant to be longer than a silent generation.
         """
         async with asyncio.timeout(self._config.stall_seconds):
-            return await call
+            answered = await call
+        headers = getattr(getattr(answered, "response", None), "headers", None)
+        logcontext.bind_openai_request(headers.get("x-request-id") if headers else None)
+        return answered
 
     async def _events(self, stream: Any) -> AsyncIterator[Any]:
         """Iterate an SDK stream, failing when nothing arrives for `stall_seconds`."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.core import i18n, images, tokens, webstudio
+from bot.core import i18n, images, logcontext, tokens, webstudio
 from bot.core.budgets import Limits, admission_gate, day_window, month_window
 from bot.core.config import ContinuePolicy, GuildConfig, UserSettings, resolve_options
 from bot.core.costs import PriceTable
@@ -783,6 +783,7 @@ class Studio:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _run(self, job: Job, sink: TurnSink) -> None:
+        logcontext.bind_job(job.id, job.channel_id)
         try:
             if not await self._store.start_job(job.id):
                 return
