@@ -193,3 +193,84 @@ async def test_the_gallery_shows_a_branch_with_its_images(
     await page.screenshot(path=str(_shot(tmp_path, "gallery.png")), full_page=True)
     assert loaded < 10
     await page.close()
+
+
+ALPHA_AT = """([x, y]) => {
+    const c = document.getElementById('layer');
+    return c.getContext('2d').getImageData(x, y, 1, 1).data[3];
+}"""
+PAINTED = """() => {
+    const c = document.getElementById('layer');
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+    return n;
+}"""
+PEN_STROKE = """([x0, x1, y, pressure]) => {
+    const c = document.getElementById('layer');
+    const box = c.getBoundingClientRect();
+    const at = (x) => ({
+        pointerId: 7, pointerType: 'pen', isPrimary: true, pressure, button: 0, buttons: 1,
+        clientX: box.left + x * box.width / c.width, clientY: box.top + y * box.height / c.height,
+        bubbles: true, cancelable: true,
+    });
+    c.dispatchEvent(new PointerEvent('pointerdown', at(x0)));
+    for (let x = x0; x <= x1; x += 10) c.dispatchEvent(new PointerEvent('pointermove', at(x)));
+    c.dispatchEvent(new PointerEvent('pointerup', at(x1)));
+}"""
+
+
+async def test_the_painters_tools_with_touch_pen_eraser_undo_clear_and_zoom(
+    web_box: Sandbox, browser: Any
+) -> None:
+    _thread, final = await imagine(web_box, "a harbour at dawn")
+    path = await link_from(web_box, final, "paint")
+    context = await browser.new_context(has_touch=True, viewport={"width": 1280, "height": 1300})
+    page = await context.new_page()
+    await page.goto(local(web_box, path))
+    await page.wait_for_function(
+        "() => { const i = document.getElementById('picture'); return i.complete && i.naturalWidth > 0; }",
+        timeout=10_000,
+    )
+    box = await page.locator("#layer").bounding_box()
+    assert box is not None
+    # Touch: a tap paints a dot of the brush's size.
+    await page.touchscreen.tap(box["x"] + 100, box["y"] + 100)
+    assert await page.evaluate(ALPHA_AT, [100, 100]) == 255
+    assert await page.evaluate(ALPHA_AT, [100, 140]) == 0
+    # Pen: pressure thins the stroke (40 px brush at pressure 0.25: 20 px wide).
+    await page.evaluate(PEN_STROKE, [300, 500, 600, 0.25])
+    assert await page.evaluate(ALPHA_AT, [400, 600]) == 255
+    assert await page.evaluate(ALPHA_AT, [400, 600 + 14]) == 0
+    assert await page.evaluate(ALPHA_AT, [400, 600 + 6]) == 255
+    painted = await page.evaluate(PAINTED)
+    # The eraser takes the dot away again.
+    await page.check("#tool-eraser")
+    await page.mouse.move(box["x"] + 80, box["y"] + 100)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + 120, box["y"] + 100)
+    await page.mouse.up()
+    assert await page.evaluate(ALPHA_AT, [100, 100]) == 0
+    assert await page.evaluate(ALPHA_AT, [400, 600]) == 255
+    # Undo brings the dot back; clear empties the layer; undo again restores it all.
+    await page.click("#undo")
+    assert await page.evaluate(ALPHA_AT, [100, 100]) == 255
+    assert await page.evaluate(PAINTED) == painted
+    await page.click("#clear")
+    assert await page.evaluate(PAINTED) == 0
+    await page.click("#undo")
+    assert await page.evaluate(PAINTED) == painted
+    # Zoom: at 50 % the canvas shows at half size and the mouse still paints where it points.
+    await page.check("#tool-brush")
+    await page.select_option("#zoom", "0.5")
+    box = await page.locator("#layer").bounding_box()
+    assert box is not None and round(box["width"]) == 512
+    await page.mouse.move(box["x"] + 400, box["y"] + 400)
+    await page.mouse.down()
+    await page.mouse.up()
+    assert await page.evaluate(ALPHA_AT, [800, 800]) == 255
+    # The brush size control changes the stroke.
+    await page.fill("#size", "10")
+    await page.dispatch_event("#size", "input")
+    assert await page.text_content("#size-value") == "10"
+    await context.close()

@@ -55,6 +55,16 @@
     return event.pointerType === 'pen' && event.pressure > 0 ? Math.max(1, size * event.pressure * 2) : size;
   }
 
+  function dot(at, event) {
+    // A zero-length line draws nothing in some browsers: a tap or click paints a round dot.
+    ctx.globalCompositeOperation = tool() === 'eraser' ? 'destination-out' : 'source-over';
+    ctx.fillStyle = '#ff2a6d';
+    ctx.beginPath();
+    ctx.arc(at.x, at.y, lineWidth(event) / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    if (tool() === 'brush') painted = true;
+  }
+
   function stroke(from, to, event) {
     ctx.globalCompositeOperation = tool() === 'eraser' ? 'destination-out' : 'source-over';
     ctx.strokeStyle = '#ff2a6d';
@@ -71,11 +81,15 @@
   canvas.addEventListener('pointerdown', (event) => {
     if (event.pointerType === 'mouse' && event.button !== 0) return;
     event.preventDefault();
-    canvas.setPointerCapture(event.pointerId);
+    try {
+      canvas.setPointerCapture(event.pointerId);
+    } catch (error) {
+      // A pointer the browser no longer tracks: the stroke still draws while it moves here.
+    }
     snapshot();
     const at = point(event);
     drawing = { id: event.pointerId, last: at };
-    stroke(at, at, event);
+    dot(at, event);
   });
   canvas.addEventListener('pointermove', (event) => {
     if (!drawing || event.pointerId !== drawing.id) return;
