@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,8 +78,9 @@ async def test_readyz_says_what_is_not_ready(web_box: Sandbox, http: aiohttp.Cli
 
 
 async def test_paint_link_rules_forged_expired_used(
-    web_box: Sandbox, http: aiohttp.ClientSession
+    web_box: Sandbox, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     d = web_box.discord
     thread, final = await imagine(web_box, "a field of grass")
     # With a public address, Paint takes the grid's place and Gallery joins.
@@ -138,6 +140,9 @@ async def test_paint_link_rules_forged_expired_used(
     )
     assert status == 403
     assert len(web_box.openai.requests) == count
+    # The refusals and the submission were logged, the token never.
+    assert "refused a link" in caplog.text and "queued as job" in caplog.text
+    assert token not in caplog.text and signature not in caplog.text
 
 
 async def test_a_refused_upload_keeps_the_link_and_sizes_are_limited(tmp_path: Path) -> None:
@@ -256,8 +261,6 @@ async def test_without_a_public_address_the_grid_stays(tmp_path: Path) -> None:
 async def test_log_lines_of_a_job_carry_its_job_thread_and_openai_request_ids(
     web_box: Sandbox,
 ) -> None:
-    import logging
-
     from bot.core.logcontext import ContextFilter
 
     lines: list[str] = []
