@@ -29,25 +29,29 @@ def link_view(url: str, locale: str) -> discord.ui.View:
     return view
 
 
-def web_final_view(turn_id: int, locale: str) -> discord.ui.View:
-    """The buttons under a final image when the web studio is public: Paint replaces the grid."""
-    from cogs.buttons import TurnButton
-
-    view = discord.ui.View(timeout=None)
-    for action, key, emoji, style in (
-        ("reroll", "button.reroll", "🔁", discord.ButtonStyle.secondary),
-        ("vary", "button.vary", "🎲", discord.ButtonStyle.secondary),
-        ("edit", "button.edit", "✏️", discord.ButtonStyle.primary),
-    ):
-        view.add_item(TurnButton.make(action, turn_id, t(locale, key), emoji, style))
-    view.add_item(WebButton.make("paint", turn_id, locale))
-    view.add_item(
-        TurnButton.make(
-            "delete", turn_id, t(locale, "button.delete"), "🗑️", discord.ButtonStyle.danger
-        )
+def with_web_buttons(view: discord.ui.View, turn_id: int, locale: str) -> discord.ui.View:
+    """The buttons under an image, with the web studio public: Paint in place of the grid's
+    Edit region, and Gallery after the last button (whatever else the view holds stays)."""
+    items = list(view.children)
+    view.clear_items()
+    buttons = [i for i, item in enumerate(items) if _custom_id(item).startswith("img:")]
+    last_button = max(
+        (i for i in buttons if isinstance(getattr(items[i], "item", items[i]), discord.ui.Button)),
+        default=len(items) - 1,
     )
-    view.add_item(WebButton.make("gallery", turn_id, locale))
+    for index, item in enumerate(items):
+        if _custom_id(item).startswith("img:region:"):
+            view.add_item(WebButton.make("paint", turn_id, locale))
+        else:
+            view.add_item(item)
+        if index == last_button:
+            view.add_item(WebButton.make("gallery", turn_id, locale))
     return view
+
+
+def _custom_id(item: discord.ui.Item[Any]) -> str:
+    inner = getattr(item, "item", item)
+    return str(getattr(inner, "custom_id", "") or "")
 
 
 class WebButton(

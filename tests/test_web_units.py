@@ -92,6 +92,8 @@ class NullSink:
 
     async def failed(self, event: Failed, job: Job) -> None: ...
 
+    async def cancelled(self, job: Job) -> None: ...
+
 
 LINE = re.compile(
     r'^[a-z_:][a-z0-9_:]*(\{[a-z_]+="[^"\\]*(\\.[^"\\]*)*"(,[a-z_]+="[^"]*")*\})? \S+$'

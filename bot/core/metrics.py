@@ -356,3 +356,14 @@ class MeteredSink:
             self._metrics.openai_responses.inc(status=event.kind.value)
             self._started_at = None
         await self._inner.failed(event, job)
+
+    async def cancelled(self, job: Job) -> None:
+        if self._started_at is not None:
+            self._metrics.job_duration.observe(
+                self._clock() - self._started_at,
+                engine=self._engine,
+                model=self._model,
+                outcome="cancelled",
+            )
+            self._started_at = None
+        await self._inner.cancelled(job)
