@@ -6,6 +6,8 @@ import logging
 import re
 from collections.abc import Iterable
 
+from bot.core.logcontext import ContextFilter
+
 _URL_TOKEN = r"[A-Za-z0-9_\-.%]+"
 
 # Shapes of credentials that must never reach a log even if they are not ours. discord.py at
@@ -76,8 +78,12 @@ class RedactingFilter(logging.Filter):
 def setup_logging(level: str, secrets: Iterable[str]) -> None:
     """Log to stderr at `level`, with secrets scrubbed from every handler's output."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(context)s")
+    )
     handler.addFilter(RedactingFilter(secrets))
+    # The job, thread and OpenAI request a line belongs to, as key=value pairs at its end.
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -63,9 +63,25 @@ class Settings(BaseSettings):
     # Kill tests only: SIGKILL the process right after this ledger step (see bot.core.studio).
     test_crash_at: str | None = None
 
+    # The web studio (painter, gallery, /healthz, /readyz, /metrics): served when WEB_PORT is
+    # set (0 = any free port); the Paint and Gallery buttons need PUBLIC_BASE_URL too.
+    web_host: str = "127.0.0.1"
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    public_base_url: str | None = None
+
     log_level: str = "INFO"
     # When set, the event loop's lag is measured and written to this JSON file (bot/loopmonitor.py).
     loop_lag_file: str | None = None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        """The address people open the web studio at: http(s), without a query."""
+        if url is None:
+            return None
+        if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
+            raise ValueError("PUBLIC_BASE_URL must be an http:// or https:// address")
+        return url.rstrip("/")
 
     @field_validator("stream_stall_seconds")
     @classmethod

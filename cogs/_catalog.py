@@ -538,6 +538,27 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "Use the attached image(s) as references to create or update the image.",
         "ko": "첨부한 이미지를 참조해서 이미지를 만들거나 수정해 주세요.",
     },
+    # --- web studio ---------------------------------------------------------------
+    "cmd.history.name": {"en": "history", "ko": "기록"},
+    "cmd.history.desc": {
+        "en": "A private link to this thread's images as a tree of branches",
+        "ko": "이 스레드의 이미지를 갈래 나무로 보여 주는 비공개 링크",
+    },
+    "button.paint": {"en": "Paint", "ko": "칠해서 편집"},
+    "button.gallery": {"en": "Gallery", "ko": "갤러리"},
+    "discord.paint_link": {
+        "en": "🖌️ Paint over the area to change, type what to do there, and send: {url}\nThe link is yours alone, works once and expires in 10 minutes.",
+        "ko": "🖌️ 바꿀 부분을 칠하고, 그곳에 할 일을 적은 뒤 보내세요: {url}\n이 링크는 나만 쓸 수 있고, 한 번만 동작하며 10분 뒤 만료됩니다.",
+    },
+    "discord.gallery_link": {
+        "en": "🖼️ This thread's images as a tree of branches: {url}\nThe link is read-only and expires in an hour.",
+        "ko": "🖼️ 이 스레드의 이미지를 갈래 나무로 봅니다: {url}\n읽기 전용 링크이며 1시간 뒤 만료됩니다.",
+    },
+    "discord.history_no_thread": {
+        "en": "Use /history inside a thread (or DM) where the bot draws.",
+        "ko": "/기록은 봇이 그림을 그리는 스레드(또는 DM) 안에서 써 주세요.",
+    },
+    "discord.open_link": {"en": "Open", "ko": "열기"},
 }
 
 

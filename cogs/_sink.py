@@ -264,7 +264,7 @@ class DiscordTurnSink:
                 filename=f"image.{fitted.format}",
                 spoiler=self.spec.spoiler,
             )
-            view = final_view(turn.id, self.locale)
+            view = final_view(turn.id, self.locale, web=self.bot.studio.web_links)
             try:
                 if self.message is None:
                     self.message = await self.channel.send(content, file=file, view=view)

@@ -17,16 +17,18 @@ from bot.core import images
 from bot.core.budgets import Limits
 from bot.core.errors import BotError
 from bot.core.jobs import JobSpec
+from bot.core.metrics import Metrics
 from bot.core.studio import InputLimits, Studio
 from bot.loopmonitor import LoopLagMonitor
 from bot.services import Services, open_services
 from bot.settings import Settings
 from cogs import _catalog  # noqa: F401  (the Discord side's sentences join the catalog)
+from cogs._webapp import discord_status_trace, start_web
 from storage.base import Job, Turn
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.buttons", "cogs.admin", "cogs.help")
+EXTENSIONS = ("cogs.imagine", "cogs.buttons", "cogs.admin", "cogs.help", "cogs.web")
 
 
 def configure_discord_urls(api_base_url: str, gateway_url: str | None) -> None:
@@ -70,12 +72,15 @@ class ImagineBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
+        self.metrics = Metrics()
+        self.web: Any = None
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             tree_cls=ImagineTree,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            http_trace=discord_status_trace(self.metrics),
             **options,
         )
         settings = services.settings
@@ -105,6 +110,9 @@ class ImagineBot(commands.Bot):
                 max_bytes=settings.max_input_bytes, max_pixels=settings.max_input_pixels
             ),
         )
+        self.metrics.watch_queue(
+            lambda: len(self.studio.waiting_jobs()), lambda: self.studio.running
+        )
         self.recovered = False
         self._frozen = False
 
@@ -131,6 +139,7 @@ class ImagineBot(commands.Bot):
                 " install %s",
                 images.CJK_FONT_PACKAGES,
             )
+        self.web = await start_web(self)
         await self.tree.set_translator(ImagineTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -161,7 +170,7 @@ class ImagineBot(commands.Bot):
         """The Discord sink that shows `job` in its channel."""
         from cogs._sink import DiscordTurnSink
 
-        return await DiscordTurnSink.for_job(self, job, spec)
+        return self.metrics.metered(await DiscordTurnSink.for_job(self, job, spec), job)
 
     async def resolve_channel(self, channel_id: int) -> Any:
         """A channel or thread by id, from the cache or from Discord."""
@@ -192,6 +201,8 @@ class ImagineBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop the studio first, so running jobs are left to be reported as interrupted."""
+        if self.web is not None:
+            await self.web.close()
         await self.studio.close()
         await super().close()
 

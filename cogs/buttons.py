@@ -37,8 +37,12 @@ EXTEND_CHOICES = (
 ROW_ID = "[0-9]+"
 
 
-def final_view(turn_id: int, locale: str) -> discord.ui.View:
-    """The buttons under a final image."""
+def final_view(turn_id: int, locale: str, *, web: bool = False) -> discord.ui.View:
+    """The buttons under a final image (with the web studio: Paint instead of the grid, Gallery)."""
+    if web:
+        from cogs.web import with_web_buttons
+
+        return with_web_buttons(final_view(turn_id, locale), turn_id, locale)
     view = discord.ui.View(timeout=None)
     for item in (
         TurnButton.make(

@@ -16,11 +16,12 @@ from bot.core import i18n
 from bot.core.images import EXTENSIONS
 from bot.core.options import OUTPUT_OPTIONS
 from cogs._catalog import DISCORD_MESSAGES
+from web._catalog import WEB_MESSAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
     path
-    for pattern in ("cogs/*.py", "bot/*.py", "bot/core/*.py")
+    for pattern in ("cogs/*.py", "bot/*.py", "bot/core/*.py", "web/*.py")
     for path in ROOT.glob(pattern)
     if path.name not in ("i18n.py", "_catalog.py")
 )
@@ -43,6 +44,7 @@ COMPONENT_LIMITS: dict[str, int] = {
     "modal.edit_label": 45,
     "modal.edit_placeholder": 100,
     "discord.region_placeholder": 150,
+    "discord.open_link": 80,
 }
 MESSAGE_LIMIT = 2000
 
@@ -53,7 +55,7 @@ UNRESOLVED: list[str] = []
 def catalog() -> dict[str, dict[str, str]]:
     """The core catalog with the Discord messages merged in (whether or not i18n merged them)."""
     merged = dict(i18n.CATALOG)
-    for key, entry in DISCORD_MESSAGES.items():
+    for key, entry in (*DISCORD_MESSAGES.items(), *WEB_MESSAGES.items()):
         merged.setdefault(key, entry)
     return merged
 

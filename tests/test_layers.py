@@ -61,8 +61,8 @@ def test_the_discord_side_reaches_the_core_through_the_studio_only() -> None:
         records = {m for m in storage if m.startswith("storage.base.") and m[13:14].isupper()}
         assert storage - records - {"storage.base"} == set(), path
         assert "storage.base.Store" not in records, path
-        if path.name == "app.py":
-            continue  # the wiring: builds the studio from the services
+        if path.name in ("app.py", "_webapp.py"):
+            continue  # the wiring: builds the studio (and the web studio) from the services
         tree = ast.parse(path.read_text())
         touched = {
             node.attr
@@ -72,10 +72,35 @@ def test_the_discord_side_reaches_the_core_through_the_studio_only() -> None:
         assert touched == set(), f"{path.name} reaches past the studio: {touched}"
 
 
+def test_the_web_side_reaches_the_core_only() -> None:
+    sources = _sources("web/*.py")
+    assert len(sources) >= 3
+    for path in sources:
+        tops = _tops(path)
+        assert not tops & {"discord", "storage", "cogs", "fakes", "aiosqlite", "openai"}, path
+        assert not tops & {"sqlite3"}, path
+        modules = _modules(path)
+        # The core through its front door and its plain records, never the bot's wiring.
+        outside = {m for m in modules if m.startswith("bot.") and not m.startswith("bot.core")}
+        assert outside == set(), path
+        tree = ast.parse(path.read_text())
+        touched = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in ("store", "_store", "settings")
+        }
+        assert touched == set(), f"{path.name} reaches past the studio: {touched}"
+
+
+def test_the_core_never_imports_the_web_side() -> None:
+    for path in _sources("bot/core/*.py", "storage/*.py"):
+        assert "web" not in _tops(path), path
+
+
 def test_only_the_sandbox_and_the_demo_use_the_stand_ins() -> None:
     users = {
         path.relative_to(ROOT).as_posix()
-        for path in _sources("bot/**/*.py", "cogs/*.py", "storage/*.py")
+        for path in _sources("bot/**/*.py", "cogs/*.py", "storage/*.py", "web/*.py")
         if "fakes" in _tops(path)
     }
     assert users == {"bot/sandbox.py", "bot/demo.py"}

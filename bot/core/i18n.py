@@ -318,6 +318,11 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "The mask is too detailed to fit the {limit} MB limit for masks. Use a mask with simpler, solid areas.",
         "ko": "마스크가 너무 복잡해서 마스크 용량 제한({limit}MB)을 넘습니다. 단순하고 꽉 찬 영역으로 된 마스크를 사용해 주세요.",
     },
+    # --- web studio ---------------------------------------------------------------
+    "web.not_configured": {
+        "en": "The web studio is not set up on this bot (its operator has not set PUBLIC_BASE_URL).",
+        "ko": "이 봇에는 웹 스튜디오가 설정되어 있지 않습니다(운영자가 PUBLIC_BASE_URL을 설정하지 않았습니다).",
+    },
 }
 
 

@@ -17,6 +17,7 @@ from openai import AsyncOpenAI
 from openai._httpx2 import request_exceptions, timeout_exceptions
 from openai._streaming_cleanup import drain_response_async
 
+from bot.core import logcontext
 from bot.core.b64 import b64decode, b64decode_strict
 from bot.core.errors import FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, TurnFailure, Usage
@@ -288,7 +289,12 @@ class OpenAIImageClient:
         meant to be longer than a silent generation.
         """
         async with asyncio.timeout(self._config.stall_seconds):
-            return await call
+            answered = await call
+        # A streamed call answers with a raw response (`http_response`), others with `response`.
+        http = getattr(answered, "http_response", None) or getattr(answered, "response", None)
+        headers = getattr(http, "headers", None)
+        logcontext.bind_openai_request(headers.get("x-request-id") if headers else None)
+        return answered
 
     async def _lean(
         self, call: Any, parser: LeanSSEParser, allowance: TurnAllowance

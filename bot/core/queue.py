@@ -121,6 +121,11 @@ class JobQueue(Generic[S]):
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the queue stopped taking jobs (shutdown)."""
+        return self._closing
+
     async def close(self, grace: float) -> None:
         """Start nothing more; give running jobs `grace` seconds, then cancel them."""
         self._closing = True

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.core import i18n, images
+from bot.core import i18n, images, logcontext, tokens, webstudio
 from bot.core.budgets import Limits, admission_gate, day_window, month_window
 from bot.core.config import ContinuePolicy, GuildConfig, UserSettings, resolve_options
 from bot.core.costs import PriceTable
@@ -783,6 +783,7 @@ class Studio:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _run(self, job: Job, sink: TurnSink) -> None:
+        logcontext.bind_job(job.id, job.channel_id)
         try:
             if not await self._store.start_job(job.id):
                 return
@@ -1104,3 +1105,172 @@ class Studio:
     def waiting_jobs(self) -> Sequence[Job]:
         """The jobs waiting to run, in order."""
         return self._queue.waiting_jobs()
+
+    # --- web studio ---------------------------------------------------------------------
+    # Signed links to the painter and the gallery, and what the web app needs to serve them.
+    # Set up by `open_web`; without it no link is issued and every token is refused.
+
+    _web: webstudio.WebAccess | None = None
+
+    def open_web(self, base_url: str | None, *, key: bytes | None = None) -> None:
+        """Start issuing web links under `base_url` (None: the pages exist, no link is offered)."""
+        self._web = webstudio.WebAccess(
+            tokens.TokenSigner(key, clock=self._clock),
+            base_url.rstrip("/") if base_url else None,
+        )
+
+    @property
+    def web_links(self) -> bool:
+        """Whether the Paint and Gallery buttons are offered (a public URL is configured)."""
+        return self._web is not None and self._web.base_url is not None
+
+    def _web_access(self) -> webstudio.WebAccess:
+        if self._web is None:
+            raise tokens.TokenError("the web studio is not open")
+        return self._web
+
+    def _link(self, purpose: tokens.Purpose, subject: int, requester: Requester) -> str:
+        web = self._web_access()
+        if web.base_url is None:
+            raise BotError("web.not_configured")
+        ttl = webstudio.PAINT_TTL if purpose is tokens.Purpose.PAINT else webstudio.GALLERY_TTL
+        token = web.signer.issue(purpose, subject, requester.user_id, ttl=ttl)
+        claims = web.signer.verify(token, purpose)
+        now = self._clock()
+        for nonce in [n for n, (_r, expiry) in web.grants.items() if expiry <= now]:
+            del web.grants[nonce]
+        web.grants[claims.nonce] = (requester, claims.expires_at)
+        # The gallery lives under a trailing slash: its images are then links relative to it.
+        slash = "/" if purpose is tokens.Purpose.GALLERY else ""
+        return f"{web.base_url}/{purpose.value}/{token}{slash}"
+
+    def paint_link(self, turn: Turn, requester: Requester) -> str:
+        """A private link to paint a mask on `turn`'s image: 10 minutes, once, for this person."""
+        return self._link(tokens.Purpose.PAINT, turn.id, requester)
+
+    def gallery_link(self, channel_id: int, requester: Requester) -> str:
+        """A read-only link to the tree of a thread's images, for an hour."""
+        return self._link(tokens.Purpose.GALLERY, channel_id, requester)
+
+    def _claims(self, token: str, purpose: tokens.Purpose) -> tuple[tokens.Claims, Requester]:
+        web = self._web_access()
+        claims = web.signer.verify(token, purpose)
+        grant = web.grants.get(claims.nonce)
+        if grant is None or grant[0].user_id != claims.user_id:
+            raise tokens.TokenError("no grant")
+        return claims, grant[0]
+
+    async def _paint_turn(self, token: str) -> tuple[tokens.Claims, Requester, Turn]:
+        claims, requester = self._claims(token, tokens.Purpose.PAINT)
+        turn = await self._store.get_turn(claims.subject)
+        if turn is None:
+            raise tokens.TokenError("the image is gone")
+        return claims, requester, turn
+
+    async def paint_page(self, token: str) -> webstudio.PaintPage:
+        """What the painter shows for a valid paint token (TokenError otherwise)."""
+        claims, requester, turn = await self._paint_turn(token)
+        image = await self.turn_image(turn)
+        if image is None:
+            raise BotError("studio.parent_image_missing")
+        width, height = images.image_size(image)
+        return webstudio.PaintPage(
+            turn_id=turn.id,
+            width=width,
+            height=height,
+            prompt=turn.prompt,
+            locale=requester.locale,
+            expires_at=claims.expires_at,
+        )
+
+    async def paint_image(self, token: str) -> tuple[bytes, str]:
+        """The image to paint on (bytes, format), from the database."""
+        _claims, _requester, turn = await self._paint_turn(token)
+        saved = await self._store.get_turn_image(turn.id)
+        if saved is not None:
+            return saved
+        data = await self.turn_image(turn)
+        if data is None:
+            raise BotError("studio.parent_image_missing")
+        return data, str(turn.options.get("format") or "png")
+
+    async def paint_submit(self, token: str, layer: bytes, prompt: str) -> Job:
+        """Queue the region edit a painted layer asks for, as its link's owner; spends the link.
+
+        The token is spent before anything is awaited, so two submissions cannot both pass; a
+        request refused for its content (nothing painted, an empty prompt, a budget) gives the
+        link back, so the person can fix it and send again.
+        """
+        web = self._web_access()
+        claims, granted, turn = await self._paint_turn(token)
+        web.signer.spend(claims)
+        try:
+            # Settings and server rules as they are now; roles and rights as when the link was made.
+            requester = await self.requester(
+                user_id=granted.user_id,
+                guild_id=granted.guild_id,
+                channel_id=granted.channel_id,
+                client_locale=granted.locale,
+                role_ids=granted.role_ids,
+                is_admin=granted.is_admin,
+                parent_channel_id=granted.parent_channel_id,
+            )
+            turn = await self.button_turn(turn.id, requester)
+            image = await self.turn_image(turn)
+            if image is None:
+                raise BotError("studio.parent_image_missing")
+            width, height = images.image_size(image)
+            mask = await asyncio.to_thread(
+                webstudio.painted_layer_mask,
+                layer,
+                width,
+                height,
+                max_bytes=self.input_limits.max_bytes,
+                max_pixels=self.input_limits.max_pixels,
+            )
+            spec = JobSpec(
+                kind=JobKind.REGION,
+                prompt=prompt,
+                options=turn.options,
+                mask=mask,
+                parent=ParentMode.RESPONSE,
+                parent_response_id=turn.response_id,
+                parent_turn_id=turn.id,
+            )
+            job = await self.submit(self.check(spec, requester))
+        except BaseException:
+            web.signer.refund(claims)
+            raise
+        web.grants.pop(claims.nonce, None)
+        return job
+
+    async def gallery(self, token: str) -> tuple[list[webstudio.TurnNode], str]:
+        """The tree of a thread's images for a gallery token, and the page's language."""
+        claims, requester = self._claims(token, tokens.Purpose.GALLERY)
+        turns = await self._store.list_turns(claims.subject, limit=webstudio.GALLERY_TURNS)
+        return webstudio.turn_tree(turns), requester.locale
+
+    async def gallery_image(self, token: str, turn_id: int, *, thumb: bool) -> tuple[bytes, str]:
+        """One image of a gallery's thread (bytes, format), from the database."""
+        claims, _requester = self._claims(token, tokens.Purpose.GALLERY)
+        turn = await self._store.get_turn(turn_id) if 0 < turn_id <= MAX_ROW_ID else None
+        if turn is None or turn.channel_id != claims.subject:
+            raise tokens.TokenError("not in this gallery")
+        saved = await self._store.get_turn_image(turn.id)
+        if saved is None:
+            raise BotError("studio.parent_image_missing")
+        data, fmt = saved
+        if thumb:
+            return await asyncio.to_thread(webstudio.thumbnail, data), "png"
+        return data, fmt
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the database answers and the queue takes jobs (for /readyz)."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self._store.count_active_jobs()
+            database = True
+        except Exception:
+            log.warning("readiness: the database did not answer", exc_info=True)
+            database = False
+        return {"database": database, "queue": not self._queue.closing}

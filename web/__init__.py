@@ -1,0 +1,1 @@
+"""The web studio beside the bot: the painter, the gallery, and health and metrics endpoints."""
