@@ -285,6 +285,17 @@ class ExtendSelect(
         await _submit(bot, interaction, spec, requester)
 
 
+def instruction_input(locale: str) -> discord.ui.TextInput[Any]:
+    """The text field of the edit dialogs: what should change."""
+    return discord.ui.TextInput(
+        label=t(locale, "modal.edit_label"),
+        style=discord.TextStyle.paragraph,
+        placeholder=t(locale, "modal.edit_placeholder"),
+        max_length=4000,
+        custom_id="instruction",
+    )
+
+
 class EditModal(discord.ui.Modal):
     """Asks for an instruction; continues from the image (only inside the chosen cells, if any)."""
 
@@ -297,13 +308,7 @@ class EditModal(discord.ui.Modal):
         )
         self.turn_id = turn_id
         self.cells = cells
-        self.instruction: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-            label=t(locale, "modal.edit_label"),
-            style=discord.TextStyle.paragraph,
-            placeholder=t(locale, "modal.edit_placeholder"),
-            max_length=4000,
-            custom_id="instruction",
-        )
+        self.instruction = instruction_input(locale)
         self.add_item(self.instruction)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
@@ -318,21 +323,25 @@ class EditModal(discord.ui.Modal):
         await _submit(bot, interaction, spec, requester)
 
 
-class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:retry:(?P<job>{ROW_ID})"
-):
-    """Runs a failed or interrupted job again."""
+class _JobButton:
+    """Mixed into a button that acts on one job; the job id lives in its custom_id
+    (`img:<action>:<id>`)."""
+
+    action = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
 
     def __init__(
-        self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = "Retry"
+        self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = ""
     ) -> None:
-        super().__init__(
+        # DynamicItem comes next in the subclasses' MRO.
+        super().__init__(  # type: ignore[call-arg]
             button
             or discord.ui.Button(
-                label=label,
-                emoji="🔄",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"img:retry:{job_id}",
+                label=label or self.action.title(),
+                emoji=self.emoji,
+                style=self.style,
+                custom_id=f"img:{self.action}:{job_id}",
             )
         )
         self.job_id = job_id
@@ -344,9 +353,21 @@ class RetryButton(
         item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
-    ) -> RetryButton:
+    ) -> Any:
         assert isinstance(item, discord.ui.Button)
         return cls(int(match["job"]), item)
+
+
+class RetryButton(
+    _JobButton,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"img:retry:(?P<job>{ROW_ID})",
+):
+    """Runs a failed or interrupted job again."""
+
+    action = "retry"
+    emoji = "🔄"
+    style = discord.ButtonStyle.primary
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)
@@ -373,34 +394,14 @@ class RetryButton(
 
 
 class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:cancel:(?P<job>{ROW_ID})"
+    _JobButton,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"img:cancel:(?P<job>{ROW_ID})",
 ):
     """Cancels a queued or running job: free while queued, and nothing charged mid-drawing."""
 
-    def __init__(
-        self, job_id: int, button: discord.ui.Button[Any] | None = None, *, label: str = "Cancel"
-    ) -> None:
-        super().__init__(
-            button
-            or discord.ui.Button(
-                label=label,
-                emoji="✖️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"img:cancel:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> CancelButton:
-        assert isinstance(item, discord.ui.Button)
-        return cls(int(match["job"]), item)
+    action = "cancel"
+    emoji = "✖️"
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)

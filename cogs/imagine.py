@@ -472,15 +472,11 @@ class UploadEditModal(discord.ui.Modal):
 
     def __init__(self, cog: ImagineCog, attachment: discord.Attachment, locale: str) -> None:
         super().__init__(title=t(locale, "modal.edit_title"), timeout=900)
+        from cogs.buttons import instruction_input
+
         self.cog = cog
         self.attachment = attachment
-        self.instruction: discord.ui.TextInput[UploadEditModal] = discord.ui.TextInput(
-            label=t(locale, "modal.edit_label"),
-            style=discord.TextStyle.paragraph,
-            placeholder=t(locale, "modal.edit_placeholder"),
-            max_length=4000,
-            custom_id="instruction",
-        )
+        self.instruction = instruction_input(locale)
         self.add_item(self.instruction)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
