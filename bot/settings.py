@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///data/bot.db"
     discord_dev_guild_id: int | None = None
 
+    # Several processes on one PostgreSQL database, each running some of the shards:
+    # SHARD_IDS is a range ("0-3") or a list ("0,2,4"), SHARD_COUNT the total across processes.
+    # Neither set: one process runs the shards Discord recommends.
+    shard_ids: str | None = None
+    shard_count: int | None = Field(default=None, ge=1, validate_default=True)
+    # This process in the database (its jobs carry it). A restart under the same id settles its
+    # own previous run's jobs at once; the default is derived from SHARD_IDS.
+    worker_id: str | None = None
+    # How often a process says it is alive, and after how long without a word another process
+    # settles its jobs (interrupted with Retry, or its saved image posted).
+    worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    worker_stale_seconds: float = Field(default=60.0, gt=0)
+
     # Generation defaults (a server's /config and a member's /settings override them).
     engine: Literal["responses", "images"] = "responses"
     image_model: str = "gpt-image-2.6-sunburst"
@@ -83,6 +96,60 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_BASE_URL must be an http:// or https:// address")
         return url.rstrip("/")
 
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard ids SHARD_IDS names (None: not set), in order, each once."""
+        if self.shard_ids is None:
+            return None
+        return parse_shard_ids(self.shard_ids)
+
+    @property
+    def worker_name(self) -> str:
+        """WORKER_ID, or one derived from the shards (stable across restarts)."""
+        if self.worker_id:
+            return self.worker_id
+        shards = self.shards
+        if shards is None:
+            return "main" if self.shard_count is None else f"shards-all-of-{self.shard_count}"
+        return f"shards-{','.join(map(str, shards))}-of-{self.shard_count}"
+
+    @field_validator("shard_count")
+    @classmethod
+    def _shards_agree(cls, count: int | None, info: ValidationInfo) -> int | None:
+        """SHARD_IDS needs SHARD_COUNT and names shards below it (checked per field, so that
+        the error quotes these values alone, never the other settings, tokens among them)."""
+        text = info.data.get("shard_ids")
+        if text is None:
+            return count
+        if count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT (the number of shards in total)")
+        outside = [i for i in parse_shard_ids(text) if i >= count]
+        if outside:
+            raise ValueError(
+                f"SHARD_IDS names shard {outside[0]}, but SHARD_COUNT is {count}"
+                f" (shards are numbered 0 to {count - 1})"
+            )
+        return count
+
+    @field_validator("worker_stale_seconds")
+    @classmethod
+    def _heartbeat_fits(cls, stale: float, info: ValidationInfo) -> float:
+        """A process must miss two heartbeats before another settles its jobs."""
+        beat = info.data.get("worker_heartbeat_seconds")
+        if beat is not None and stale < 2 * beat:
+            raise ValueError(
+                f"WORKER_STALE_SECONDS ({stale:g}) must be at least twice"
+                f" WORKER_HEARTBEAT_SECONDS ({beat:g})"
+            )
+        return stale
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_shard_ids(value)
+        return value
+
     @field_validator("stream_stall_seconds")
     @classmethod
     def _timeouts_agree(cls, stall: float, info: ValidationInfo) -> float:
@@ -100,3 +167,23 @@ class Settings(BaseSettings):
                 "OPENAI_TIMEOUT_SECONDS or lower STREAM_STALL_SECONDS"
             )
         return stall
+
+
+def parse_shard_ids(text: str) -> tuple[int, ...]:
+    """Shard ids from "0-3", "0,2,4" or a mix ("0-1,5"); ValueError when they make no sense."""
+    ids: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"SHARD_IDS: {part!r} is neither a shard number nor a range like 0-3")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"SHARD_IDS: the range {part!r} goes backwards")
+        ids.extend(range(first, last + 1))
+    if not ids:
+        raise ValueError("SHARD_IDS is empty; give a range like 0-3 or a list like 0,2")
+    if len(set(ids)) != len(ids):
+        raise ValueError("SHARD_IDS names a shard twice")
+    return tuple(sorted(ids))

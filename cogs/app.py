@@ -109,6 +109,9 @@ class ImagineBot(commands.Bot):
             input_limits=InputLimits(
                 max_bytes=settings.max_input_bytes, max_pixels=settings.max_input_pixels
             ),
+            worker_id=settings.worker_name,
+            heartbeat_seconds=settings.worker_heartbeat_seconds,
+            stale_after_seconds=settings.worker_stale_seconds,
         )
         self.metrics.watch_queue(
             lambda: len(self.studio.waiting_jobs()), lambda: self.studio.running
@@ -166,6 +169,22 @@ class ImagineBot(commands.Bot):
         if self.gateway_url and self.ws is not None:
             self.ws.gateway = yarl.URL(self.gateway_url)
 
+    async def on_shard_ready(self, shard_id: int) -> None:
+        """Keep a shard's resumes on the configured gateway (sharded runs)."""
+        self._pin_shard_gateway(shard_id)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        """A shard's RESUME replaces its socket: keep it on the configured gateway."""
+        self._pin_shard_gateway(shard_id)
+
+    def _pin_shard_gateway(self, shard_id: int) -> None:
+        get_shard = getattr(self, "get_shard", None)
+        info = get_shard(shard_id) if self.gateway_url and get_shard is not None else None
+        # discord.py keeps a shard's socket on its ShardInfo's parent, with no public accessor.
+        ws = getattr(getattr(info, "_parent", None), "ws", None)
+        if ws is not None and self.gateway_url:
+            ws.gateway = yarl.URL(self.gateway_url)
+
     async def make_sink(self, job: Job, spec: JobSpec) -> Any:
         """The Discord sink that shows `job` in its channel."""
         from cogs._sink import DiscordTurnSink
@@ -207,6 +226,38 @@ class ImagineBot(commands.Bot):
         await super().close()
 
 
+class ShardedImagineBot(ImagineBot, commands.AutoShardedBot):
+    """The bot on some of the shards (SHARD_IDS of SHARD_COUNT), one socket per shard.
+
+    discord.py identifies this process's shards one after the other, 5 seconds apart, which
+    keeps within any `max_concurrency`. Processes do not coordinate their identifies: see the
+    README ("Several processes") for how to start them.
+    """
+
+
+def make_bot(settings: Settings, services: Services) -> ImagineBot:
+    """The bot the settings ask for: sharded when SHARD_IDS or SHARD_COUNT is set."""
+    options: dict[str, Any] = {
+        "services": services,
+        "gateway_url": settings.discord_gateway_url,
+        "dev_guild_id": settings.discord_dev_guild_id,
+    }
+    if settings.shard_ids is None and settings.shard_count is None:
+        return ImagineBot(**options)
+    shards = settings.shards
+    log.info(
+        "running shard(s) %s of %s as worker %s",
+        ",".join(map(str, shards)) if shards is not None else "all",
+        settings.shard_count,
+        settings.worker_name,
+    )
+    return ShardedImagineBot(
+        shard_ids=list(shards) if shards is not None else None,
+        shard_count=settings.shard_count,
+        **options,
+    )
+
+
 async def run_bot(settings: Settings) -> int:
     """Run the bot until it is stopped (Ctrl-C or SIGTERM)."""
     if settings.discord_token is None:
@@ -224,11 +275,7 @@ async def run_bot(settings: Settings) -> int:
     if monitor is not None:
         monitor.start()
     try:
-        bot = ImagineBot(
-            services=services,
-            gateway_url=settings.discord_gateway_url,
-            dev_guild_id=settings.discord_dev_guild_id,
-        )
+        bot = make_bot(settings, services)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,6 +24,7 @@ from fakes._discord_model import (
     INTENT_MESSAGE_CONTENT,
     PRIVILEGED_INTENTS,
     Payload,
+    shard_of,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +34,20 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 41250
 MEMBER_EVENTS = frozenset({"GUILD_MEMBER_ADD", "GUILD_MEMBER_UPDATE", "GUILD_MEMBER_REMOVE"})
+# Events whose payload is the guild itself (its id is `id`, not `guild_id`).
+GUILD_OBJECT_EVENTS = frozenset({"GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"})
+
+
+def _shard_tuple(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's `shard` as (id, count), or None when Discord would close with 4010."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    shard_id, count = value
+    if type(shard_id) is not int or type(count) is not int:
+        return None
+    if count < 1 or not 0 <= shard_id < count:
+        return None
+    return shard_id, count
 
 
 @dataclass(eq=False)
@@ -46,6 +61,8 @@ class GatewaySession:
     log: list[tuple[int, Payload]] = field(default_factory=list)
     connection: Connection | None = None
     resumable: bool = True
+    # (shard id, shard count) from IDENTIFY: the session gets only its shard's guilds.
+    shard: tuple[int, int] = (0, 1)
 
 
 @dataclass(eq=False)
@@ -79,6 +96,8 @@ class Gateway:
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: set[Connection] = set()
         self.identifies = 0
+        # (time.monotonic(), shard) of every accepted IDENTIFY, oldest first.
+        self.identified: list[tuple[float, tuple[int, int]]] = []
         self.resumes = 0
         self.invalid_sessions = 0
 
@@ -178,14 +197,20 @@ class Gateway:
         if intents & refused:
             await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
-        session = GatewaySession(id=uuid.uuid4().hex, intents=intents, connection=conn)
+        shard = _shard_tuple(data.get("shard", [0, 1]))
+        if shard is None:
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return
+        session = GatewaySession(id=uuid.uuid4().hex, intents=intents, connection=conn, shard=shard)
         conn.session = session
         self.sessions[session.id] = session
         self.identifies += 1
+        self.identified.append((time.monotonic(), shard))
+        guild_ids = [gid for gid in self.world.guild_ids() if shard_of(gid, shard[1]) == shard[0]]
         ready: Payload = {
             "v": 10,
             "user": {**self.world.bot_user, "verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(gid), "unavailable": True} for gid in self.world.guild_ids()],
+            "guilds": [{"id": str(gid), "unavailable": True} for gid in guild_ids],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.world.gateway_url,
@@ -203,7 +228,7 @@ class Gateway:
         if "shard" in data:
             ready["shard"] = data["shard"]
         self._send(session, "READY", ready)
-        for guild_id in self.world.guild_ids():
+        for guild_id in guild_ids:
             self._send(session, "GUILD_CREATE", self.world.guild_create_payload(guild_id))
 
     async def _resume(self, conn: Connection, data: Payload) -> None:
@@ -281,6 +306,10 @@ class Gateway:
         """Return the event as this session may see it (intents gate events, blank content), or None."""
         intents = session.intents
         in_guild = "guild_id" in data
+        guild_id = data.get("id") if event in GUILD_OBJECT_EVENTS else data.get("guild_id")
+        shard_id, shard_count = session.shard
+        if shard_of(int(guild_id) if guild_id is not None else None, shard_count) != shard_id:
+            return None
         needed = 0
         if event.startswith("MESSAGE_REACTION"):
             needed = INTENT_GUILD_MESSAGE_REACTIONS if in_guild else INTENT_DIRECT_MESSAGE_REACTIONS

@@ -187,6 +187,24 @@ class SnowflakeFactory:
         self._last = max(candidate, self._last + 1)
         return self._last
 
+    def on_shard(self, shard_id: int, shard_count: int) -> int:
+        """Return a new snowflake that shard `shard_id` of `shard_count` receives as a guild id.
+
+        Discord routes a guild to shard `(guild_id >> 22) % shard_count`: the timestamp is moved
+        on by at most `shard_count - 1` milliseconds to land there.
+        """
+        if not 0 <= shard_id < shard_count:
+            raise ValueError(f"shard {shard_id} is not one of {shard_count}")
+        stamp = max(self() >> 22, 0)
+        stamp += (shard_id - stamp) % shard_count
+        self._last = max(stamp << 22, self._last + 1)
+        return self._last
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard that receives a guild's events; events outside guilds (DMs) go to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
 
 def iso_timestamp(unix: float | None = None) -> str:
     """Return an ISO 8601 UTC timestamp as Discord writes it."""

@@ -417,14 +417,15 @@ class RestApi:
     @route("GET", "/gateway/bot")
     async def get_gateway_bot(self, request: ApiRequest) -> Any:
         """Return the gateway URL with sharding and session-start information."""
+        total = 1000
         return {
             "url": self.world.gateway_url,
-            "shards": 1,
+            "shards": self.world.shards,
             "session_start_limit": {
-                "total": 1000,
-                "remaining": 999,
+                "total": total,
+                "remaining": max(total - self.world.gateway.identifies, 0),
                 "reset_after": 14400000,
-                "max_concurrency": 1,
+                "max_concurrency": self.world.max_concurrency,
             },
         }
 

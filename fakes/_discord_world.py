@@ -97,6 +97,10 @@ class World:
         self.new_id = SnowflakeFactory()
         self.http_base = "http://127.0.0.1:0"
         self.gateway_url = "ws://127.0.0.1:0/gateway"
+        # What GET /gateway/bot recommends: the shard count, and how many shards may identify
+        # at once (one per bucket `shard_id % max_concurrency`, every 5 seconds).
+        self.shards = 1
+        self.max_concurrency = 1
         self.gateway = Gateway(self)
         self.requests: list[RecordedRequest] = []
         self.unhandled: list[str] = []
@@ -194,10 +198,18 @@ class World:
         return member
 
     def add_guild(
-        self, name: str, *, locale: str = "en-US", upload_limit: int | None = None
+        self,
+        name: str,
+        *,
+        locale: str = "en-US",
+        upload_limit: int | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Payload:
-        """Create a guild with roles, the bot, every user as a member and a "general" channel."""
-        guild_id = self.new_id()
+        """Create a guild with roles, the bot, every user as a member and a "general" channel.
+
+        `shard` = (id, count): an id that this shard of that many receives (sharding tests).
+        """
+        guild_id = self.new_id.on_shard(*shard) if shard is not None else self.new_id()
         limit = upload_limit if upload_limit is not None else self.default_upload_limit
         data: Payload = {
             "id": str(guild_id),

@@ -84,11 +84,16 @@ class FakeDiscord(World):
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
         privileged_intents: Iterable[str] = tuple(PRIVILEGED_INTENTS),
         heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
+        shards: int = 1,
+        max_concurrency: int = 1,
     ) -> None:
-        """Create the stand-in; ``heartbeat_interval_ms`` is the interval sent in HELLO."""
+        """Create the stand-in; ``heartbeat_interval_ms`` is the interval sent in HELLO,
+        ``shards`` and ``max_concurrency`` what GET /gateway/bot recommends."""
         super().__init__(
             token=token, upload_limit=upload_limit, privileged_intents=privileged_intents
         )
+        self.shards = shards
+        self.max_concurrency = max_concurrency
         self.gateway.zlib = zlib
         self.gateway.heartbeat_interval_ms = heartbeat_interval_ms
         self.rest = RestApi(self)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -10,6 +12,8 @@ from storage.base import (
     ACTIVE_JOB_STATUSES,
     Conversation,
     Job,
+    JobStatus,
+    Orphans,
     StorageError,
     Turn,
     UsageEntry,
@@ -33,7 +37,7 @@ TURN_COLUMNS = (
 JOB_COLUMNS = (
     "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
     "attempts, error, created_at, started_at, finished_at, reserved_usd, reserved_images, "
-    "response_id, turn_id"
+    "response_id, turn_id, worker_id"
 )
 USAGE_COLUMNS = (
     "id, at, guild_id, user_id, channel_id, response_id, model, engine, images, input_tokens, "
@@ -122,6 +126,22 @@ def job_from_row(row: Row) -> Job:
         reserved_images=row[15],
         response_id=row[16],
         turn_id=row[17],
+        worker_id=row[18],
+    )
+
+
+def orphans_from(workers: Sequence[str], jobs: Sequence[Job]) -> Orphans:
+    """Sort adopted jobs (given in queue order) by status: running and saved ones by id."""
+
+    def of(status: JobStatus) -> tuple[Job, ...]:
+        return tuple(job for job in jobs if job.status == status.value)
+
+    by_id = operator.attrgetter("id")
+    return Orphans(
+        workers=tuple(workers),
+        running=tuple(sorted(of(JobStatus.RUNNING), key=by_id)),
+        saved=tuple(sorted(of(JobStatus.SAVED), key=by_id)),
+        queued=of(JobStatus.QUEUED),
     )
 
 

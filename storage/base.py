@@ -139,6 +139,8 @@ class NewJob:
     # The estimated cost, held against the budgets until the job ends.
     reserved_usd: float = 0.0
     reserved_images: int = 0
+    # The worker (bot process) whose queue holds the job; None: any live worker may adopt it.
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,23 @@ class Job:
     # image was saved as.
     response_id: str | None = None
     turn_id: int | None = None
+    # The worker (bot process) whose queue holds the job, or that runs or posts it.
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Orphans:
+    """The unfinished jobs a worker took over from workers that stopped saying they are alive.
+
+    They now belong to the adopting worker and are otherwise as they were left: `running` ones
+    still running (the adopter finishes a response OpenAI completed anyway, or interrupts
+    them), `saved` ones waiting to be posted, `queued` ones waiting to run, each oldest first.
+    """
+
+    workers: tuple[str, ...] = ()
+    running: tuple[Job, ...] = ()
+    saved: tuple[Job, ...] = ()
+    queued: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -349,8 +368,9 @@ class Store(Protocol):
         """Return a job by id, or None."""
         ...
 
-    async def start_job(self, job_id: int) -> bool:
-        """Move a queued job to running and count the attempt; False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
+        """Move a queued job to running, count the attempt and record the worker that runs it;
+        False if it was not queued (another worker claimed it first)."""
         ...
 
     async def finish_job(
@@ -380,7 +400,28 @@ class Store(Protocol):
         ...
 
     async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (at start-up) and return them."""
+        """Mark every running job interrupted (a single process at start-up) and return them."""
+        ...
+
+    # Workers (bot processes sharing the database)
+
+    async def register_worker(self, worker_id: str) -> None:
+        """Record that a worker starts now (a restart under the same id starts it again)."""
+        ...
+
+    async def heartbeat_worker(self, worker_id: str) -> bool:
+        """Record that a worker is alive now; False if it is not registered (any more)."""
+        ...
+
+    async def adopt_orphans(
+        self, worker_id: str, *, stale_after: float, own: bool = False
+    ) -> Orphans:
+        """Take over, in one transaction, the queued, running and saved jobs of every other
+        worker not seen for `stale_after` seconds, and of none (a missing or unknown worker),
+        and forget those workers. With `own`, the caller's own unfinished jobs are included
+        (at start-up they are what its previous run left behind). Two workers adopting at once
+        never both get the same job.
+        """
         ...
 
     async def admit_job(
@@ -408,8 +449,10 @@ class Store(Protocol):
         user_window: Window,
         guild_window: Window,
         gate: AdmissionGate,
+        worker_id: str | None = None,
     ) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+        """Put a failed or interrupted job back at the end of the queue, through the same gate,
+        in the queue of `worker_id`.
 
         None if the job is not retryable (a second click on Retry finds it queued).
         """

@@ -18,8 +18,9 @@ from storage.urls import postgres_conninfo, redact_url, scrub
 
 log = logging.getLogger(__name__)
 
-# Bookkeeping of each backend, not data: each side keeps its own.
-_NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence"})
+# Bookkeeping of each backend, not data: each side keeps its own. The workers are the processes
+# of the old database: their jobs, without them, are orphans that the first process adopts.
+_NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence", "workers"})
 
 
 class TargetNotEmpty(StorageError):

@@ -33,6 +33,7 @@ from storage._rows import (
     dump_json,
     job_from_row,
     load_json,
+    orphans_from,
     turn_from_row,
     usage_entry_from_row,
     utc_day,
@@ -50,6 +51,7 @@ from storage.base import (
     NewTurn,
     NewUsageEntry,
     Occupancy,
+    Orphans,
     SchemaVersionError,
     StorageError,
     Turn,
@@ -527,7 +529,8 @@ class PostgresStore:
             conn,
             "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
             " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
-            " reserved_images) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)"
+            " reserved_images, worker_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s)"
             f" RETURNING {JOB_COLUMNS}",
             (
                 job.kind,
@@ -542,6 +545,7 @@ class PostgresStore:
                 now,
                 float(job.reserved_usd),
                 job.reserved_images,
+                job.worker_id,
             ),
         )
         return job_from_row(rows[0])
@@ -639,8 +643,10 @@ class PostgresStore:
         user_window: Window,
         guild_window: Window,
         gate: AdmissionGate,
+        worker_id: str | None = None,
     ) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+        """Put a failed or interrupted job back at the end of the queue (of `worker_id`),
+        through the same gate.
 
         The same row is re-queued (same id, payload and progress message; error and times
         cleared; attempts kept and counted on), so a second click on Retry, on this process or
@@ -675,12 +681,13 @@ class PostgresStore:
                 conn,
                 "UPDATE jobs SET status = %s, queued_at = %s, error = NULL, started_at = NULL,"
                 " finished_at = NULL, reserved_usd = %s, reserved_images = %s,"
-                f" response_id = NULL WHERE id = %s RETURNING {JOB_COLUMNS}",
+                f" response_id = NULL, worker_id = %s WHERE id = %s RETURNING {JOB_COLUMNS}",
                 (
                     JobStatus.QUEUED.value,
                     self._clock(),
                     float(reserved_usd),
                     reserved_images,
+                    worker_id,
                     job_id,
                 ),
             )
@@ -691,14 +698,15 @@ class PostgresStore:
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int) -> bool:
-        """Move a queued job to running and count the attempt; False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
+        """Move a queued job to running, count the attempt and record the worker that runs it;
+        False if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job (in any process), the
         # second waits for the first's row lock, then finds the status changed.
         changed = await self._write(
             "UPDATE jobs SET status = %s, attempts = attempts + 1, started_at = %s,"
-            " finished_at = NULL WHERE id = %s AND status = %s",
-            (JobStatus.RUNNING.value, self._clock(), job_id, JobStatus.QUEUED.value),
+            " finished_at = NULL, worker_id = %s WHERE id = %s AND status = %s",
+            (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
         return changed > 0
 
@@ -871,6 +879,66 @@ class PostgresStore:
             )
         # RETURNING gives no order guarantee.
         return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
+
+    # Workers
+
+    async def register_worker(self, worker_id: str) -> None:
+        """Record that a worker starts now (a restart under the same id starts it again)."""
+        now = self._clock()
+        await self._write(
+            "INSERT INTO workers (id, started_at, seen_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
+            " seen_at = excluded.seen_at",
+            (worker_id, now, now),
+        )
+
+    async def heartbeat_worker(self, worker_id: str) -> bool:
+        """Record that a worker is alive now; False if it is not registered (any more)."""
+        changed = await self._write(
+            "UPDATE workers SET seen_at = %s WHERE id = %s", (self._clock(), worker_id)
+        )
+        return changed > 0
+
+    async def adopt_orphans(
+        self, worker_id: str, *, stale_after: float, own: bool = False
+    ) -> Orphans:
+        """Take over the unfinished jobs of workers not seen for `stale_after` seconds.
+
+        Two processes adopting at once: a dead worker's row is locked by the first (the second
+        skips it), and each job row by the first UPDATE that reaches it (the second then finds
+        it owned by a live worker and leaves it).
+        """
+        unfinished = [JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.SAVED.value]
+        async with self._transaction() as conn:
+            dead = [
+                str(row[0])
+                for row in await self._fetch(
+                    conn,
+                    "SELECT id FROM workers WHERE seen_at < %s AND id <> %s ORDER BY id"
+                    " FOR UPDATE SKIP LOCKED",
+                    (self._clock() - stale_after, worker_id),
+                )
+            ]
+            owners = [*dead, worker_id] if own else dead
+            adopted = [
+                int(row[0])
+                for row in await self._fetch(
+                    conn,
+                    "UPDATE jobs SET worker_id = %s WHERE status = ANY(%s) AND ("
+                    " worker_id = ANY(%s) OR worker_id IS NULL"
+                    " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = jobs.worker_id))"
+                    " RETURNING id",
+                    (worker_id, unfinished, owners),
+                )
+            ]
+            rows = await self._fetch(
+                conn,
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(%s) ORDER BY queued_at, id",
+                (adopted,),
+            )
+            if dead:
+                await conn.execute("DELETE FROM workers WHERE id = ANY(%s)", (dead,))
+        return orphans_from(dead, [job_from_row(row) for row in rows])
 
     async def queue_position(self, job_id: int) -> int:
         """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""

@@ -26,6 +26,7 @@ from storage._rows import (
     dump_json,
     job_from_row,
     load_json,
+    orphans_from,
     turn_from_row,
     usage_entry_from_row,
     utc_day,
@@ -43,6 +44,7 @@ from storage.base import (
     NewTurn,
     NewUsageEntry,
     Occupancy,
+    Orphans,
     SchemaVersionError,
     StorageError,
     Turn,
@@ -509,7 +511,7 @@ class SqliteStore:
             await conn.execute_fetchall(
                 "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
                 " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
-                " reserved_images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+                " reserved_images, worker_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"
                 f" RETURNING {JOB_COLUMNS}",
                 (
                     job.kind,
@@ -524,6 +526,7 @@ class SqliteStore:
                     now,
                     job.reserved_usd,
                     job.reserved_images,
+                    job.worker_id,
                 ),
             )
         )
@@ -606,8 +609,10 @@ class SqliteStore:
         user_window: Window,
         guild_window: Window,
         gate: AdmissionGate,
+        worker_id: str | None = None,
     ) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue, through the same gate.
+        """Put a failed or interrupted job back at the end of the queue (of `worker_id`),
+        through the same gate.
 
         The same row is re-queued (same id, payload and progress message; error and times
         cleared; attempts kept and counted on), so a second click on Retry finds it already
@@ -637,8 +642,15 @@ class SqliteStore:
                 await conn.execute_fetchall(
                     "UPDATE jobs SET status = ?, queued_at = ?, error = NULL, started_at = NULL,"
                     " finished_at = NULL, reserved_usd = ?, reserved_images = ?,"
-                    f" response_id = NULL WHERE id = ? RETURNING {JOB_COLUMNS}",
-                    (JobStatus.QUEUED.value, self._clock(), reserved_usd, reserved_images, job_id),
+                    f" response_id = NULL, worker_id = ? WHERE id = ? RETURNING {JOB_COLUMNS}",
+                    (
+                        JobStatus.QUEUED.value,
+                        self._clock(),
+                        reserved_usd,
+                        reserved_images,
+                        worker_id,
+                        job_id,
+                    ),
                 )
             )
             return job_from_row(rows[0])
@@ -648,13 +660,14 @@ class SqliteStore:
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int) -> bool:
-        """Move a queued job to running and count the attempt; False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
+        """Move a queued job to running, count the attempt and record the worker that runs it;
+        False if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job, exactly one wins.
         changed = await self._write(
             "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
-            " finished_at = NULL WHERE id = ? AND status = ?",
-            (JobStatus.RUNNING.value, self._clock(), job_id, JobStatus.QUEUED.value),
+            " finished_at = NULL, worker_id = ? WHERE id = ? AND status = ?",
+            (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
         return changed > 0
 
@@ -820,6 +833,66 @@ class SqliteStore:
         )
         # RETURNING gives no order guarantee.
         return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
+
+    # Workers
+
+    async def register_worker(self, worker_id: str) -> None:
+        """Record that a worker starts now (a restart under the same id starts it again)."""
+        now = self._clock()
+        await self._write(
+            "INSERT INTO workers (id, started_at, seen_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
+            " seen_at = excluded.seen_at",
+            (worker_id, now, now),
+        )
+
+    async def heartbeat_worker(self, worker_id: str) -> bool:
+        """Record that a worker is alive now; False if it is not registered (any more)."""
+        changed = await self._write(
+            "UPDATE workers SET seen_at = ? WHERE id = ?", (self._clock(), worker_id)
+        )
+        return changed > 0
+
+    async def adopt_orphans(
+        self, worker_id: str, *, stale_after: float, own: bool = False
+    ) -> Orphans:
+        """Take over the unfinished jobs of workers not seen for `stale_after` seconds."""
+        unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.SAVED.value)
+        async with self._transaction() as conn:
+            dead = [
+                str(row[0])
+                for row in await conn.execute_fetchall(
+                    "SELECT id FROM workers WHERE seen_at < ? AND id <> ? ORDER BY id",
+                    (self._clock() - stale_after, worker_id),
+                )
+            ]
+            owners = [*dead, worker_id] if own else dead
+            marks = ", ".join("?" for _ in owners) or "NULL"
+            adopted = [
+                int(row[0])
+                for row in await conn.execute_fetchall(
+                    "UPDATE jobs SET worker_id = ? WHERE status IN (?, ?, ?) AND ("
+                    f" worker_id IN ({marks}) OR worker_id IS NULL"
+                    " OR worker_id NOT IN (SELECT id FROM workers)) RETURNING id",
+                    (worker_id, *unfinished, *owners),
+                )
+            ]
+            rows = (
+                list(
+                    await conn.execute_fetchall(
+                        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN"
+                        f" ({', '.join('?' for _ in adopted)}) ORDER BY queued_at, id",
+                        adopted,
+                    )
+                )
+                if adopted
+                else []
+            )
+            if dead:
+                await conn.execute(
+                    f"DELETE FROM workers WHERE id IN ({', '.join('?' for _ in dead)})", dead
+                )
+        return orphans_from(dead, [job_from_row(row) for row in rows])
 
     async def queue_position(self, job_id: int) -> int:
         """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""

@@ -106,10 +106,30 @@ def error_log() -> Iterator[ErrorLog]:
 class BotProcess:
     """One `python -m bot run` process, logging to a file."""
 
-    def __init__(self, discord: FakeDiscord, openai: FakeOpenAI, workdir: Path) -> None:
+    def __init__(
+        self,
+        discord: FakeDiscord,
+        openai: FakeOpenAI,
+        workdir: Path,
+        *,
+        shard_ids: str | None = None,
+        shard_count: int | None = None,
+        database_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`shard_ids` ("0-3", "0,2") and `shard_count` run it on some shards; `database_url`
+        (a PostgreSQL one, say) replaces the SQLite file in `workdir`; `env` goes to every run."""
         self.discord = discord
         self.openai = openai
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(env or {})
+        if shard_ids is not None:
+            self.env["SHARD_IDS"] = shard_ids
+        if shard_count is not None:
+            self.env["SHARD_COUNT"] = str(shard_count)
+        if database_url is not None:
+            self.env["DATABASE_URL"] = database_url
         self.process: asyncio.subprocess.Process | None = None
         self.runs = 0
 
@@ -129,6 +149,7 @@ class BotProcess:
                 "DISCORD_API_BASE_URL": self.discord.api_base,
                 "DISCORD_GATEWAY_URL": self.discord.gateway_url,
                 "LOG_LEVEL": "INFO",
+                **self.env,
                 **(env_extra or {}),
             },
         )

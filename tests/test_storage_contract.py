@@ -27,6 +27,7 @@ from storage import (
     NewTurn,
     NewUsageEntry,
     Occupancy,
+    Orphans,
     SchemaVersionError,
     SqliteStore,
     StorageError,
@@ -1077,6 +1078,175 @@ async def test_a_retry_is_taken_once_across_two_store_instances(
         again = await second.get_job(job.id)
         assert again is not None and again.status == "queued"
         assert await first.start_job(job.id) and not await second.start_job(job.id)
+    finally:
+        await first.close()
+        await second.close()
+
+
+# Workers: several bot processes sharing one database
+
+
+async def test_start_job_records_the_worker_and_retry_moves_the_job_to_a_queue(
+    store: Store,
+) -> None:
+    job = await store.enqueue_job(new_job(worker_id="w-admit"))
+    assert job.worker_id == "w-admit"
+    assert await store.start_job(job.id, "w-run")
+    assert not await store.start_job(job.id, "w-other")
+    running = await store.get_job(job.id)
+    assert running is not None and running.worker_id == "w-run"
+    await store.finish_job(job.id, "interrupted")
+    again = await store.readmit_job(
+        job.id,
+        reserved_usd=0.0,
+        reserved_images=0,
+        user_window=WHOLE_TIME,
+        guild_window=WHOLE_TIME,
+        gate=allow_all,
+        worker_id="w-retry",
+    )
+    assert again is not None and again.worker_id == "w-retry"
+
+
+async def test_heartbeats_need_a_registered_worker(store: Store, clock: FakeClock) -> None:
+    assert not await store.heartbeat_worker("w-1")
+    await store.register_worker("w-1")
+    clock.advance(5)
+    assert await store.heartbeat_worker("w-1")
+    # A restart under the same id registers again without complaint.
+    await store.register_worker("w-1")
+
+
+async def _jobs_of_two_workers(store: Store, clock: FakeClock) -> dict[str, Job]:
+    """A dead worker's queued, running, saved and finished jobs, and a live worker's."""
+    await store.register_worker("dead")
+    await store.register_worker("live")
+    jobs = {
+        name: await store.enqueue_job(new_job(10 + i, worker_id=worker))
+        for i, (name, worker) in enumerate(
+            [
+                ("dead_queued", "dead"),
+                ("dead_running", "dead"),
+                ("dead_saved", "dead"),
+                ("dead_done", "dead"),
+                ("live_queued", "live"),
+                ("live_running", "live"),
+            ]
+        )
+    }
+    for name in ("dead_running", "dead_saved", "dead_done"):
+        assert await store.start_job(jobs[name].id, "dead")
+    assert await store.start_job(jobs["live_running"].id, "live")
+    await store.save_result(
+        jobs["dead_saved"].id,
+        new_turn(100, response_id="resp_saved"),
+        image=b"img",
+        image_format="png",
+        usage=usage(),
+        advance=False,
+    )
+    await store.finish_job(jobs["dead_done"].id, "failed", "transient")
+    return jobs
+
+
+async def test_a_worker_adopts_only_the_unfinished_jobs_of_stale_workers(
+    store: Store, clock: FakeClock
+) -> None:
+    jobs = await _jobs_of_two_workers(store, clock)
+    clock.advance(10)
+    assert await store.heartbeat_worker("live")
+    # Nobody is stale yet: nothing changes hands.
+    assert await store.adopt_orphans("live", stale_after=20) == Orphans()
+    clock.advance(15)  # "dead" was last seen 25 s ago, "live" 15 s ago
+    assert await store.heartbeat_worker("live")
+
+    orphans = await store.adopt_orphans("live", stale_after=20)
+    assert orphans.workers == ("dead",)
+    assert [job.id for job in orphans.running] == [jobs["dead_running"].id]
+    assert [job.id for job in orphans.saved] == [jobs["dead_saved"].id]
+    assert [job.id for job in orphans.queued] == [jobs["dead_queued"].id]
+    adopted = [*orphans.running, *orphans.saved, *orphans.queued]
+    # Left as they were (the adopter decides), now the adopter's.
+    assert [job.status for job in adopted] == ["running", "saved", "queued"]
+    assert {job.worker_id for job in adopted} == {"live"}
+    # The live worker's own jobs and the finished job are nobody's business.
+    for name, expected in (
+        ("live_queued", ("queued", "live")),
+        ("live_running", ("running", "live")),
+        ("dead_done", ("failed", "dead")),
+    ):
+        job = await store.get_job(jobs[name].id)
+        assert job is not None and (job.status, job.worker_id) == expected
+    # The dead worker is forgotten; a second look finds nothing more.
+    assert not await store.heartbeat_worker("dead")
+    assert await store.adopt_orphans("live", stale_after=20) == Orphans()
+
+
+async def test_a_live_worker_is_never_adopted_from(store: Store, clock: FakeClock) -> None:
+    jobs = await _jobs_of_two_workers(store, clock)
+    clock.advance(100)
+    await store.register_worker("third")
+    assert await store.heartbeat_worker("live")
+    orphans = await store.adopt_orphans("third", stale_after=20)
+    assert orphans.workers == ("dead",)
+    assert {job.id for job in (*orphans.running, *orphans.saved, *orphans.queued)} == {
+        jobs["dead_queued"].id,
+        jobs["dead_running"].id,
+        jobs["dead_saved"].id,
+    }
+    for name in ("live_queued", "live_running"):
+        job = await store.get_job(jobs[name].id)
+        assert job is not None and job.worker_id == "live"
+
+
+async def test_at_start_up_a_worker_takes_back_its_own_jobs(store: Store, clock: FakeClock) -> None:
+    await store.register_worker("w-0")
+    running = await store.enqueue_job(new_job(worker_id="w-0"))
+    queued = await store.enqueue_job(new_job(11, worker_id="w-0"))
+    assert await store.start_job(running.id, "w-0")
+    clock.advance(1)
+    await store.register_worker("w-0")  # the same process, restarted a second later
+    assert await store.adopt_orphans("w-0", stale_after=60) == Orphans()
+    orphans = await store.adopt_orphans("w-0", stale_after=60, own=True)
+    assert orphans.workers == ()
+    assert [job.id for job in orphans.running] == [running.id]
+    assert [job.id for job in orphans.queued] == [queued.id]
+
+
+async def test_jobs_of_no_known_worker_are_orphans(store: Store, clock: FakeClock) -> None:
+    await store.register_worker("w-1")
+    ownerless = await store.enqueue_job(new_job())
+    assert await store.start_job(ownerless.id)
+    vanished = await store.enqueue_job(new_job(11, worker_id="never-registered"))
+    orphans = await store.adopt_orphans("w-1", stale_after=3600)
+    assert [job.id for job in orphans.running] == [ownerless.id]
+    assert [job.id for job in orphans.queued] == [vanished.id]
+
+
+async def test_two_workers_adopting_at_once_never_share_a_job(
+    database: StoreOpener, clock: FakeClock
+) -> None:
+    first, second = await database(clock), await database(clock)
+    try:
+        await first.register_worker("dead")
+        jobs = [await first.enqueue_job(new_job(10 + i, worker_id="dead")) for i in range(12)]
+        for job in jobs[:6]:
+            assert await first.start_job(job.id, "dead")
+        await first.register_worker("a")
+        await second.register_worker("b")
+        clock.advance(30)
+        await first.heartbeat_worker("a")
+        await second.heartbeat_worker("b")
+        results = await asyncio.gather(
+            *(
+                store.adopt_orphans(worker, stale_after=20)
+                for _ in range(4)
+                for store, worker in ((first, "a"), (second, "b"))
+            )
+        )
+        taken = [job.id for orphans in results for job in (*orphans.running, *orphans.queued)]
+        assert sorted(taken) == sorted(job.id for job in jobs)
+        assert sum(orphans.workers == ("dead",) for orphans in results) == 1
     finally:
         await first.close()
         await second.close()

@@ -26,6 +26,7 @@ from bot.core.runner import TurnRunner
 from bot.core.studio import PostingFailed, StartPlan, Studio
 from storage import SqliteStore
 from storage.base import Conversation, Job, Turn
+from tests.conftest import wait_until
 
 Event = ResponseCreated | Partial | Completed | Failed
 
@@ -145,9 +146,13 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Callable[..., Rig]]:
     stores: list[SqliteStore] = []
+    studios: list[Studio] = []
 
     async def build(
-        store: SqliteStore | None = None, backend: Backend | None = None, **limits: Any
+        store: SqliteStore | None = None,
+        backend: Backend | None = None,
+        studio_options: dict[str, Any] | None = None,
+        **limits: Any,
     ) -> Rig:
         if store is None:
             store = await SqliteStore.open(":memory:")
@@ -168,10 +173,14 @@ async def rig() -> AsyncIterator[Callable[..., Rig]]:
             limits=Limits(**limits),
             sink_factory=sink_factory,
             post_backoff=(0.001, 0.01),
+            **(studio_options or {}),
         )
+        studios.append(studio)
         return Rig(studio, store, counting, backend, log, refusals)
 
     yield build  # type: ignore[misc]
+    for studio in studios:
+        await studio.close(grace=0.1)
     for store in stores:
         await store.close()
 
@@ -309,6 +318,71 @@ async def test_recovery_posts_saved_images_and_fetches_finished_responses(rig: A
         await store.close()
 
 
+async def test_a_worker_settles_the_jobs_of_another_only_once_it_stops_beating(
+    rig: Any,
+) -> None:
+    store = await SqliteStore.open(":memory:")
+    try:
+        fast = {"heartbeat_seconds": 0.05, "stale_after_seconds": 0.4}
+        first: Rig = await rig(store=store, studio_options={"worker_id": "first", **fast})
+        assert await first.studio.recover() == ([], [], [])
+        who = await requester(first.studio)
+        # The first worker holds a job it runs, one whose image it saved, one in its queue.
+        cut = await first.studio.admit(first.studio.check(imagine("cut"), who))
+        await store.start_job(cut.id, "first")
+        saved = await first.studio.admit(first.studio.check(imagine("saved"), who))
+        await store.start_job(saved.id, "first")
+        from bot.core.studio import _new_turn
+
+        turn, usage = _new_turn(
+            finished("resp_saved"),
+            options=ImageOptions(model="gpt-image-2"),
+            prompt="saved",
+            parent_response_id=None,
+            channel_id=100,
+            guild_id=1,
+            user_id=7,
+        )
+        await store.save_result(
+            saved.id, turn, image=b"img", image_format="png", usage=usage, advance=True
+        )
+        waiting = await first.studio.admit(first.studio.check(imagine("waiting"), who))
+
+        second: Rig = await rig(store=store, studio_options={"worker_id": "second", **fast})
+        # The first worker is alive: neither the start-up nor many rounds later touch its jobs.
+        assert await second.studio.recover() == ([], [], [])
+        await wait_until(
+            lambda: second.counting.calls["adopt_orphans"] >= 12, what="second's rounds"
+        )
+        assert second.log == []
+        held = [await store.get_job(j.id) for j in (cut, saved, waiting)]
+        assert [(j.status, j.worker_id) for j in held if j is not None] == [
+            ("running", "first"),
+            ("saved", "first"),
+            ("queued", "first"),
+        ]
+
+        await first.studio.close(grace=0.1)  # it stops beating, as if killed
+        await wait_until(
+            lambda: len(second.shown("posted")) == 2 and second.shown("failed"),
+            what="the second worker to settle the first's jobs",
+        )
+        await asyncio.wait_for(second.studio.wait_idle(), 5)
+        assert second.shown("failed interrupted") == [cut.id]
+        assert sorted(second.shown("posted")) == [saved.id, waiting.id]
+        assert len(second.backend.requests) == 1  # only the queued job was generated
+        ended = [await store.get_job(j.id) for j in (cut, saved, waiting)]
+        assert [(j.status, j.worker_id) for j in ended if j is not None] == [
+            ("interrupted", "second"),
+            ("done", "second"),
+            ("done", "second"),
+        ]
+        assert first.log == []
+        assert (await store.usage_totals(since=0)).images == 2
+    finally:
+        await store.close()
+
+
 async def test_conversation_rules(rig: Any) -> None:
     r: Rig = await rig()
     owner = await requester(r.studio, user_id=7, channel_id=200)
@@ -352,3 +426,15 @@ def test_the_usage_chart_has_every_day_of_the_last_thirty() -> None:
     assert days[-1].day == "2023-11-14" and days[0].day == "2023-10-16"
     assert [d.images for d in days if d.images] == [2]
     assert sum(1 for d in days if d.cost_usd == 0) == 29
+
+
+async def test_a_job_held_by_another_process_is_not_cancelled_from_here(rig: Any) -> None:
+    r: Rig = await rig()
+    who = await requester(r.studio)
+    job = await r.studio.admit(r.studio.check(imagine(), who))
+    assert await r.store.start_job(job.id, "shards-1-of-2")
+    with pytest.raises(BotError) as refused:
+        await r.studio.cancel(job.id, who)
+    assert refused.value.key == "studio.cancel_elsewhere"
+    held = await r.store.get_job(job.id)
+    assert held is not None and held.status == "running"

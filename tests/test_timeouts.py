@@ -173,3 +173,39 @@ def test_env_example_matches_the_defaults() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert float(values["STREAM_STALL_SECONDS"]) == settings.stream_stall_seconds
     assert float(values["OPENAI_TIMEOUT_SECONDS"]) == settings.openai_timeout_seconds
+
+
+@pytest.mark.parametrize(
+    ("shard_ids", "expected"),
+    [("0-3", (0, 1, 2, 3)), ("2", (2,)), ("4,0,2", (0, 2, 4)), ("0-1, 5", (0, 1, 5))],
+)
+def test_shard_ids_take_a_range_or_a_list(shard_ids: str, expected: tuple[int, ...]) -> None:
+    settings = Settings(_env_file=None, shard_ids=shard_ids, shard_count=8)  # type: ignore[call-arg]
+    assert settings.shards == expected
+    assert settings.worker_name == f"shards-{','.join(map(str, expected))}-of-8"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shard_ids": "0-1"}, "SHARD_IDS needs SHARD_COUNT"),
+        ({"shard_ids": "0-4", "shard_count": 4}, "names shard 4, but SHARD_COUNT is 4"),
+        ({"shard_ids": "3-1", "shard_count": 4}, "goes backwards"),
+        ({"shard_ids": "a", "shard_count": 4}, "neither a shard number nor a range"),
+        ({"shard_ids": "1,1", "shard_count": 4}, "names a shard twice"),
+        ({"worker_heartbeat_seconds": 10, "worker_stale_seconds": 15}, "at least twice"),
+    ],
+)
+def test_shard_and_worker_settings_that_make_no_sense_are_refused_without_the_token(
+    changes: dict[str, object], message: str
+) -> None:
+    key = "sk-should-never-be-shown-0000"
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, openai_api_key=key, **changes)  # type: ignore[call-arg]
+    assert message in str(caught.value)
+    assert key not in str(caught.value)
+
+
+def test_without_shards_one_worker_is_main() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.shards, settings.shard_count, settings.worker_name) == (None, None, "main")

@@ -237,6 +237,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "I don't know that way of extending the image.",
         "ko": "이미지를 넓히는 그 방식은 알 수 없습니다.",
     },
+    "studio.cancel_elsewhere": {
+        "en": "Another of the bot's processes is handling this request, so it can't be cancelled from here. It will finish as usual.",
+        "ko": "이 요청은 봇의 다른 프로세스가 처리하고 있어서 여기서는 취소할 수 없습니다. 평소처럼 끝까지 진행됩니다.",
+    },
     "studio.not_saved": {
         "en": "I could not save your request (the bot's storage refused it), so nothing was started or charged. Please try again in a moment.",
         "ko": "요청을 저장하지 못해서 아무것도 시작하거나 청구하지 않았습니다. 잠시 후 다시 시도해 주세요.",

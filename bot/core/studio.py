@@ -42,6 +42,7 @@ from storage.base import (
     NewJob,
     NewTurn,
     NewUsageEntry,
+    Orphans,
     StorageError,
     Store,
     Turn,
@@ -273,9 +274,15 @@ class Studio:
         crash_at: str | None = None,
         post_backoff: tuple[float, float] = (1.0, 60.0),
         input_limits: InputLimits | None = None,
+        worker_id: str = "main",
+        heartbeat_seconds: float = 10.0,
+        stale_after_seconds: float = 60.0,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at must be one of {', '.join(CRASH_POINTS)}")
+        if not 0 < heartbeat_seconds * 2 <= stale_after_seconds:
+            # A worker must miss at least two heartbeats before another one settles its jobs.
+            raise ValueError("stale_after_seconds must be at least twice heartbeat_seconds")
         self._store = store
         self.runner = runner
         self.prices = prices
@@ -294,6 +301,13 @@ class Studio:
             user_concurrency=self.limits.user_concurrency,
         )
         self._finishing: set[asyncio.Task[None]] = set()
+        # This process in the database: the jobs it holds carry its id; other processes settle
+        # them only once it has missed heartbeats for `stale_after_seconds`. A restart under the
+        # same id settles its own previous run's jobs at once.
+        self.worker_id = worker_id
+        self._heartbeat_seconds = heartbeat_seconds
+        self._stale_after = stale_after_seconds
+        self._heartbeat: asyncio.Task[None] | None = None
         self._cancel_requests: set[int] = set()
         # Jobs whose image arrived: too late to cancel, they are saved and posted.
         self._arrived: set[int] = set()
@@ -694,6 +708,7 @@ class Studio:
                 locale=requester.locale,
                 reserved_usd=checked.estimate,
                 reserved_images=1,
+                worker_id=self.worker_id,
             ),
             **self._windows_and_gate(checked),
         )
@@ -732,6 +747,7 @@ class Studio:
             job.id,
             reserved_usd=checked.estimate,
             reserved_images=1,
+            worker_id=self.worker_id,
             **self._windows_and_gate(checked),
         )
         if again is None:
@@ -753,6 +769,10 @@ class Studio:
             raise BotError("studio.not_allowed_cancel")
         if job.id in self._arrived or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return False
+        if job.worker_id is not None and job.worker_id != self.worker_id:
+            # Another process holds it: ending it here could leave that process unable to save
+            # an image it has already paid for.
+            raise BotError("studio.cancel_elsewhere")
         self._cancel_requests.add(job.id)
         if self._queue.stop(job.id):
             return True  # the job's own task ends it (see _run)
@@ -785,7 +805,7 @@ class Studio:
     async def _run(self, job: Job, sink: TurnSink) -> None:
         logcontext.bind_job(job.id, job.channel_id)
         try:
-            if not await self._store.start_job(job.id):
+            if not await self._store.start_job(job.id, self.worker_id):
                 return
             self._crashpoint("running")
             await self._execute(job, sink)
@@ -1021,24 +1041,74 @@ class Studio:
         )
 
     async def recover(self) -> tuple[list[Job], list[Job], list[Job]]:
-        """At start-up, before anything new runs: settle every job the last run left behind.
+        """At start-up, before anything new runs: settle the jobs this worker's previous run
+        left behind, and those of other workers not seen for `stale_after_seconds`; then keep
+        saying this worker is alive, and settle the jobs of workers that die later.
+
+        Returns (interrupted, reposted, queued); see `_settle`.
+        """
+        await self._store.register_worker(self.worker_id)
+        # Beat from now on: settling may take a while (fetching finished responses), and
+        # meanwhile no other process may take this one for dead.
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._keep_alive(), name="worker-heartbeat")
+        orphans = await self._store.adopt_orphans(
+            self.worker_id, stale_after=self._stale_after, own=True
+        )
+        return await self._settle(orphans)
+
+    async def _keep_alive(self) -> None:
+        """Every `heartbeat_seconds`: say this worker is alive, and settle dead workers' jobs."""
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            try:
+                if not await self._store.heartbeat_worker(self.worker_id):
+                    # Another process took this one for dead (a long pause, a lost database)
+                    # and settled its jobs: come back to life and go on.
+                    log.error("worker %s was taken for dead; registering again", self.worker_id)
+                    await self._store.register_worker(self.worker_id)
+                orphans = await self._store.adopt_orphans(
+                    self.worker_id, stale_after=self._stale_after
+                )
+                if orphans.workers or orphans.running or orphans.saved or orphans.queued:
+                    log.warning(
+                        "took over the jobs of stopped worker(s) %s", ", ".join(orphans.workers)
+                    )
+                    await self._settle(orphans)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %s: heartbeat or settling failed", self.worker_id)
+
+    async def _settle(self, orphans: Orphans) -> tuple[list[Job], list[Job], list[Job]]:
+        """Handle adopted jobs as the ledger says; returns (interrupted, reposted, queued).
 
         A job cut off while running whose response finished at OpenAI anyway (it was billed)
         is saved and posted from that response; the others are reported as interrupted, with
-        Retry. Saved images not posted yet are posted, never generated again. The queue
-        resumes. Returns (interrupted, reposted, queued).
+        Retry. Saved images not posted yet are posted, never generated again. Queued jobs
+        join this worker's queue.
         """
-        for job in await self._store.running_jobs():
+        interrupted: list[Job] = []
+        reposted: list[Job] = list(orphans.saved)
+        for job in orphans.running:
             if job.response_id is not None:
-                await self._finish_lost_response(job)
-        interrupted = await self._store.interrupt_running_jobs()
+                try:
+                    saved = await self._finish_lost_response(job)
+                except Exception:
+                    log.exception("job %s: could not fetch response %s", job.id, job.response_id)
+                    saved = None
+                if saved is not None:
+                    reposted.append(saved)
+                    continue
+            if await self._store.finish_job(job.id, JobStatus.INTERRUPTED):
+                interrupted.append(await self._store.get_job(job.id) or job)
         for job in interrupted:
             sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
             try:
                 await sink.failed(Failed(FailureKind.INTERRUPTED, "fail.interrupted"), job)
             except Exception:
                 log.exception("could not report interrupted job %s", job.id)
-        reposted = await self._store.saved_jobs()
+        reposted.sort(key=lambda job: job.id)
         for job in reposted:
             turn = await self._store.get_turn(job.turn_id) if job.turn_id is not None else None
             image = await self._store.get_turn_image(turn.id) if turn is not None else None
@@ -1047,19 +1117,19 @@ class Studio:
                 continue
             sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
             self._spawn(self._post(job, turn, completed_from_turn(turn, *image), sink))
-        queued = await self._store.queued_jobs()
-        for job in queued:
+        for job in orphans.queued:
             await self._enqueue(job)
-        return interrupted, reposted, queued
+        return interrupted, reposted, list(orphans.queued)
 
-    async def _finish_lost_response(self, job: Job) -> None:
+    async def _finish_lost_response(self, job: Job) -> Job | None:
+        """Save the image of a cut-off job whose response finished anyway; the saved job."""
         spec = JobSpec.from_payload(job.payload)
         if (spec.engine or self.engine) is not Engine.RESPONSES or job.response_id is None:
-            return
+            return None
         options = ImageOptions().merged(spec.options)
         done = await self.runner.finished(job.response_id, options)
         if done is None:
-            return
+            return None
         log.info("job %s: response %s finished while the bot was down", job.id, job.response_id)
         turn, usage = _new_turn(
             done,
@@ -1073,6 +1143,7 @@ class Studio:
         await self._store.save_result(
             job.id, turn, image=done.image, image_format=done.format, usage=usage, advance=True
         )
+        return await self._store.get_job(job.id)
 
     async def wait_idle(self) -> None:
         """Wait until no job runs and no image waits to be posted (tests, shutdown)."""
@@ -1089,6 +1160,10 @@ class Studio:
         Retry) at the next start; one whose image arrived is saved and posted first, and one
         whose posting is still being retried stays `saved` and is posted at the next start.
         """
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         await self._queue.close(grace)
         finishing = list(self._finishing)
         if finishing:
