@@ -22,6 +22,7 @@ import pytest
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
 from storage.urls import postgres_conninfo
+from tests.conftest import wait_until
 from tests.e2e import BotProcess, button, failures, finals
 
 # Short heartbeats: a killed process counts as dead two seconds after its last word.
@@ -104,8 +105,13 @@ async def test_a_guild_is_served_by_its_shard_and_buttons_outlive_the_process_th
     thread1 = await first_thread(d, fleet.channel(1))
     image0 = await d.wait_for(lambda: (finals(d, thread0["id"]) or [None])[0], timeout=30)
     await d.wait_for(lambda: finals(d, thread1["id"]) or None, timeout=30)
-    # Each guild's command was admitted and run by the process that has its shard.
-    assert fleet.jobs() == [(g0, "done", "shards-0-of-2"), (g1, "done", "shards-1-of-2")]
+    # Each guild's command was admitted and run by the process that has its shard (the job is
+    # done once the posting is recorded, just after Discord shows the image).
+    expected = [(g0, "done", "shards-0-of-2"), (g1, "done", "shards-1-of-2")]
+    # (The two commands race to admission: compare without their order.)
+    await wait_until(
+        lambda: sorted(fleet.jobs()) == sorted(expected), timeout=10, what="both jobs done"
+    )
 
     # The process that posted the fox dies; another one takes shard 0 over. The button's state
     # is in the database, so it works there.
@@ -114,7 +120,9 @@ async def test_a_guild_is_served_by_its_shard_and_buttons_outlive_the_process_th
     await spare.start()
     await d.click(image0["id"], button(image0, "vary"))
     await d.wait_for(lambda: len(finals(d, thread0["id"])) >= 2 or None, timeout=30)
-    assert fleet.jobs()[-1] == (g0, "done", "spare")
+    await wait_until(
+        lambda: fleet.jobs()[-1] == (g0, "done", "spare"), timeout=10, what="the spare's job done"
+    )
     assert await spare.stop() == 0
     assert await one.stop() == 0
 
@@ -147,6 +155,7 @@ async def test_a_job_of_a_killed_process_ends_visibly_on_the_live_one(
         expected = "done"
     # Not before the dead process's heartbeat went stale (it beat at most 0.25 s before dying).
     assert time.monotonic() - killed >= STALE_AFTER - 0.5
-    assert fleet.jobs() == [(int(fleet.guilds[0]["id"]), expected, "shards-1-of-2")]
+    settled = [(int(fleet.guilds[0]["id"]), expected, "shards-1-of-2")]
+    await wait_until(lambda: fleet.jobs() == settled, timeout=10, what="the job settled")
     assert "took over the jobs of stopped worker(s) shards-0-of-2" in one.log
     assert await one.stop() == 0
