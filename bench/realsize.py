@@ -101,9 +101,14 @@ def _sent_partials(session: BotSession, generations: list[Generation]) -> int:
 
 
 async def _turns(
-    session: BotSession, count: int, concurrency: int, label: str, user_offset: int = 0
+    session: BotSession,
+    count: int,
+    concurrency: int,
+    label: str,
+    user_offset: int = 0,
+    size: str = SIZE,
 ) -> list[Generation]:
-    """Run `count` turns at 1536x1024 with 2 partials, `concurrency` at a time."""
+    """Run `count` turns (1536x1024 unless told) with 2 partials, `concurrency` at a time."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(count):
         queue.put_nowait(index)
@@ -113,7 +118,7 @@ async def _turns(
         while not queue.empty():
             queue.get_nowait()
             user = session.user(user_offset + slot)
-            generation = await session.imagine(label, user=user, partials=2, size=SIZE)
+            generation = await session.imagine(label, user=user, partials=2, size=size)
             await session.wait_done([generation], within=120)
             finished.append(generation)
 

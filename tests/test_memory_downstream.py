@@ -129,3 +129,30 @@ def test_large_freed_buffers_go_back_to_the_system() -> None:
     assert libc.mallinfo2().hblks == before + 1
     del block
     assert libc.mallinfo2().hblks == before
+
+
+async def test_the_responses_body_is_what_the_sdk_would_have_sent() -> None:
+    """The adapter skips the SDK's transform of the body: it must be the identity on it."""
+    from openai._utils import async_maybe_transform
+    from openai.types.responses import response_create_params
+
+    from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
+    from bot.core.options import ImageOptions, InputImage, TurnRequest
+
+    client = OpenAIImageClient(ClientConfig(api_key="sk-test-000000000000", base_url="http://x"))
+    try:
+        picture = InputImage(data=b"\x89PNG", mime="image/png", filename="a.png", sha256="ab")
+        other = InputImage(data=b"\x89PNG2", mime="image/png", filename="b.png", sha256="cd")
+        request = TurnRequest(
+            prompt="a lighthouse",
+            options=ImageOptions(partials=2, compression=50),
+            images=(picture, other),
+            mask=b"mask",
+            previous_response_id="resp_1",
+            user_hash="u",
+        )
+        params = client.responses_params(request, file_ids={"ab": "file_1"})
+        expected = response_create_params.ResponseCreateParamsStreaming
+        assert await async_maybe_transform(params, expected) == params
+    finally:
+        await client.close()

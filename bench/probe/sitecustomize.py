@@ -18,6 +18,7 @@ import tracemalloc
 from typing import Any
 
 OUT = os.environ.get("MEMPROBE_OUT")
+PROFILE_OUT = os.environ.get("CPUPROBE_OUT")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -175,5 +176,22 @@ def _start() -> None:
     signal.signal(signal.SIGUSR2, begin)
 
 
+def _profile() -> None:
+    """cProfile of the event loop's thread between SIGUSR2 (start) and SIGUSR1 (write pstats)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    signal.signal(signal.SIGUSR2, lambda *_: profiler.enable())
+
+    def dump(*_: object) -> None:
+        profiler.disable()
+        assert PROFILE_OUT is not None
+        profiler.dump_stats(PROFILE_OUT)
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
 if OUT:
     _start()
+elif PROFILE_OUT:
+    _profile()
