@@ -59,6 +59,8 @@ class Config:
     cpu_batch: int
     burst: int
     plateau_turns: int
+    # Bot processes per real-size group (memory, plateau, lag): min and median over them.
+    process_repeats: int
 
 
 FULL = Config(
@@ -79,6 +81,7 @@ FULL = Config(
     cpu_batch=12,
     burst=100,
     plateau_turns=1000,
+    process_repeats=3,
 )
 QUICK = Config(
     name="quick",
@@ -98,6 +101,7 @@ QUICK = Config(
     cpu_batch=3,
     burst=6,
     plateau_turns=10,
+    process_repeats=2,
 )
 
 
@@ -222,30 +226,36 @@ async def run(config: Config, figures: Sequence[str], workdir: Path, photo: bool
     if "cpu" in wanted:
 
         async def cpu() -> list[Row]:
-            run = await realsize.default_concurrency(
-                workdir / "cpu",
-                repeats=config.cpu_repeats,
-                batch=config.cpu_batch,
-                burst=config.burst,
-                plateau=config.plateau_turns,
-            )
+            runs = [
+                await realsize.default_concurrency(
+                    workdir / f"cpu{index}",
+                    repeats=config.cpu_repeats,
+                    batch=config.cpu_batch,
+                    burst=config.burst,
+                    plateau=config.plateau_turns,
+                )
+                for index in range(config.process_repeats)
+            ]
             return [
-                realsize.cpu_row(run),
-                realsize.memory_default_row(run),
-                realsize.plateau_row(run),
+                realsize.cpu_row(runs),
+                realsize.memory_default_row(runs),
+                realsize.plateau_row(runs),
             ]
 
         await guarded(results, "cpu", "bot CPU per turn (real size)", cpu)
     if "load" in wanted:
 
         async def concurrent() -> list[Row]:
-            run = await realsize.concurrent(
-                workdir / "load",
-                config.load_generations,
-                config.load_interval,
-                config.heartbeat_ms,
-            )
-            return realsize.concurrent_rows(run)
+            runs = [
+                await realsize.concurrent(
+                    workdir / f"load{index}",
+                    config.load_generations,
+                    config.load_interval,
+                    config.heartbeat_ms,
+                )
+                for index in range(config.process_repeats)
+            ]
+            return realsize.concurrent_rows(runs)
 
         await guarded(results, "load", f"{config.load_generations} concurrent", concurrent)
     if "storage" in wanted:

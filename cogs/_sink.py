@@ -33,6 +33,32 @@ GONE_CODES = frozenset({10003, 50001, 50083, 160005})
 TRANSIENT_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 
 
+class ImageUpload(io.BytesIO):
+    """Image bytes for one upload, read from the caller's `bytes` without a copy of their own.
+
+    A `BytesIO` made from `bytes` shares them until someone asks for its buffer, and aiohttp's
+    payload asks (`getbuffer()`, only to learn the size): that unshares, a copy of the whole image
+    per upload. Here the buffer is the shared bytes, read-only. `discard()` drops them once the
+    upload is over (discord.py makes `close()` a no-op on files it did not open, and aiohttp's
+    request may outlive the upload).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data: bytes | None = data
+
+    def getbuffer(self) -> memoryview:
+        """The shared bytes (read-only): what aiohttp measures, without unsharing them."""
+        if self._data is None:
+            raise ValueError("I/O operation on closed file.")
+        return memoryview(self._data)
+
+    def discard(self) -> None:
+        """Let go of the image (the upload is over)."""
+        self._data = None
+        io.BytesIO.close(self)
+
+
 def upload_limit(channel: Any) -> int:
     """The largest file the bot may upload in `channel`."""
     guild = getattr(channel, "guild", None)
@@ -170,10 +196,9 @@ class DiscordTurnSink:
                     total=max(1, self.spec_partials),
                 )
             )
+            upload = ImageUpload(event.image)
             file = discord.File(
-                io.BytesIO(event.image),
-                filename=f"partial-{event.index}.{event.format}",
-                spoiler=self.spec.spoiler,
+                upload, filename=f"partial-{event.index}.{event.format}", spoiler=self.spec.spoiler
             )
             try:
                 if self.message is None:
@@ -185,6 +210,12 @@ class DiscordTurnSink:
                 log.warning(
                     "could not show partial %d of job %s: %s", event.index, self.job.id, exc
                 )
+            finally:
+                # Shown or lost, this preview is done with: its bytes need not wait for the
+                # turn's next event (the runner and the studio still hold the event until then).
+                upload.discard()
+                event.release()
+                del event, file, upload
 
     @property
     def spec_partials(self) -> int:
@@ -259,10 +290,9 @@ class DiscordTurnSink:
         while True:
             fitted = await asyncio.to_thread(images.fit_to_limit, event.image, event.format, target)
             content = self._final_content(event, fitted, refused)
+            upload = ImageUpload(fitted.data)
             file = discord.File(
-                io.BytesIO(fitted.data),
-                filename=f"image.{fitted.format}",
-                spoiler=self.spec.spoiler,
+                upload, filename=f"image.{fitted.format}", spoiler=self.spec.spoiler
             )
             view = final_view(turn.id, self.locale, web=self.bot.studio.web_links)
             try:
@@ -286,6 +316,8 @@ class DiscordTurnSink:
                     len(fitted.data),
                     target,
                 )
+            finally:
+                upload.discard()
 
     async def _deliver_elsewhere(self, event: Completed) -> tuple[int | None, str | None]:
         """Show an image whose channel is gone where its requester can still see it: the parent
@@ -315,18 +347,19 @@ class DiscordTurnSink:
                 + self._final_content(event, fitted, 0),
                 2000,
             )
+            upload = ImageUpload(fitted.data)
             try:
                 message = await place.send(
                     content,
                     file=discord.File(
-                        io.BytesIO(fitted.data),
-                        filename=f"image.{fitted.format}",
-                        spoiler=self.spec.spoiler,
+                        upload, filename=f"image.{fitted.format}", spoiler=self.spec.spoiler
                     ),
                 )
             except (discord.Forbidden, discord.NotFound) as exc:
                 log.info("job %s: cannot post in %s either (%s)", self.job.id, place.id, exc.code)
                 continue
+            finally:
+                upload.discard()
             url = message.attachments[0].url if message.attachments else None
             return message.id, url
         log.warning("job %s: nowhere left to show its image; it stays saved", self.job.id)

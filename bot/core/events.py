@@ -90,6 +90,15 @@ class Partial:
         """Whether the bytes exist yet (False: nobody has looked at this preview)."""
         return self._image is not None
 
+    def release(self) -> None:
+        """Drop the bytes once the preview was shown (`image` is then empty).
+
+        The event itself lives on until the turn's next one (the runner and the studio hold it
+        in their loops): without this, every turn in flight would keep its last preview.
+        """
+        self._image = b""
+        self._source = None
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Partial):
             return NotImplemented

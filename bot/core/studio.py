@@ -942,31 +942,41 @@ class Studio:
             image = await self._input_of(turn)
             return (image, turn.prompt) if image is not None and turn is not None else None
 
-        async for event in self.runner.run(request, engine=engine.value, reseed=reseed):
-            if isinstance(event, ResponseCreated):
-                # Known before anything is billed: a restart can fetch the finished image by it.
-                await self._store.set_job_response(job.id, event.response_id)
-            elif isinstance(event, Started):
-                await sink.started(event)
-            elif isinstance(event, Partial):
-                await sink.partial(event)
-            elif isinstance(event, Completed):
-                self._arrived.add(job.id)
-                # From here the image is paid for: saving and posting it must not be cut in half
-                # by a shutdown, so they run in their own task that a cancelled job leaves alone.
-                parent_response_id = (
-                    request.previous_response_id
-                    or (parent.response_id if parent is not None else None)
-                    or spec.parent_response_id
-                )
-                finishing = self._spawn(
-                    self._save_and_post(job, spec, sink, request, event, parent_response_id)
-                )
-                await asyncio.shield(finishing)
-                return
-            elif isinstance(event, Failed):
-                await self._fail(job, sink, event)
-                return
+        stream = self.runner.run(request, engine=engine.value, reseed=reseed)
+        try:
+            async for event in stream:
+                if isinstance(event, ResponseCreated):
+                    # Known before anything is billed: a restart can fetch the finished image
+                    # by it.
+                    await self._store.set_job_response(job.id, event.response_id)
+                elif isinstance(event, Started):
+                    await sink.started(event)
+                elif isinstance(event, Partial):
+                    await sink.partial(event)
+                elif isinstance(event, Completed):
+                    self._arrived.add(job.id)
+                    # From here the image is paid for: saving and posting it must not be cut in
+                    # half by a shutdown, so they run in their own task that a cancelled job
+                    # leaves alone.
+                    parent_response_id = (
+                        request.previous_response_id
+                        or (parent.response_id if parent is not None else None)
+                        or spec.parent_response_id
+                    )
+                    finishing = self._spawn(
+                        self._save_and_post(job, spec, sink, request, event, parent_response_id)
+                    )
+                    await asyncio.shield(finishing)
+                    return
+                elif isinstance(event, Failed):
+                    await self._fail(job, sink, event)
+                    return
+        finally:
+            # Close the stream now rather than when the collector gets to it: until then its
+            # frames (runner, adapter) hold the turn's last event, the final image included.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
