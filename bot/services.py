@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.core.costs import PriceTable
-from bot.core.memory_budget import MIB, ImageMemoryBudget
+from bot.core.memory_budget import MIB, ImageMemoryBudget, return_large_buffers_to_os
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions
 from bot.core.runner import RunnerConfig, TurnRunner
@@ -65,8 +65,10 @@ def client_config(settings: Settings) -> ClientConfig:
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open storage and the OpenAI client; close both on exit."""
     prices = PriceTable.from_json(settings.prices_json)
-    # One budget for the image bytes of every turn in flight (IMAGE_MEMORY_BUDGET_MB).
+    # One budget for the image bytes of every turn in flight (IMAGE_MEMORY_BUDGET_MB); the
+    # budget bounds what is alive, and the allocator must also give the freed bytes back.
     budget = ImageMemoryBudget(settings.image_memory_budget_mb * MIB)
+    return_large_buffers_to_os()
     client = OpenAIImageClient(client_config(settings), budget=budget)
     store = await open_store(settings.database_url)
     try:

@@ -110,8 +110,6 @@ class ImageMemoryBudget:
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
             raise ValueError("the image memory budget must be positive")
-        # The budget bounds what is alive; the allocator must also give the freed bytes back.
-        return_large_buffers_to_os()
         self.capacity = capacity
         self.used = 0
         self.stats = BudgetStats()
