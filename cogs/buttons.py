@@ -195,14 +195,39 @@ class TurnButton(
         )
 
 
+class _TurnSelect:
+    """Mixed into a select that acts on one image; the turn id lives in its custom_id
+    (`img:<action>:<id>`)."""
+
+    action = ""
+
+    def __init__(self, turn_id: int, select: discord.ui.Select[Any] | None = None) -> None:
+        # DynamicItem comes next in the subclasses' MRO.
+        super().__init__(  # type: ignore[call-arg]
+            select or discord.ui.Select(custom_id=f"img:{self.action}:{turn_id}")
+        )
+        self.turn_id = turn_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Any:
+        assert isinstance(item, discord.ui.Select)
+        return cls(int(match["turn"]), item)
+
+
 class CellSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"img:cells:(?P<turn>{ROW_ID})"
+    _TurnSelect,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=rf"img:cells:(?P<turn>{ROW_ID})",
 ):
     """The grid-cell picker of Edit region."""
 
-    def __init__(self, turn_id: int, select: discord.ui.Select[Any] | None = None) -> None:
-        super().__init__(select or discord.ui.Select(custom_id=f"img:cells:{turn_id}"))
-        self.turn_id = turn_id
+    action = "cells"
 
     @classmethod
     def make(cls, turn_id: int, locale: str) -> CellSelect:
@@ -217,17 +242,6 @@ class CellSelect(
         )
         return cls(turn_id, select)
 
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> CellSelect:
-        assert isinstance(item, discord.ui.Select)
-        return cls(int(match["turn"]), item)
-
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)
         try:
@@ -241,13 +255,13 @@ class CellSelect(
 
 
 class ExtendSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"img:extend:(?P<turn>{ROW_ID})"
+    _TurnSelect,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=rf"img:extend:(?P<turn>{ROW_ID})",
 ):
     """Zoom out or pan: the image on a larger canvas, the new border drawn by the model."""
 
-    def __init__(self, turn_id: int, select: discord.ui.Select[Any] | None = None) -> None:
-        super().__init__(select or discord.ui.Select(custom_id=f"img:extend:{turn_id}"))
-        self.turn_id = turn_id
+    action = "extend"
 
     @classmethod
     def make(cls, turn_id: int, locale: str) -> ExtendSelect:
@@ -261,17 +275,6 @@ class ExtendSelect(
             ],
         )
         return cls(turn_id, select)
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> ExtendSelect:
-        assert isinstance(item, discord.ui.Select)
-        return cls(int(match["turn"]), item)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = cast("ImagineBot", interaction.client)
