@@ -7,9 +7,9 @@ from bot.core import i18n
 _HELP_EN = """\
 **How this bot works**
 🎨 `/imagine` draws your prompt in a new thread; partial images show the progress.
-💬 In the thread, every message continues the conversation: write "make it night time" and \
-the latest image is edited. Reply (Discord reply) to an earlier image to branch from that \
-image instead.
+🔢 `count:2-4` draws several at once in one grid; **U1-U4** picks the one to continue from.
+💬 In the thread, every message continues: write "make it night time" and the latest image \
+is edited. Reply to an earlier image to branch from it instead.
 📎 Attached images are references; one named `mask…` is the mask (same size as the image): \
 white = change, black = keep; strokes on a transparent layer, or transparent holes in an \
 opaque mask (OpenAI's format), = change.
@@ -19,7 +19,7 @@ opaque mask (OpenAI's format), = change.
 • **Edit**: type what to change in this image
 • **Edit region**: pick cells on a grid, then say what to change there
 • **Delete**: remove the image (its author or a moderator)
-• **Zoom out or pan**: the image on a larger canvas (1.5x, 2x, or one side), the edge drawn anew
+• **Zoom out or pan**: a larger canvas (1.5x, 2x, or one side), the new edge drawn
 • **Retry** (under an error): run the request again
 • **Cancel** (under a request still waiting or drawing): stop it; nothing is charged for it
 📐 `size`: `square`, `portrait`, `landscape`, `wide`, `tall` or `WIDTHxHEIGHT`. A prompt the \
@@ -27,7 +27,7 @@ model rewrote is shown under the image.
 ✏️ `/edit` changes an image you upload (optionally with a mask) in a new thread; \
 **Apps → Edit with imagine** does the same for an image anyone posted.
 ⚙️ `/settings` sets your own defaults: size, quality, format, model, language, spoilers and more.
-📊 `/usage`: your images, tokens and cost today and this month (admins: the server's, charted).
+📊 `/usage`: your images, tokens and cost today and this month (admins: the server's).
 🛠️ `/config` (Manage Server only): budgets, daily image quotas by role, allowed channels, \
 default and allowed models, moderation (and `low` only in age-restricted channels), who may \
 continue threads, partial images on or off, every result as a spoiler.
@@ -37,6 +37,8 @@ _HELP_KO = """\
 **사용 방법**
 🎨 `/그리기`는 프롬프트로 이미지를 그리고, 그 이미지를 위한 스레드를 엽니다. 그리는 동안 \
 부분 이미지로 진행 상황을 보여 주고, 완성되면 최종 이미지로 바뀝니다.
+🔢 `개수:2-4`는 여러 장을 한 번에 그려 한 메시지에 모아 올립니다. **U1-U4**로 이어서 작업할 \
+이미지를 고릅니다.
 💬 스레드에 쓰는 메시지는 모두 대화의 다음 차례가 됩니다. "밤 풍경으로 바꿔 주세요"처럼 쓰면 \
 가장 최근 이미지를 편집합니다. 이전 이미지에 답장(Discord 답장)하면 그 이미지에서 갈라져 \
 나갑니다.
@@ -172,6 +174,11 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "opt.partials.desc": {
         "en": "How many partial images to show while drawing (0-3)",
         "ko": "그리는 동안 보여 줄 부분 이미지 수 (0~3)",
+    },
+    "opt.count.name": {"en": "count", "ko": "개수"},
+    "opt.count.desc": {
+        "en": "How many images to draw at once (1-4), posted together; pick one to continue",
+        "ko": "한 번에 그릴 이미지 수 (1~4). 함께 올라오며, 이어서 작업할 이미지를 고릅니다",
     },
     "opt.model.name": {"en": "model", "ko": "모델"},
     "opt.model.desc": {
@@ -355,6 +362,7 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "button.delete": {"en": "Delete", "ko": "삭제"},
     "button.retry": {"en": "Retry", "ko": "다시 시도"},
     "button.cancel": {"en": "Cancel", "ko": "취소"},
+    "button.pick": {"en": "U{index}", "ko": "U{index}"},
     "modal.edit_title": {"en": "Edit the image", "ko": "이미지 편집"},
     "modal.edit_label": {"en": "What should change?", "ko": "무엇을 바꿀까요?"},
     "modal.edit_placeholder": {
@@ -405,6 +413,22 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
     "discord.cost": {
         "en": "≈${cost:.3f}",
         "ko": "≈${cost:.3f}",
+    },
+    "discord.grid": {
+        "en": "🖼️ {count} images. Press U1-U{count} to continue from one; until you pick, replies and new messages here continue from U1.",
+        "ko": "🖼️ 이미지 {count}장입니다. U1~U{count} 버튼으로 이어서 작업할 이미지를 고르세요. 고르기 전까지는 답장과 새 메시지가 U1에서 이어집니다.",
+    },
+    "discord.grid_failed": {
+        "en": "⚠️ {failed} of the {asked} images could not be made; you are charged only for what OpenAI billed.",
+        "ko": "⚠️ 이미지 {asked}장 중 {failed}장을 만들지 못했습니다. OpenAI가 청구한 만큼만 부과됩니다.",
+    },
+    "discord.grid_reencoded": {
+        "en": "📦 Re-encoded to fit this channel's upload limit together; the one you pick is posted full size.",
+        "ko": "📦 함께 올리기 위해 업로드 한도에 맞게 다시 인코딩했습니다. 고른 이미지는 원본 크기로 올라옵니다.",
+    },
+    "discord.picked": {
+        "en": "👉 **U{index}** picked by {user}: the conversation now continues from this image. **{prompt}**",
+        "ko": "👉 {user} 님이 **U{index}**를 골랐습니다. 이제 대화가 이 이미지에서 이어집니다. **{prompt}**",
     },
     "discord.region_pick": {
         "en": "🔲 Pick the numbered cells to change, then write what to change in them.",

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -319,7 +320,114 @@ class DiscordTurnSink:
             finally:
                 upload.discard()
 
-    async def _deliver_elsewhere(self, event: Completed) -> tuple[int | None, str | None]:
+    async def completed_grid(
+        self, events: Sequence[Completed], turns: Sequence[Turn], failed: int
+    ) -> tuple[int | None, str | None]:
+        """Show several images of one job in one message (Discord lays them out as a grid) with
+        a row of U1-U4 buttons, in place of the progress; elsewhere if the channel is gone.
+
+        Raises PostingFailed when Discord refuses for now: the studio tries again later.
+        """
+        self._final = True
+        self._pending = None
+        if self._uploader is not None:
+            await asyncio.gather(self._uploader, return_exceptions=True)
+        try:
+            if self.channel is None:
+                raise _Gone("the channel is gone")
+            try:
+                await self._post_grid(events, turns, failed)
+            except discord.HTTPException as exc:
+                if exc.code in GONE_CODES or (exc.status == 404 and exc.code != 10008):
+                    raise _Gone(f"{exc.status} {exc.code}") from exc
+                raise
+        except _Gone as gone:
+            log.warning("job %s: %s; posting its images elsewhere", self.job.id, gone)
+            return await self._deliver_elsewhere(*events, failed=failed)
+        except TRANSIENT_ERRORS as exc:
+            raise PostingFailed(repr(exc)) from exc
+        assert self.message is not None
+        url = self.message.attachments[0].url if self.message.attachments else None
+        self.bot.dispatch("turn_posted", self.job, turns[0], self.message, time.monotonic())
+        return self.message.id, url
+
+    def _grid_content(
+        self, events: Sequence[Completed], fitted: Sequence[images.FittedImage], failed: int
+    ) -> str:
+        lines = [self._header(), t(self.locale, "discord.grid", count=len(events))]
+        if failed:
+            lines.append(
+                t(self.locale, "discord.grid_failed", failed=failed, asked=len(events) + failed)
+            )
+        if any(f.reencoded for f in fitted):
+            lines.append(t(self.locale, "discord.grid_reencoded"))
+        first = events[0]
+        total = sum(event.cost for event in events)
+        seconds = max(event.seconds for event in events)
+        parts = [
+            first.size or "auto",
+            first.quality or "auto",
+            first.model,
+            t(self.locale, "discord.seconds", seconds=seconds),
+            t(self.locale, "discord.cost", cost=total),
+        ]
+        lines.append("-# " + " · ".join(parts))
+        return clip("\n".join(lines), 2000)
+
+    async def _fit_all(self, events: Sequence[Completed], limit: int) -> list[images.FittedImage]:
+        # Every file of one message shares the upload limit.
+        share = max(limit // len(events), 64 * 1024)
+        return list(
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(images.fit_to_limit, event.image, event.format, share)
+                    for event in events
+                )
+            )
+        )
+
+    async def _post_grid(
+        self, events: Sequence[Completed], turns: Sequence[Turn], failed: int
+    ) -> None:
+        from cogs.buttons import grid_view
+
+        target = upload_limit(self.channel) - 64 * 1024
+        refused = 0
+        while True:
+            fitted = await self._fit_all(events, target)
+            content = self._grid_content(events, fitted, failed)
+            uploads = [ImageUpload(f.data) for f in fitted]
+            files = [
+                discord.File(
+                    upload, filename=f"image-{index}.{f.format}", spoiler=self.spec.spoiler
+                )
+                for index, (upload, f) in enumerate(zip(uploads, fitted, strict=True), start=1)
+            ]
+            view = grid_view([turn.id for turn in turns], self.locale)
+            try:
+                if self.message is None:
+                    self.message = await self.channel.send(content, files=files, view=view)
+                    await self.bot.studio.remember_progress(self.job, self.message.id)
+                else:
+                    async with self._message_lock:
+                        await self._edit(content=content, attachments=files, view=view)
+                return
+            except discord.HTTPException as exc:
+                # 413: this channel's real limit is below what discord.py reports.
+                if exc.status != 413 or refused >= MAX_REFUSED_UPLOADS:
+                    raise
+                refused += 1
+                target = sum(len(f.data) for f in fitted) // 2
+                log.info(
+                    "images of job %s are over the upload limit; trying %d", self.job.id, target
+                )
+            finally:
+                for upload in uploads:
+                    upload.discard()
+
+    async def _deliver_elsewhere(
+        self, *events: Completed, failed: int = 0
+    ) -> tuple[int | None, str | None]:
         """Show an image whose channel is gone where its requester can still see it: the parent
         channel of its thread, else a DM. (None, None) when Discord refuses both for good.
         """
@@ -337,29 +445,36 @@ class DiscordTurnSink:
             log.info("job %s: its requester is unknown to Discord", self.job.id)
         for place in places:
             self.channel = place
-            fitted = await asyncio.to_thread(
-                images.fit_to_limit, event.image, event.format, upload_limit(place) - 64 * 1024
+            fitted = await self._fit_all(events, upload_limit(place) - 64 * 1024)
+            shown = (
+                self._final_content(events[0], fitted[0], 0)
+                if len(events) == 1
+                else self._grid_content(events, fitted, failed)
             )
             content = clip(
                 f"<@{self.job.user_id}> "
                 + t(self.locale, "discord.delivered_elsewhere")
                 + "\n"
-                + self._final_content(event, fitted, 0),
+                + shown,
                 2000,
             )
-            upload = ImageUpload(fitted.data)
-            try:
-                message = await place.send(
-                    content,
-                    file=discord.File(
-                        upload, filename=f"image.{fitted.format}", spoiler=self.spec.spoiler
-                    ),
+            uploads = [ImageUpload(f.data) for f in fitted]
+            files = [
+                discord.File(
+                    upload,
+                    filename=f"image.{f.format}" if len(events) == 1 else f"image-{i}.{f.format}",
+                    spoiler=self.spec.spoiler,
                 )
+                for i, (upload, f) in enumerate(zip(uploads, fitted, strict=True), start=1)
+            ]
+            try:
+                message = await place.send(content, files=files)
             except (discord.Forbidden, discord.NotFound) as exc:
                 log.info("job %s: cannot post in %s either (%s)", self.job.id, place.id, exc.code)
                 continue
             finally:
-                upload.discard()
+                for upload in uploads:
+                    upload.discard()
             url = message.attachments[0].url if message.attachments else None
             return message.id, url
         log.warning("job %s: nowhere left to show its image; it stays saved", self.job.id)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
@@ -14,7 +15,7 @@ from discord.ext import commands
 from bot.core import images
 from bot.core.errors import BotError
 from bot.core.jobs import JobSpec, Requester
-from cogs._ui import reply_error, requester_for_interaction, t
+from cogs._ui import inert, reply_error, requester_for_interaction, t
 from storage.base import Turn
 
 if TYPE_CHECKING:
@@ -63,6 +64,14 @@ def final_view(turn_id: int, locale: str, *, web: bool = False) -> discord.ui.Vi
     ):
         view.add_item(item)
     view.add_item(ExtendSelect.make(turn_id, locale))
+    return view
+
+
+def grid_view(turn_ids: Sequence[int], locale: str) -> discord.ui.View:
+    """The U1-U4 buttons under several images of one job: each continues from its image."""
+    view = discord.ui.View(timeout=None)
+    for index, turn_id in enumerate(turn_ids, start=1):
+        view.add_item(PickButton.make(index, turn_id, locale))
     return view
 
 
@@ -193,6 +202,85 @@ class TurnButton(
             view=view,
             ephemeral=True,
         )
+
+
+class PickButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=rf"img:pick(?P<index>[1-4]):(?P<turn>{ROW_ID})",
+):
+    """U1-U4 under a grid: continue from this image. The conversation's head moves to it, and
+    it is posted on its own, full size, with the usual buttons."""
+
+    def __init__(
+        self, index: int, turn_id: int, button: discord.ui.Button[Any] | None = None
+    ) -> None:
+        super().__init__(button or discord.ui.Button(custom_id=f"img:pick{index}:{turn_id}"))
+        self.index = index
+        self.turn_id = turn_id
+
+    @classmethod
+    def make(cls, index: int, turn_id: int, locale: str) -> PickButton:
+        """The button for the `index`th image (1-based)."""
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=t(locale, "button.pick", index=index),
+            style=discord.ButtonStyle.secondary,
+            custom_id=f"img:pick{index}:{turn_id}",
+        )
+        return cls(index, turn_id, button)
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> PickButton:
+        assert isinstance(item, discord.ui.Button)
+        return cls(int(match["index"]), int(match["turn"]), item)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = cast("ImagineBot", interaction.client)
+        requester = await requester_for_interaction(bot, interaction)
+        try:
+            turn = await bot.studio.pick(self.turn_id, requester)
+        except BotError as exc:
+            await reply_error(interaction, exc.localized(requester.locale))
+            return
+        await interaction.response.defer()
+        data = await bot.studio.turn_image(turn)
+        channel = interaction.channel
+        if data is None or channel is None:
+            await reply_error(interaction, t(requester.locale, "studio.parent_image_missing"))
+            return
+        from cogs._sink import ImageUpload, upload_limit
+
+        fmt = str(turn.options.get("format") or "png")
+        fitted = await asyncio.to_thread(
+            images.fit_to_limit, data, fmt, upload_limit(channel) - 64 * 1024
+        )
+        content = t(
+            requester.locale,
+            "discord.picked",
+            index=self.index,
+            user=interaction.user.mention,
+            prompt=inert(turn.prompt, 300),
+        )
+        upload = ImageUpload(fitted.data)
+        try:
+            message = await channel.send(  # type: ignore[union-attr]
+                content,
+                file=discord.File(
+                    upload,
+                    filename=f"image.{fitted.format}",
+                    spoiler=bot.studio.spoiler_for(requester),
+                ),
+                view=final_view(turn.id, requester.locale, web=bot.studio.web_links),
+            )
+        finally:
+            upload.discard()
+        url = message.attachments[0].url if message.attachments else None
+        await bot.studio.picked(turn, message.id, url)
 
 
 class _TurnSelect:
@@ -422,4 +510,6 @@ class CancelButton(
 
 async def setup(bot: commands.Bot) -> None:
     """Register the persistent items."""
-    bot.add_dynamic_items(TurnButton, CellSelect, ExtendSelect, RetryButton, CancelButton)
+    bot.add_dynamic_items(
+        TurnButton, PickButton, CellSelect, ExtendSelect, RetryButton, CancelButton
+    )

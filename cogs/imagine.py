@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import BadInput, BotError
-from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
+from bot.core.jobs import MAX_COUNT, JobKind, JobSpec, ParentMode, Requester
 from bot.core.models import (
     MODELS,
     SIZE_PRESETS,
@@ -287,6 +287,7 @@ class ImagineCog(commands.Cog):
         image2=L("opt.image2.name"),
         image3=L("opt.image3.name"),
         mask=L("opt.mask.name"),
+        count=L("opt.count.name"),
     )
     @app_commands.describe(
         prompt=L("opt.prompt.desc"),
@@ -294,6 +295,7 @@ class ImagineCog(commands.Cog):
         image2=L("opt.image.desc"),
         image3=L("opt.image.desc"),
         mask=L("opt.mask.desc"),
+        count=L("opt.count.desc"),
     )
     @output_option_params
     async def imagine(
@@ -312,6 +314,7 @@ class ImagineCog(commands.Cog):
         image2: discord.Attachment | None = None,
         image3: discord.Attachment | None = None,
         mask: discord.Attachment | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
     ) -> None:
         """Start a conversation: a thread whose every message edits the image."""
         await interaction.response.defer(thinking=True)
@@ -331,6 +334,7 @@ class ImagineCog(commands.Cog):
                 options=options,
                 images=images,
                 mask=mask_bytes,
+                count=count or 1,
             )
             await self._start(interaction, spec, requester)
         except BotError as exc:

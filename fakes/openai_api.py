@@ -40,9 +40,11 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import copy
 import fnmatch
+import hashlib
 import itertools
 import json
 import logging
@@ -220,6 +222,9 @@ class _ResponseJob:
     context_base: bytes | None
     image_tokens: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
+    # How many times this very request was drawn before: the model samples, so drawing the
+    # same request again (a reroll, several at once) makes another picture.
+    variant: int = 0
 
 
 class FakeOpenAI:
@@ -231,6 +236,7 @@ class FakeOpenAI:
         # How the image tool rewrites a prompt (its `revised_prompt`); unchanged by default.
         self.revise: Callable[[str], str] = lambda prompt: prompt
         self.requests: list[RecordedRequest] = []
+        self._draws: collections.Counter[str] = collections.Counter()
         self.sent: list[SentEvent] = []
         self.timeline = Timeline()
         self._partial_cap: int | None = None
@@ -769,6 +775,12 @@ class FakeOpenAI:
             # A turn without the image tool still answers something, as the model would.
             reply = "I can draw that for you: ask for an image."
         store = body.get("store") is not False
+        same = hashlib.sha256(
+            json.dumps([prompt or all_text, previous], sort_keys=True).encode()
+            + b"".join(hashlib.sha256(image).digest() for image in images)
+        ).hexdigest()
+        variant = self._draws[same]
+        self._draws[same] += 1
         return _ResponseJob(
             shell=response_shell(body, model, echoed, store),
             plan=plan,
@@ -783,6 +795,7 @@ class FakeOpenAI:
             timeline=self.timeline,
             all_text=all_text,
             context_base=plan.base if plan else (images[0] if images else context),
+            variant=variant,
         )
 
     async def _plan_tool_call(
@@ -868,7 +881,7 @@ class FakeOpenAI:
         render_task = (
             None
             if job.failure in FAILED_ITEM_FAULTS
-            else asyncio.ensure_future(self._render(plan, job.partials))
+            else asyncio.ensure_future(self._render(plan, job.partials, job.variant))
         )
         try:
             p = plan.params

@@ -7,7 +7,7 @@ Discord snowflakes are plain ints (they need 64 bits). Dict fields hold JSON-com
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -170,6 +170,22 @@ class Job:
     turn_id: int | None = None
     # The worker (bot process) whose queue holds the job, or that runs or posts it.
     worker_id: str | None = None
+
+    @property
+    def response_ids(self) -> tuple[str, ...]:
+        """Every response the job streams: several for a job that draws several images at once
+        (`add_job_response`), one otherwise."""
+        return tuple(self.response_id.split()) if self.response_id else ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewImage:
+    """A finished image to save with its turn and its usage (see `Store.save_results`)."""
+
+    turn: NewTurn
+    image: bytes
+    image_format: str
+    usage: NewUsageEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +486,13 @@ class Store(Protocol):
         """Remember the OpenAI response a running job streams; False if it is not running."""
         ...
 
+    async def add_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember one more OpenAI response a running job streams (a job that draws several
+        images at once, one response each); `Job.response_ids` lists them. False if the job is
+        not running.
+        """
+        ...
+
     async def save_result(
         self,
         job_id: int | None,
@@ -484,6 +507,27 @@ class Store(Protocol):
         conversation head (when `advance`) and the job (running -> saved, its reservation
         released). Raises StorageError when the job is no longer running.
         """
+        ...
+
+    async def save_results(
+        self,
+        job_id: int,
+        images: Sequence[NewImage],
+        *,
+        billed: Sequence[NewUsageEntry] = (),
+        advance: bool,
+    ) -> list[Turn]:
+        """Save every image of a job that draws several at once in one transaction: their
+        bytes, turns and usage, the usage of `billed` (tokens charged for drawings that made no
+        image), the conversation head (when `advance`: the first image) and the job (running ->
+        saved, `turn_id` the first image's turn, its reservation released). Returns the turns in
+        the order given. Raises StorageError when the job is no longer running, ValueError when
+        `images` is empty.
+        """
+        ...
+
+    async def job_turns(self, job_id: int) -> list[Turn]:
+        """Return the turns a job saved, in the order it saved them."""
         ...
 
     async def mark_posted(

@@ -47,6 +47,7 @@ from storage.base import (
     DayUsage,
     Job,
     JobStatus,
+    NewImage,
     NewJob,
     NewTurn,
     NewUsageEntry,
@@ -371,14 +372,16 @@ class PostgresStore:
         async with self._pool.connection() as conn:
             return await self._insert_turn(conn, turn)
 
-    async def _insert_turn(self, conn: Connection, turn: NewTurn) -> Turn:
+    async def _insert_turn(
+        self, conn: Connection, turn: NewTurn, job_id: int | None = None
+    ) -> Turn:
         created_at = self._clock()
         rows = await self._fetch(
             conn,
             "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
             " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
-            " cost_usd, status, image_url, created_at, result)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " cost_usd, status, image_url, created_at, result, job_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " RETURNING id",
             (
                 turn.channel_id,
@@ -398,6 +401,7 @@ class PostgresStore:
                 turn.image_url,
                 created_at,
                 dump_json(turn.result),
+                job_id,
             ),
         )
         return Turn(
@@ -763,6 +767,15 @@ class PostgresStore:
         )
         return changed > 0
 
+    async def add_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember one more OpenAI response a running job streams; False if it is not running."""
+        changed = await self._write(
+            "UPDATE jobs SET response_id = CASE WHEN response_id IS NULL THEN %s"
+            " ELSE response_id || ' ' || %s END WHERE id = %s AND status = %s",
+            (response_id, response_id, job_id, JobStatus.RUNNING.value),
+        )
+        return changed > 0
+
     async def save_result(
         self,
         job_id: int | None,
@@ -774,6 +787,29 @@ class PostgresStore:
         advance: bool,
     ) -> Turn:
         """Save a finished image, its turn, its usage and the new head in one transaction."""
+        item = NewImage(turn=turn, image=image, image_format=image_format, usage=usage)
+        return (await self._save(job_id, [item], (), advance))[0]
+
+    async def save_results(
+        self,
+        job_id: int,
+        images: Sequence[NewImage],
+        *,
+        billed: Sequence[NewUsageEntry] = (),
+        advance: bool,
+    ) -> list[Turn]:
+        """Save every image of a job, their usage, the head and the job in one transaction."""
+        if not images:
+            raise ValueError("save_results needs at least one image")
+        return await self._save(job_id, images, billed, advance)
+
+    async def _save(
+        self,
+        job_id: int | None,
+        images: Sequence[NewImage],
+        billed: Sequence[NewUsageEntry],
+        advance: bool,
+    ) -> list[Turn]:
         async with self._transaction() as conn:
             if job_id is not None:
                 # First, so a job another process already ended saves nothing at all.
@@ -784,31 +820,44 @@ class PostgresStore:
                 )
                 if not locked:
                     raise StorageError(f"job {job_id} is not running; its result was not saved")
-            saved = await self._insert_turn(conn, turn)
-            await conn.execute(
-                "INSERT INTO turn_images (turn_id, format, data) VALUES (%s, %s, %s)",
-                (saved.id, image_format, image),
-            )
-            await self._insert_usage(conn, usage)
-            if advance and turn.response_id is not None:
+            saved: list[Turn] = []
+            for item in images:
+                turn = await self._insert_turn(conn, item.turn, job_id)
+                await conn.execute(
+                    "INSERT INTO turn_images (turn_id, format, data) VALUES (%s, %s, %s)",
+                    (turn.id, item.image_format, item.image),
+                )
+                await self._insert_usage(conn, item.usage)
+                saved.append(turn)
+            for entry in billed:
+                await self._insert_usage(conn, entry)
+            first = saved[0]
+            if advance and first.response_id is not None:
                 await conn.execute(
                     "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
                     " updated_at = %s WHERE channel_id = %s",
-                    (turn.response_id, self._clock(), turn.channel_id),
+                    (first.response_id, self._clock(), first.channel_id),
                 )
             if job_id is not None:
-                # The job's progress message becomes the final image: a reply to it continues
-                # from this turn even before the posting is recorded.
+                # The job's progress message becomes the final image (the first, for several):
+                # a reply to it continues from that turn even before the posting is recorded.
                 await conn.execute(
                     "UPDATE turns SET message_id = %s WHERE id = %s AND message_id IS NULL",
-                    (locked[0][0], saved.id),
+                    (locked[0][0], first.id),
                 )
                 await conn.execute(
                     "UPDATE jobs SET status = %s, turn_id = %s, reserved_usd = 0,"
                     " reserved_images = 0 WHERE id = %s",
-                    (JobStatus.SAVED.value, saved.id, job_id),
+                    (JobStatus.SAVED.value, first.id, job_id),
                 )
             return saved
+
+    async def job_turns(self, job_id: int) -> list[Turn]:
+        """Return the turns a job saved, in the order it saved them."""
+        rows = await self._rows(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE job_id = %s ORDER BY id", (job_id,)
+        )
+        return [turn_from_row(row) for row in rows]
 
     async def mark_posted(
         self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None

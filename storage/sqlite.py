@@ -40,6 +40,7 @@ from storage.base import (
     DayUsage,
     Job,
     JobStatus,
+    NewImage,
     NewJob,
     NewTurn,
     NewUsageEntry,
@@ -353,13 +354,15 @@ class SqliteStore:
         async with self._transaction() as conn:
             return await self._insert_turn(conn, turn)
 
-    async def _insert_turn(self, conn: aiosqlite.Connection, turn: NewTurn) -> Turn:
+    async def _insert_turn(
+        self, conn: aiosqlite.Connection, turn: NewTurn, job_id: int | None = None
+    ) -> Turn:
         created_at = self._clock()
         rows = await conn.execute_fetchall(
             "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
             " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
-            " cost_usd, status, image_url, created_at, result)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " cost_usd, status, image_url, created_at, result, job_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 turn.channel_id,
                 turn.guild_id,
@@ -378,6 +381,7 @@ class SqliteStore:
                 turn.image_url,
                 created_at,
                 dump_json(turn.result),
+                job_id,
             ),
         )
         return Turn(
@@ -724,6 +728,15 @@ class SqliteStore:
         )
         return changed > 0
 
+    async def add_job_response(self, job_id: int, response_id: str) -> bool:
+        """Remember one more OpenAI response a running job streams; False if it is not running."""
+        changed = await self._write(
+            "UPDATE jobs SET response_id = CASE WHEN response_id IS NULL THEN ?"
+            " ELSE response_id || ' ' || ? END WHERE id = ? AND status = ?",
+            (response_id, response_id, job_id, JobStatus.RUNNING.value),
+        )
+        return changed > 0
+
     async def save_result(
         self,
         job_id: int | None,
@@ -735,36 +748,74 @@ class SqliteStore:
         advance: bool,
     ) -> Turn:
         """Save a finished image, its turn, its usage and the new head in one transaction."""
+        item = NewImage(turn=turn, image=image, image_format=image_format, usage=usage)
         async with self._transaction() as conn:
-            saved = await self._insert_turn(conn, turn)
+            return (await self._save(conn, job_id, [item], (), advance))[0]
+
+    async def save_results(
+        self,
+        job_id: int,
+        images: Sequence[NewImage],
+        *,
+        billed: Sequence[NewUsageEntry] = (),
+        advance: bool,
+    ) -> list[Turn]:
+        """Save every image of a job, their usage, the head and the job in one transaction."""
+        if not images:
+            raise ValueError("save_results needs at least one image")
+        async with self._transaction() as conn:
+            return await self._save(conn, job_id, images, billed, advance)
+
+    async def _save(
+        self,
+        conn: aiosqlite.Connection,
+        job_id: int | None,
+        images: Sequence[NewImage],
+        billed: Sequence[NewUsageEntry],
+        advance: bool,
+    ) -> list[Turn]:
+        saved: list[Turn] = []
+        for item in images:
+            turn = await self._insert_turn(conn, item.turn, job_id)
             await conn.execute(
                 "INSERT INTO turn_images (turn_id, format, data) VALUES (?, ?, ?)",
-                (saved.id, image_format, image),
+                (turn.id, item.image_format, item.image),
             )
-            await self._insert_usage(conn, usage)
-            if advance and turn.response_id is not None:
-                await conn.execute(
-                    "UPDATE conversations SET latest_response_id = ?, latest_message_id = NULL,"
-                    " updated_at = ? WHERE channel_id = ?",
-                    (turn.response_id, self._clock(), turn.channel_id),
-                )
-            if job_id is not None:
-                # The job's progress message becomes the final image: a reply to it continues
-                # from this turn even before the posting is recorded.
-                await conn.execute(
-                    "UPDATE turns SET message_id ="
-                    " (SELECT progress_message_id FROM jobs WHERE id = ?)"
-                    " WHERE id = ? AND message_id IS NULL",
-                    (job_id, saved.id),
-                )
-                cursor = await conn.execute(
-                    "UPDATE jobs SET status = ?, turn_id = ?, reserved_usd = 0,"
-                    " reserved_images = 0 WHERE id = ? AND status = ?",
-                    (JobStatus.SAVED.value, saved.id, job_id, JobStatus.RUNNING.value),
-                )
-                if cursor.rowcount == 0:
-                    raise StorageError(f"job {job_id} is not running; its result was not saved")
-            return saved
+            await self._insert_usage(conn, item.usage)
+            saved.append(turn)
+        for entry in billed:
+            await self._insert_usage(conn, entry)
+        first = saved[0]
+        if advance and first.response_id is not None:
+            await conn.execute(
+                "UPDATE conversations SET latest_response_id = ?, latest_message_id = NULL,"
+                " updated_at = ? WHERE channel_id = ?",
+                (first.response_id, self._clock(), first.channel_id),
+            )
+        if job_id is not None:
+            # The job's progress message becomes the final image (the first, for several): a
+            # reply to it continues from that turn even before the posting is recorded.
+            await conn.execute(
+                "UPDATE turns SET message_id ="
+                " (SELECT progress_message_id FROM jobs WHERE id = ?)"
+                " WHERE id = ? AND message_id IS NULL",
+                (job_id, first.id),
+            )
+            cursor = await conn.execute(
+                "UPDATE jobs SET status = ?, turn_id = ?, reserved_usd = 0,"
+                " reserved_images = 0 WHERE id = ? AND status = ?",
+                (JobStatus.SAVED.value, first.id, job_id, JobStatus.RUNNING.value),
+            )
+            if cursor.rowcount == 0:
+                raise StorageError(f"job {job_id} is not running; its result was not saved")
+        return saved
+
+    async def job_turns(self, job_id: int) -> list[Turn]:
+        """Return the turns a job saved, in the order it saved them."""
+        rows = await self._rows(
+            f"SELECT {TURN_COLUMNS} FROM turns WHERE job_id = ? ORDER BY id", (job_id,)
+        )
+        return [turn_from_row(row) for row in rows]
 
     async def mark_posted(
         self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None

@@ -23,6 +23,7 @@ from storage import (
     DayUsage,
     Job,
     JobStatus,
+    NewImage,
     NewJob,
     NewTurn,
     NewUsageEntry,
@@ -740,6 +741,55 @@ async def test_a_result_is_saved_only_for_a_running_job(store: Store) -> None:
     # Nothing of the refused save is left behind.
     assert await store.get_turn_by_response("resp_x") is None
     assert (await store.usage_totals(since=0, user_id=10)).images == 0
+
+
+async def test_several_images_of_one_job_are_saved_together(store: Store) -> None:
+    await store.create_conversation(conversation(100))
+    job = await store.enqueue_job(new_job(10, reserved_usd=0.8, reserved_images=4))
+    assert await store.start_job(job.id)
+    for rid in ("resp_a", "resp_b", "resp_c"):
+        assert await store.add_job_response(job.id, rid)
+    running = await store.get_job(job.id)
+    assert running is not None and running.response_ids == ("resp_a", "resp_b", "resp_c")
+    images = [
+        NewImage(
+            turn=new_turn(100, response_id=rid),
+            image=rid.encode(),
+            image_format="png",
+            usage=usage(user_id=10, images=1, cost_usd=0.2, response_id=rid),
+        )
+        for rid in ("resp_a", "resp_c")
+    ]
+    turns = await store.save_results(
+        job.id, images, billed=[usage(user_id=10, images=0, cost_usd=0.01)], advance=True
+    )
+    assert [t.response_id for t in turns] == ["resp_a", "resp_c"]
+    assert [t.id for t in await store.job_turns(job.id)] == [t.id for t in turns]
+    assert [await store.get_turn_image(t.id) for t in turns] == [
+        (b"resp_a", "png"),
+        (b"resp_c", "png"),
+    ]
+    saved = await store.get_job(job.id)
+    assert saved is not None
+    assert (saved.status, saved.turn_id, saved.reserved_usd, saved.reserved_images) == (
+        "saved",
+        turns[0].id,
+        0.0,
+        0,
+    )
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "resp_a"
+    totals = await store.usage_totals(since=0, user_id=10)
+    assert totals.images == 2 and totals.cost_usd == pytest.approx(0.41)
+    # Saving again (a second process, a retry) finds the job saved: nothing is doubled.
+    with pytest.raises(StorageError):
+        await store.save_results(job.id, images, advance=True)
+    assert len(await store.job_turns(job.id)) == 2
+    assert (await store.usage_totals(since=0, user_id=10)).images == 2
+    assert not await store.add_job_response(job.id, "resp_d")
+    assert await store.job_turns(job.id + 1000) == []
+    with pytest.raises(ValueError):
+        await store.save_results(job.id, [], advance=True)
 
 
 async def test_deleting_the_head_turn_rolls_the_conversation_back(store: Store) -> None:

@@ -75,18 +75,26 @@ def admission_gate(limits: Limits, *, estimate: float, images: int = 1) -> Admis
     def gate(used: Occupancy) -> None:
         if used.user_pending >= limits.max_pending_per_user:
             raise BotError("fail.too_many_jobs", count=used.user_pending)
+        # A request for several images at once says so: the limit may have room for fewer.
+        several = images > 1
         if limits.user_daily_images is not None and (
             used.user_images + images > limits.user_daily_images
         ):
             if limits.tier_role_id is not None:
                 raise BotError(
-                    "fail.budget_user_images_tier",
+                    "fail.budget_user_images_tier_asked"
+                    if several
+                    else "fail.budget_user_images_tier",
                     used=used.user_images,
                     limit=limits.user_daily_images,
                     role=f"<@&{limits.tier_role_id}>",
+                    asked=images,
                 )
             raise BotError(
-                "fail.budget_user_images", used=used.user_images, limit=limits.user_daily_images
+                "fail.budget_user_images_asked" if several else "fail.budget_user_images",
+                used=used.user_images,
+                limit=limits.user_daily_images,
+                asked=images,
             )
         if limits.user_daily_usd is not None and used.user_usd + estimate > limits.user_daily_usd:
             raise BotError(
@@ -99,9 +107,10 @@ def admission_gate(limits: Limits, *, estimate: float, images: int = 1) -> Admis
             used.guild_images + images > limits.guild_monthly_images
         ):
             raise BotError(
-                "fail.budget_guild_images",
+                "fail.budget_guild_images_asked" if several else "fail.budget_guild_images",
                 used=used.guild_images,
                 limit=limits.guild_monthly_images,
+                asked=images,
             )
         if (
             limits.guild_monthly_usd is not None

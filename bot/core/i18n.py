@@ -159,6 +159,22 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "You have made or started {used} of today's {limit} images (the quota of your role {role}). It resets at midnight UTC.",
         "ko": "오늘 만들 수 있는 이미지 {limit}장(역할 {role}의 한도) 중 {used}장을 만들었거나 만드는 중입니다. UTC 자정에 초기화됩니다.",
     },
+    "fail.budget_user_images_asked": {
+        "en": "This request asks for {asked} images, and you have made or started {used} of today's {limit}. Ask for fewer (`count`), or wait until midnight UTC.",
+        "ko": "이 요청은 이미지 {asked}장을 만드는데, 오늘 만들 수 있는 {limit}장 중 {used}장을 이미 만들었거나 만드는 중입니다. `개수`를 줄이거나 UTC 자정 이후에 다시 요청해 주세요.",
+    },
+    "fail.budget_user_images_tier_asked": {
+        "en": "This request asks for {asked} images, and you have made or started {used} of today's {limit} (the quota of your role {role}). Ask for fewer (`count`), or wait until midnight UTC.",
+        "ko": "이 요청은 이미지 {asked}장을 만드는데, 오늘 만들 수 있는 {limit}장(역할 {role}의 한도) 중 {used}장을 이미 만들었거나 만드는 중입니다. `개수`를 줄이거나 UTC 자정 이후에 다시 요청해 주세요.",
+    },
+    "fail.budget_guild_images_asked": {
+        "en": "This request asks for {asked} images, and this server has made or started {used} of its {limit} images this month. Ask for fewer (`count`).",
+        "ko": "이 요청은 이미지 {asked}장을 만드는데, 이 서버는 이번 달 이미지 {limit}장 중 {used}장을 이미 만들었거나 만드는 중입니다. `개수`를 줄여 주세요.",
+    },
+    "bad.count_range": {
+        "en": "`count` must be between 1 and {most} (got {value}).",
+        "ko": "`개수`는 1에서 {most} 사이여야 합니다 (입력값: {value}).",
+    },
     "bad.moderation_low_nsfw": {
         "en": "On this server, `moderation: low` is allowed only in age-restricted channels.",
         "ko": "이 서버에서는 `moderation: low`를 연령 제한 채널에서만 쓸 수 있습니다.",

@@ -12,6 +12,9 @@ from typing import Any
 from bot.core.config import GuildConfig, UserSettings
 from bot.core.options import InputImage
 
+# The most images one request may draw at once (`/imagine count`).
+MAX_COUNT = 4
+
 
 class JobKind(StrEnum):
     """What started a job; decides how its parent is found and which images it sends."""
@@ -80,6 +83,8 @@ class JobSpec:
     spoiler: bool = False
     # How an EXTEND job grows its parent's canvas (a key of images.EXTENSIONS).
     extend: str | None = None
+    # How many images to draw at once (`/imagine count`), posted together as one grid.
+    count: int = 1
 
     @property
     def continues(self) -> bool:
@@ -113,6 +118,7 @@ class JobSpec:
             "engine": self.engine.value if self.engine else None,
             "spoiler": self.spoiler,
             "extend": self.extend,
+            "count": self.count,
         }
 
     @classmethod
@@ -142,6 +148,7 @@ class JobSpec:
             engine=Engine(str(engine)) if engine else None,
             spoiler=bool(payload.get("spoiler")),
             extend=payload.get("extend"),
+            count=int(payload.get("count") or 1),
         )
 
 

@@ -345,6 +345,33 @@ class MeteredSink:
             self._started_at = None
         return await self._inner.completed(event, turn)
 
+    async def completed_grid(
+        self, events: Sequence[Completed], turns: Sequence[Turn], failed: int
+    ) -> tuple[int | None, str | None]:
+        if self._started_at is not None and events:
+            first = events[0]
+            engine, model = first.engine or self._engine, first.model or self._model
+            self._metrics.job_duration.observe(
+                self._clock() - self._started_at, engine=engine, model=model, outcome="completed"
+            )
+            cost = 0.0
+            for event in events:
+                self._metrics.openai_responses.inc(status="completed")
+                self._metrics.images.inc(engine=engine, model=model)
+                cost += max(event.cost, 0.0)
+            self._metrics.cost.inc(cost, engine=engine, model=model)
+            log.info(
+                "turn finished: %d images (%d failed), %s %s in %.1fs, $%.4f",
+                len(events),
+                failed,
+                engine,
+                model,
+                self._clock() - self._started_at,
+                cost,
+            )
+            self._started_at = None
+        return await self._inner.completed_grid(events, turns, failed)
+
     async def failed(self, event: Failed, job: Job) -> None:
         if self._started_at is not None:
             self._metrics.job_duration.observe(

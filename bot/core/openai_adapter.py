@@ -741,6 +741,61 @@ class OpenAIImageClient:
             FailureKind.TRANSIENT, "fail.stream_cut", detail="stream ended without an image"
         )
 
+    async def images_many(self, request: TurnRequest, n: int) -> list[Completed] | Failed:
+        """Draw `n` images in one Image API call (its `n`), not streamed: the stream's events
+        carry no image index, so previews of several images could not be told apart.
+
+        The call's usage is shared out over the images it returned (their sum is what was
+        billed); fewer images than asked means the rest made none.
+        """
+        started = time.monotonic()
+        opts = request.options
+        call_name, params = self.images_params(request)
+        del params["stream"], params["partial_images"]
+        params["n"] = n
+        images = self._client.images
+        try:
+            call = images.generate(**params) if call_name == "generate" else images.edit(**params)
+            reply = await self._answered(call)
+        except (openai.OpenAIError, TimeoutError) as exc:
+            log.warning("image API call for %d images failed: %r", n, exc)
+            return _placed(classify_exception(exc), False)
+        encoded = [item.b64_json for item in reply.data or [] if item.b64_json]
+        if not encoded:
+            return Failed(
+                FailureKind.TRANSIENT, "fail.stream_cut", detail="the reply held no image"
+            )
+        decoded = await asyncio.gather(*(asyncio.to_thread(b64decode, text) for text in encoded))
+        seconds = time.monotonic() - started
+        return [
+            Completed(
+                image=image,
+                format=reply.output_format or opts.format,
+                response_id=f"img_{uuid.uuid4().hex}",
+                revised_prompt=None,
+                usage=share,
+                cost=0.0,
+                size=reply.size,
+                quality=reply.quality,
+                model=opts.model,
+                engine="images",
+                seconds=seconds,
+            )
+            for image, share in zip(
+                decoded, split_usage(_usage_from_images(reply.usage), len(decoded)), strict=True
+            )
+        ]
+
+
+def split_usage(usage: Usage, parts: int) -> list[Usage]:
+    """`usage` shared out over `parts` images, each token counted once (the first get the rest)."""
+    shares: list[dict[str, int]] = [{} for _ in range(parts)]
+    for name, value in usage.as_dict().items():
+        each, rest = divmod(value, parts)
+        for index, share in enumerate(shares):
+            share[name] = each + (1 if index < rest else 0)
+    return [Usage(**share) for share in shares]
+
 
 def _count_dropped(budget: ImageMemoryBudget, state: dict[str, bool]) -> None:
     """A preview was freed: count it as dropped if nobody ever decoded it."""

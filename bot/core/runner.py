@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,8 @@ class ImageBackend(Protocol):
     def stream_images(
         self, request: TurnRequest
     ) -> AsyncIterator[Partial | Completed | Failed]: ...
+
+    async def images_many(self, request: TurnRequest, n: int) -> list[Completed] | Failed: ...
 
 
 class FileCache(Protocol):
@@ -197,3 +199,54 @@ class TurnRunner:
                 continue
             yield failed
             return
+
+    async def run_many(
+        self,
+        request: TurnRequest,
+        *,
+        count: int,
+        engine: str = "responses",
+        reseed: ReseedSource | None = None,
+        on_created: Callable[[str], Awaitable[None]] | None = None,
+        on_arrived: Callable[[], None] | None = None,
+    ) -> Sequence[Completed | Failed]:
+        """Draw `count` images from one request: the Image API's `n` in one call, or `count`
+        Responses turns from the same parent side by side (each with its own retries and
+        re-seeding). One Completed or Failed per drawing (one Failed for a refused Image API
+        call). `on_created` hears each response id as OpenAI names it, `on_arrived` each image
+        as it arrives.
+        """
+        if engine == "images":
+            result = await self._backend.images_many(request, count)
+            if isinstance(result, Failed):
+                return [result]
+            if on_arrived is not None:
+                on_arrived()
+            return [self._priced(done, request, engine, reseeded=False) for done in result]
+
+        async def one() -> Completed | Failed:
+            stream = self.run(request, engine=engine, reseed=reseed)
+            try:
+                async for event in stream:
+                    if isinstance(event, ResponseCreated) and on_created is not None:
+                        await on_created(event.response_id)
+                    elif isinstance(event, Completed):
+                        if on_arrived is not None:
+                            on_arrived()
+                        return event
+                    elif isinstance(event, Failed):
+                        return event
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            return Failed(FailureKind.TRANSIENT, "fail.stream_cut")
+
+        results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+        ended: list[Completed | Failed] = []
+        for outcome in results:
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.error("one of %d drawings crashed", count, exc_info=outcome)
+                outcome = Failed(FailureKind.TRANSIENT, "fail.transient", detail=repr(outcome))
+            ended.append(outcome)
+        return ended

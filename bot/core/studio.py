@@ -28,7 +28,7 @@ from bot.core.config import ContinuePolicy, GuildConfig, UserSettings, resolve_o
 from bot.core.costs import PriceTable
 from bot.core.errors import BadInput, BotError, FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started, Usage
-from bot.core.jobs import Engine, JobKind, JobSpec, ParentMode, Requester, user_hash
+from bot.core.jobs import MAX_COUNT, Engine, JobKind, JobSpec, ParentMode, Requester, user_hash
 from bot.core.models import MODELS
 from bot.core.options import ImageOptions, InputImage, TurnRequest, validate_request
 from bot.core.queue import JobQueue
@@ -39,6 +39,7 @@ from storage.base import (
     Conversation,
     Job,
     JobStatus,
+    NewImage,
     NewJob,
     NewTurn,
     NewUsageEntry,
@@ -94,6 +95,15 @@ class TurnSink(Protocol):
 
     async def failed(self, event: Failed, job: Job) -> None: ...
 
+    async def completed_grid(
+        self, events: Sequence[Completed], turns: Sequence[Turn], failed: int
+    ) -> tuple[int | None, str | None]:
+        """Show the images of a job that drew several at once together, with a way to pick the
+        one to continue from; `failed` drawings made no image. Returns the message id and the
+        first image's URL; raises PostingFailed as `completed` does.
+        """
+        ...
+
     async def cancelled(self, job: Job) -> None:
         """Say the job was cancelled by its requester and nothing was charged for it."""
         ...
@@ -137,12 +147,29 @@ class CheckedRequest:
     spec: JobSpec
     requester: Requester
     options: ImageOptions
+    # For every image the job draws (`spec.count` of them).
     estimate: float
+
+    @property
+    def images(self) -> int:
+        """How many images the job draws (and reserves against the limits)."""
+        return self.spec.count
 
 
 def _usage_of(turn: Turn) -> Usage:
     fields = {f.name for f in dataclasses.fields(Usage)}
     return Usage(**{k: int(str(v)) for k, v in turn.usage.items() if k in fields})
+
+
+def _sum_usage(usages: Sequence[Usage]) -> Usage | None:
+    """Several drawings' usage added up; None when there is none."""
+    if not usages:
+        return None
+    totals: dict[str, int] = {}
+    for usage in usages:
+        for name, value in usage.as_dict().items():
+            totals[name] = totals.get(name, 0) + value
+    return Usage(**totals)
 
 
 def completed_from_turn(turn: Turn, image: bytes, image_format: str) -> Completed:
@@ -365,6 +392,11 @@ class Studio:
         """The options a request of this member gets; BadInput when the API or server refuses them."""
         return resolve_options(self.defaults, requester.config, requester.settings, overrides)
 
+    @staticmethod
+    def spoiler_for(requester: Requester) -> bool:
+        """Whether the requester's images are posted behind a spoiler (server or own setting)."""
+        return requester.config.spoilers or requester.settings.spoiler
+
     def engine_for(self, requester: Requester) -> Engine:
         """The engine the requester's server uses."""
         return Engine(requester.config.engine or self.engine)
@@ -562,6 +594,31 @@ class Studio:
         self.check_continue(conversation.owner_id if conversation else turn.user_id, requester)
         return turn
 
+    async def pick(self, turn_id: int, requester: Requester) -> Turn:
+        """Continue from one image of a grid (U1-U4): the conversation's head becomes this image.
+
+        The same checks as the other buttons (this channel, who may continue); returns the turn.
+        """
+        turn = await self.button_turn(turn_id, requester)
+        if turn.response_id is not None:
+            await self._store.advance_conversation(
+                turn.channel_id, response_id=turn.response_id, message_id=turn.message_id
+            )
+        return turn
+
+    async def picked(self, turn: Turn, message_id: int, image_url: str | None) -> None:
+        """Remember the message a picked image was posted as (replies to it continue from it)."""
+        await self._store.set_turn_message(turn.id, message_id, image_url)
+        conversation = await self._store.get_conversation(turn.channel_id)
+        if (
+            turn.response_id is not None
+            and conversation is not None
+            and conversation.latest_response_id == turn.response_id
+        ):
+            await self._store.advance_conversation(
+                turn.channel_id, response_id=turn.response_id, message_id=message_id
+            )
+
     async def delete_image(self, turn: Turn, requester: Requester) -> None:
         """Forget an image (its author or a moderator); the conversation goes back to its parent."""
         if turn.user_id != requester.user_id and not requester.is_admin:
@@ -653,7 +710,13 @@ class Studio:
             if not requester.channel_nsfw:
                 raise BadInput("bad.moderation_low_nsfw")
         engine = spec.engine or self.engine_for(requester)
-        spoiler = spec.spoiler or config.spoilers or requester.settings.spoiler
+        spoiler = spec.spoiler or self.spoiler_for(requester)
+        if not 1 <= spec.count <= MAX_COUNT:
+            raise BadInput("bad.count_range", value=spec.count, most=MAX_COUNT)
+        if spec.count > 1:
+            # One progress message cannot show several drawings' previews, and each preview
+            # is billed: a job that draws several images at once streams none.
+            options = options.merged({"partials": 0})
         spec = dataclasses.replace(spec, options=options.as_dict(), engine=engine, spoiler=spoiler)
         validate_request(
             TurnRequest(
@@ -666,7 +729,7 @@ class Studio:
             )
         )
         inputs = len(spec.images) + (1 if spec.continues else 0)
-        estimate = self.prices.estimate(
+        estimate = spec.count * self.prices.estimate(
             options, prompt=spec.prompt, input_images=inputs, engine=engine.value
         )
         return CheckedRequest(spec=spec, requester=requester, options=options, estimate=estimate)
@@ -676,7 +739,11 @@ class Studio:
         return {
             "user_window": day_window(now),
             "guild_window": month_window(now),
-            "gate": admission_gate(self.limits_for(checked.requester), estimate=checked.estimate),
+            "gate": admission_gate(
+                self.limits_for(checked.requester),
+                estimate=checked.estimate,
+                images=checked.images,
+            ),
         }
 
     async def admit(self, checked: CheckedRequest) -> Job:
@@ -707,7 +774,7 @@ class Studio:
                 payload=checked.spec.to_payload(),
                 locale=requester.locale,
                 reserved_usd=checked.estimate,
-                reserved_images=1,
+                reserved_images=checked.images,
                 worker_id=self.worker_id,
             ),
             **self._windows_and_gate(checked),
@@ -746,7 +813,7 @@ class Studio:
         again = await self._store.readmit_job(
             job.id,
             reserved_usd=checked.estimate,
-            reserved_images=1,
+            reserved_images=checked.images,
             worker_id=self.worker_id,
             **self._windows_and_gate(checked),
         )
@@ -826,22 +893,7 @@ class Studio:
         """End a job without an image: charge what OpenAI billed, release the rest, say why."""
         billed: NewUsageEntry | None = None
         if event.usage is not None and event.usage != Usage():
-            spec = JobSpec.from_payload(job.payload)
-            model = str(spec.options.get("model") or self.defaults.model)
-            engine = (spec.engine or self.engine).value
-            billed = NewUsageEntry(
-                guild_id=job.guild_id,
-                user_id=job.user_id,
-                channel_id=job.channel_id or None,
-                model=model,
-                engine=engine,
-                images=0,
-                input_tokens=event.usage.input_tokens,
-                output_tokens=event.usage.output_tokens,
-                image_input_tokens=event.usage.image_input_tokens,
-                image_output_tokens=event.usage.image_output_tokens,
-                cost_usd=self.prices.cost(event.usage, model=model, engine=engine),
-            )
+            billed = self._billed_entry(job, JobSpec.from_payload(job.payload), event.usage)
         await self._store.finish_job(job.id, JobStatus.FAILED, error=event.kind.value, usage=billed)
         try:
             await sink.failed(event, job)
@@ -942,6 +994,9 @@ class Studio:
             image = await self._input_of(turn)
             return (image, turn.prompt) if image is not None and turn is not None else None
 
+        if spec.count > 1:
+            await self._execute_many(job, spec, sink, request, engine, parent, reseed)
+            return
         stream = self.runner.run(request, engine=engine.value, reseed=reseed)
         try:
             async for event in stream:
@@ -977,6 +1032,153 @@ class Studio:
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()
+
+    async def _execute_many(
+        self,
+        job: Job,
+        spec: JobSpec,
+        sink: TurnSink,
+        request: TurnRequest,
+        engine: Engine,
+        parent: Turn | None,
+        reseed: Callable[[], Awaitable[tuple[InputImage, str] | None]],
+    ) -> None:
+        """Draw a job's `count` images at once; save the ones that arrived together, then post
+        them as one grid. Only when none arrived does the job fail (charging what was billed).
+        """
+        await sink.started(Started(engine=engine.value, model=request.options.model))
+
+        async def created(response_id: str) -> None:
+            # Known before anything is billed: a restart can fetch each finished image by it.
+            await self._store.add_job_response(job.id, response_id)
+
+        def arrived() -> None:
+            # From the first image on, the job is paid for: too late to cancel.
+            self._arrived.add(job.id)
+
+        ended = await self.runner.run_many(
+            request,
+            count=spec.count,
+            engine=engine.value,
+            reseed=reseed,
+            on_created=created,
+            on_arrived=arrived,
+        )
+        done = [event for event in ended if isinstance(event, Completed)]
+        failures = [event for event in ended if isinstance(event, Failed)]
+        if not done:
+            billed = [f.usage for f in failures if f.usage is not None and f.usage != Usage()]
+            first = failures[0] if failures else Failed(FailureKind.TRANSIENT, "fail.stream_cut")
+            await self._fail(job, sink, dataclasses.replace(first, usage=_sum_usage(billed)))
+            return
+        if failures:
+            log.warning(
+                "job %s: %d of %d drawings made no image (%s)",
+                job.id,
+                len(failures),
+                spec.count,
+                ", ".join(f.kind.value for f in failures),
+            )
+        parent_response_id = (
+            request.previous_response_id
+            or (parent.response_id if parent is not None else None)
+            or spec.parent_response_id
+        )
+        finishing = self._spawn(
+            self._save_and_post_many(job, spec, sink, request, done, failures, parent_response_id)
+        )
+        await asyncio.shield(finishing)
+
+    async def _save_and_post_many(
+        self,
+        job: Job,
+        spec: JobSpec,
+        sink: TurnSink,
+        request: TurnRequest,
+        done: Sequence[Completed],
+        failures: Sequence[Failed],
+        parent_response_id: str | None,
+    ) -> None:
+        self._crashpoint("received")
+        items: list[NewImage] = []
+        for index, event in enumerate(done):
+            turn, usage = _new_turn(
+                event,
+                options=request.options,
+                prompt=spec.prompt,
+                parent_response_id=parent_response_id,
+                channel_id=job.channel_id,
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+            )
+            if index == 0 and failures:
+                # Kept with the first image, so a restart posts the grid with the same note.
+                turn = dataclasses.replace(turn, result={**turn.result, "failed": len(failures)})
+            items.append(
+                NewImage(turn=turn, image=event.image, image_format=event.format, usage=usage)
+            )
+        billed = [
+            self._billed_entry(job, spec, f.usage)
+            for f in failures
+            if f.usage is not None and f.usage != Usage()
+        ]
+        saved = await self._persist(
+            f"save the images of job {job.id}",
+            lambda: self._store.save_results(job.id, items, billed=billed, advance=True),
+        )
+        self._crashpoint("saved")
+        try:
+            await self._post_grid(job, saved, list(done), len(failures), sink)
+        finally:
+            self._arrived.discard(job.id)
+
+    async def _post_grid(
+        self,
+        job: Job,
+        turns: Sequence[Turn],
+        done: Sequence[Completed],
+        failed: int,
+        sink: TurnSink,
+    ) -> None:
+        """Show a job's saved images as one grid, retrying until Discord takes it; then mark the
+        job posted (replies to the grid continue from its first image until one is picked)."""
+        delay = self._backoff[0]
+        while True:
+            try:
+                message_id, url = await sink.completed_grid(done, turns, failed)
+                break
+            except PostingFailed as exc:
+                log.warning(
+                    "could not post the images of job %s (%s); trying again in %.1fs",
+                    job.id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+        self._crashpoint("posted")
+        await self._persist(
+            f"mark job {job.id} posted",
+            lambda: self._store.mark_posted(job.id, turns[0].id, message_id, url),
+        )
+
+    def _billed_entry(self, job: Job, spec: JobSpec, usage: Usage) -> NewUsageEntry:
+        """A usage row for tokens OpenAI billed for a drawing that made no image."""
+        model = str(spec.options.get("model") or self.defaults.model)
+        engine = (spec.engine or self.engine).value
+        return NewUsageEntry(
+            guild_id=job.guild_id,
+            user_id=job.user_id,
+            channel_id=job.channel_id or None,
+            model=model,
+            engine=engine,
+            images=0,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            image_input_tokens=usage.image_input_tokens,
+            image_output_tokens=usage.image_output_tokens,
+            cost_usd=self.prices.cost(usage, model=model, engine=engine),
+        )
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -1120,6 +1322,10 @@ class Studio:
                 log.exception("could not report interrupted job %s", job.id)
         reposted.sort(key=lambda job: job.id)
         for job in reposted:
+            spec = JobSpec.from_payload(job.payload)
+            if spec.count > 1:
+                await self._repost_grid(job, spec)
+                continue
             turn = await self._store.get_turn(job.turn_id) if job.turn_id is not None else None
             image = await self._store.get_turn_image(turn.id) if turn is not None else None
             if turn is None or image is None:
@@ -1131,11 +1337,61 @@ class Studio:
             await self._enqueue(job)
         return interrupted, reposted, list(orphans.queued)
 
+    async def _repost_grid(self, job: Job, spec: JobSpec) -> None:
+        """Post the saved images of a job that drew several at once, as they first would have been."""
+        turns = await self._store.job_turns(job.id)
+        done: list[Completed] = []
+        for turn in turns:
+            image = await self._store.get_turn_image(turn.id)
+            if image is None:
+                log.error("job %s is saved but the image of turn %s is gone", job.id, turn.id)
+                return
+            done.append(completed_from_turn(turn, *image))
+        if not turns:
+            log.error("job %s is saved but its turns are gone", job.id)
+            return
+        failed = turns[0].result.get("failed")
+        sink = await self._sink_factory(job, spec)
+        self._spawn(
+            self._post_grid(job, turns, done, failed if isinstance(failed, int) else 0, sink)
+        )
+
+    async def _finish_lost_responses(self, job: Job, spec: JobSpec) -> Job | None:
+        """Save, as one grid, the images of a cut-off job that drew several at once whose
+        responses finished anyway; the saved job, or None when none of them did."""
+        options = ImageOptions().merged(spec.options)
+        finished = [await self.runner.finished(rid, options) for rid in job.response_ids]
+        done = [event for event in finished if event is not None]
+        if not done:
+            return None
+        log.info("job %s: %d of its responses finished while the bot was down", job.id, len(done))
+        items: list[NewImage] = []
+        for index, event in enumerate(done):
+            turn, usage = _new_turn(
+                event,
+                options=options,
+                prompt=spec.prompt,
+                parent_response_id=spec.parent_response_id,
+                channel_id=job.channel_id,
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+            )
+            lost = spec.count - len(done)
+            if index == 0 and lost:
+                turn = dataclasses.replace(turn, result={**turn.result, "failed": lost})
+            items.append(
+                NewImage(turn=turn, image=event.image, image_format=event.format, usage=usage)
+            )
+        await self._store.save_results(job.id, items, advance=True)
+        return await self._store.get_job(job.id)
+
     async def _finish_lost_response(self, job: Job) -> Job | None:
         """Save the image of a cut-off job whose response finished anyway; the saved job."""
         spec = JobSpec.from_payload(job.payload)
         if (spec.engine or self.engine) is not Engine.RESPONSES or job.response_id is None:
             return None
+        if spec.count > 1:
+            return await self._finish_lost_responses(job, spec)
         options = ImageOptions().merged(spec.options)
         done = await self.runner.finished(job.response_id, options)
         if done is None:

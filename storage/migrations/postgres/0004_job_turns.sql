@@ -1,0 +1,7 @@
+-- The PostgreSQL twin of ../0004_job_turns.sql. A job can draw several images at once
+-- (`/imagine count`): each image is a turn of its own, and the turn records the job that made
+-- it, so a restart posts every saved image of the job again.
+
+ALTER TABLE turns ADD COLUMN job_id BIGINT;
+
+CREATE INDEX turns_job ON turns (job_id);
