@@ -49,6 +49,18 @@ def all_finals(d: FakeDiscord) -> list[dict[str, Any]]:
     return found
 
 
+def is_grid(message: dict[str, Any]) -> bool:
+    """Whether a message shows several images of one job (it carries the U1-U4 buttons)."""
+    return any(c.startswith("img:pick") for c in custom_ids(message))
+
+
+def all_grids(d: FakeDiscord) -> list[dict[str, Any]]:
+    """Messages anywhere that show several images of one job."""
+    channel = d.channel["id"]
+    places = [channel, *(thread["id"] for thread in d.threads(channel))]
+    return [m for place in places for m in d.messages(place) if is_grid(m)]
+
+
 def all_failures(d: FakeDiscord) -> list[dict[str, Any]]:
     channel = d.channel["id"]
     found = failures(d, channel)
@@ -65,13 +77,17 @@ def check_invariant(d: FakeDiscord, openai: FakeOpenAI, database: Path) -> dict[
         open_jobs = db.execute(
             "SELECT id, status FROM jobs WHERE status IN ('queued', 'running', 'saved')"
         ).fetchall()
+    # A final image names its turn in its buttons; a grid, each of its images in U1-U4 (one
+    # attachment per button).
     shown_turns = {
         int(custom_id.rsplit(":", 1)[1])
-        for message in all_finals(d)
+        for message in all_finals(d) + all_grids(d)
         if message.get("attachments")
         for custom_id in custom_ids(message)
-        if custom_id.startswith("img:reroll:")
+        if custom_id.startswith(("img:reroll:", "img:pick"))
     }
+    for grid in all_grids(d):
+        assert len(grid["attachments"]) == sum(c.startswith("img:pick") for c in custom_ids(grid))
     for rid in billed(openai):
         rows = [row for row in usage if row[0] == rid]
         assert len(rows) == 1 and rows[0][1] == 1, f"{rid} charged {rows}"
@@ -81,35 +97,54 @@ def check_invariant(d: FakeDiscord, openai: FakeOpenAI, database: Path) -> dict[
     return {"billed": len(billed(openai)), "charged": sum(r[1] for r in usage)}
 
 
+@pytest.mark.parametrize("count", [1, 4])
 @pytest.mark.parametrize("point", CRASH_POINTS)
 async def test_a_kill_at_every_ledger_step_keeps_the_invariant(
-    stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess], point: str
+    stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess], point: str, count: int
 ) -> None:
+    """With `count` 4 the invariant holds for each of the job's four images: the four are
+    saved in one transaction, so a kill leaves all or none of them saved; a restart fetches
+    the four finished responses (never draws them again) and posts them as one grid."""
     d, openai, bot = stand_ins
     openai.set_timeline(FAST)
+
+    def shown() -> list[dict[str, Any]]:
+        return all_finals(d) if count == 1 else all_grids(d)
+
     await bot.start({"TEST_CRASH_AT": point})
-    await d.slash("imagine", {"prompt": "a lighthouse at dusk", "partials": 1})
+    options: dict[str, Any] = {"prompt": "a lighthouse at dusk", "partials": 1}
+    if count > 1:
+        options["count"] = count
+    await d.slash("imagine", options)
     assert await bot.exited() == -signal.SIGKILL
-    shown_before = len(all_finals(d))
+    shown_before = len(shown())
+    requests_before = len(openai.requests)
 
     await bot.start()
-    settled = await d.wait_for(lambda: all_finals(d) or all_failures(d) or None, timeout=30)
+    settled = await d.wait_for(lambda: shown() or all_failures(d) or None, timeout=30)
     if point == "running":
         # Killed before the request was sent: nothing was billed; the user is told, with Retry.
         failure = all_failures(d)[0]
         assert "restarted" in failure["content"]
         assert billed(openai) == []
         await d.click(failure["id"], button(failure, "retry"))
-        await d.wait_for(lambda: all_finals(d) or None, timeout=30)
+        await d.wait_for(lambda: shown() or None, timeout=30)
     else:
         assert all_failures(d) == [], settled
     await d.wait_for(lambda: not bot.log.count("could not"), timeout=5)
     assert await bot.stop() == 0
 
     counted = check_invariant(d, openai, bot.workdir / "bot.db")
-    # One picture asked for, one paid for, one charged, shown once.
-    assert counted == {"billed": 1, "charged": 1}
-    assert len(all_finals(d)) == 1
+    # `count` pictures asked for, as many paid for and charged, shown once.
+    assert counted == {"billed": count, "charged": count}
+    assert len(shown()) == 1
+    if count > 1:
+        assert len(shown()[0]["attachments"]) == count
+        assert all_finals(d) == []
+    if point in ("received", "saved", "posted"):
+        # Everything was drawn before the kill: the restart asked OpenAI for no new image.
+        drawn = [r for r in openai.requests[requests_before:] if r.method == "POST"]
+        assert drawn == []
     if point == "posted":
         # Discord showed it before the kill: the restart posts it again in the same message.
         assert shown_before == 1
