@@ -292,6 +292,9 @@ def image_params(
         if not spec.transparent:
             message = f"Transparent background is not supported with the model '{model}'."
             raise bad_request(message, where + "background", type_=type_)
+    if output_format == "svg" and n != 1:
+        message = "The svg output format makes one image per request: 'n' must be 1."
+        raise bad_request(message, where + "n", type_=type_)
     if output_format in ("gif", "svg") and (partial_images or stream):
         message = f"The {output_format} output format does not support streaming or partials."
         raise bad_request(message, where + "output_format", type_=type_)

@@ -502,6 +502,45 @@ async def test_images_generate_stream_and_batch(client: AsyncOpenAI) -> None:
     assert batch.usage is not None and batch.usage.output_tokens == 2 * 1056
 
 
+async def test_n_is_taken_as_the_api_takes_it(client: AsyncOpenAI) -> None:
+    """`n` is 1-10 on both Image API calls; edits return n different images with n times the
+    output tokens; svg makes one image only; the Responses tool has no `n` at all."""
+    for wrong in (0, 11):
+        with pytest.raises(openai.BadRequestError) as out_of_range:
+            await client.images.generate(prompt="a kite", n=wrong)
+        assert out_of_range.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as svg:
+        await client.images.generate(prompt="a kite", n=2, output_format="svg")
+    assert svg.value.param == "n"
+    edited = await client.images.edit(
+        image=("a.png", pattern_png(1024, 1024), "image/png"), prompt="a kite", n=3, quality="low"
+    )
+    data = edited.data or []
+    assert len({d.b64_json for d in data}) == 3
+    assert edited.usage is not None and edited.usage.output_tokens == 3 * 272
+    with pytest.raises(openai.BadRequestError) as tool:
+        await client.responses.create(
+            model="gpt-5.5", input="a kite", tools=[{"type": "image_generation", "n": 2}]
+        )
+    assert tool.value.param == "tools[0].n"
+
+
+async def test_drawing_the_same_request_again_makes_another_picture(client: AsyncOpenAI) -> None:
+    """The model samples: the same Responses request drawn twice gives two pictures."""
+    tool: Any = {"type": "image_generation", "quality": "low"}
+    first, second = [
+        await client.responses.create(model="gpt-5.5", input="a red kite", tools=[tool])
+        for _ in range(2)
+    ]
+    results = [
+        item.result
+        for response in (first, second)
+        for item in response.output
+        if item.type == "image_generation_call"
+    ]
+    assert len(results) == 2 and results[0] != results[1]
+
+
 async def test_prompts_change_the_picture(client: AsyncOpenAI) -> None:
     """Different prompts give visibly different pictures."""
     pictures = []
