@@ -423,8 +423,8 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "ko": "⚠️ 이미지 {asked}장 중 {failed}장을 만들지 못했습니다. OpenAI가 청구한 만큼만 부과됩니다.",
     },
     "discord.grid_reencoded": {
-        "en": "📦 Re-encoded to fit this channel's upload limit together; the one you pick is posted full size.",
-        "ko": "📦 함께 올리기 위해 업로드 한도에 맞게 다시 인코딩했습니다. 고른 이미지는 원본 크기로 올라옵니다.",
+        "en": "📦 Re-encoded to fit this channel's upload limit; the bot keeps the originals, and edits continue from them.",
+        "ko": "📦 이 채널의 업로드 한도에 맞게 다시 인코딩했습니다. 원본은 봇이 보관하며, 편집은 원본에서 이어집니다.",
     },
     "discord.picked": {
         "en": "👉 **U{index}** picked by {user}: the conversation now continues from this image. **{prompt}**",

@@ -375,12 +375,11 @@ class DiscordTurnSink:
         return clip("\n".join(lines), 2000)
 
     async def _fit_all(self, events: Sequence[Completed], limit: int) -> list[images.FittedImage]:
-        # Every file of one message shares the upload limit.
-        share = max(limit // len(events), 64 * 1024)
+        # Discord's upload limit applies to each file of a message, not to their sum.
         return list(
             await asyncio.gather(
                 *(
-                    asyncio.to_thread(images.fit_to_limit, event.image, event.format, share)
+                    asyncio.to_thread(images.fit_to_limit, event.image, event.format, limit)
                     for event in events
                 )
             )
@@ -417,7 +416,7 @@ class DiscordTurnSink:
                 if exc.status != 413 or refused >= MAX_REFUSED_UPLOADS:
                     raise
                 refused += 1
-                target = sum(len(f.data) for f in fitted) // 2
+                target = max(len(f.data) for f in fitted) // 2
                 log.info(
                     "images of job %s are over the upload limit; trying %d", self.job.id, target
                 )

@@ -20,6 +20,7 @@ from fakes.discord_api import FakeDiscord
 from fakes.openai_api import Fault, Timeline
 from tests.e2e import ErrorLog, custom_ids, failures, finals
 from tests.e2e import error_log as error_log
+from tests.test_faults import noise_png
 from tests.test_ledger import billed, ephemeral_texts
 
 FAST = Timeline(first_partial=0.05, between_partials=0.05, final=0.05)
@@ -261,3 +262,29 @@ async def test_count_is_offered_in_both_languages(box: Sandbox) -> None:
     assert count["description_localizations"]["ko"]
     for locale in ("en", "ko"):
         assert "U1-U4" in i18n.t(locale, "help.text")
+
+
+async def test_a_grid_over_the_upload_limit_fits_each_file_and_keeps_the_originals(
+    tmp_path: Path,
+) -> None:
+    limit = 300 * 1024
+    photo = noise_png((1536, 1024))
+    assert len(photo) > limit
+    async with sandbox(tmp_path, timeline=FAST, discord=FakeDiscord(upload_limit=limit)) as box:
+        d = box.discord
+        await d.slash(
+            "imagine",
+            {
+                "prompt": "this photo as two postcards",
+                "size": "1536x1024",
+                "model": "gpt-image-2.5-sunburst",
+                "count": 2,
+            },
+            attachments={"image": ("photo.png", photo)},
+        )
+        _, grid = await grid_in_thread(box, 2)
+        sizes = [a["size"] for a in grid["attachments"]]
+        assert all(0 < size <= limit for size in sizes)
+        assert i18n.t("en", "discord.grid_reencoded") in grid["content"]
+        originals = query(box, "SELECT LENGTH(data) FROM turn_images ORDER BY turn_id")
+        assert len(originals) == 2 and all(row[0] > limit for row in originals)
