@@ -390,6 +390,14 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "en": "🎨 Drawing…",
         "ko": "🎨 그리는 중입니다…",
     },
+    "discord.drawing_many": {
+        "en": "🎨 Drawing {count} images at once…",
+        "ko": "🎨 이미지 {count}장을 한 번에 그리는 중입니다…",
+    },
+    "discord.already_picked": {
+        "en": "U{index} is already posted on its own, and the conversation continues from it again: {link}",
+        "ko": "U{index}는 이미 따로 올라와 있으며, 대화가 다시 그 이미지에서 이어집니다: {link}",
+    },
     "discord.reseeding": {
         "en": "🔄 OpenAI no longer has this conversation; drawing again from the thread's last image…",
         "ko": "🔄 OpenAI에 이 대화가 남아 있지 않아 스레드의 마지막 이미지에서 이어서 그리는 중입니다…",

@@ -173,8 +173,13 @@ class DiscordTurnSink:
         )
 
     async def started(self, event: Started) -> None:
-        key = "discord.reseeding" if event.reseeded else "discord.drawing"
-        await self._progress(self._header() + "\n" + t(self.locale, key))
+        if event.reseeded:
+            line = t(self.locale, "discord.reseeding")
+        elif self.spec.count > 1:
+            line = t(self.locale, "discord.drawing_many", count=self.spec.count)
+        else:
+            line = t(self.locale, "discord.drawing")
+        await self._progress(self._header() + "\n" + line)
 
     async def partial(self, event: Partial) -> None:
         if self._final:

@@ -247,9 +247,17 @@ class PickButton(
         except BotError as exc:
             await reply_error(interaction, exc.localized(requester.locale))
             return
+        channel = interaction.channel
+        grid = interaction.message
+        if turn.message_id is not None and grid is not None and turn.message_id != grid.id:
+            # Picked before (a second click, or a pick after another one): it is posted already.
+            where = interaction.guild_id or "@me"
+            link = f"https://discord.com/channels/{where}/{turn.channel_id}/{turn.message_id}"
+            text = t(requester.locale, "discord.already_picked", index=self.index, link=link)
+            await interaction.response.send_message(text, ephemeral=True)
+            return
         await interaction.response.defer()
         data = await bot.studio.turn_image(turn)
-        channel = interaction.channel
         if data is None or channel is None:
             await reply_error(interaction, t(requester.locale, "studio.parent_image_missing"))
             return

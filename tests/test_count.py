@@ -89,6 +89,8 @@ async def test_count_four_posts_one_grid_and_charges_four(tmp_path: Path, engine
         assert len({d.attachment_bytes(a) for a in grid["attachments"]}) == 4
         assert [c.split(":")[1] for c in picks(grid)] == ["pick1", "pick2", "pick3", "pick4"]
         assert i18n.t("en", "discord.grid", count=4) in grid["content"]
+        # The grid took the place of the progress message: nothing else is left in the thread.
+        assert [m["id"] for m in d.messages(thread["id"])] == [grid["id"]]
         assert finals(d, thread["id"]) == [] and failures(d, thread["id"]) == []
         rows = query(box, "SELECT images, response_id FROM usage_ledger")
         assert [r[0] for r in rows] == [1, 1, 1, 1]
@@ -164,6 +166,12 @@ async def test_picking_u3_continues_from_image_three(tmp_path: Path, engine: str
         assert d.attachment_bytes(picked["attachments"][0]) == third_image
         assert f"img:reroll:{third}" in custom_ids(picked)
         assert query(box, "SELECT latest_response_id FROM conversations") == [(third_response,)]
+        # A second click does not post it twice; it says where it is.
+        await d.click(grid["id"], picks(grid)[2])
+        await d.wait_for(
+            lambda: any(str(picked["id"]) in t for t in ephemeral_texts(box)) or None, timeout=15
+        )
+        assert len(finals(d, thread["id"])) == 1
 
         before = len(openai_posts(box))
         await d.user_message(thread["id"], "now at night")
