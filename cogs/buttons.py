@@ -209,7 +209,7 @@ class PickButton(
     template=rf"img:pick(?P<index>[1-4]):(?P<turn>{ROW_ID})",
 ):
     """U1-U4 under a grid: continue from this image. The conversation's head moves to it, and
-    it is posted on its own, full size, with the usual buttons."""
+    it is posted on its own with the usual buttons."""
 
     def __init__(
         self, index: int, turn_id: int, button: discord.ui.Button[Any] | None = None
