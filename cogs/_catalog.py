@@ -565,6 +565,17 @@ DISCORD_MESSAGES: dict[str, dict[str, str]] = {
         "ko": "🧹 완료: 저장된 내 기록 {count}건을 삭제했습니다.",
     },
     "help.text": {"en": _HELP_EN, "ko": _HELP_KO},
+    "help.web": {
+        "en": "🖌️ **Paint** (under each image): a private link to paint the area to change in "
+        "your browser, with brush, eraser and zoom, then say what to draw there. It works once, "
+        "for you alone, for 10 minutes.\n"
+        "🌳 **Gallery** (under each image) or `/history` in a thread: every image of the thread "
+        "as a tree of branches, with prompts, the model's rewrites, cost and timing.",
+        "ko": "🖌️ **칠해서 편집** (이미지 아래): 브라우저에서 붓·지우개·확대로 바꿀 부분을 칠하고 "
+        "그곳에 그릴 내용을 적는 개인 링크입니다. 나만, 한 번, 10분 동안 쓸 수 있습니다.\n"
+        "🌳 **갤러리** (이미지 아래) 또는 스레드에서 `/기록`: 스레드의 모든 이미지를 갈래 나무로 "
+        "보여 주고, 프롬프트와 모델이 바꿔 쓴 프롬프트, 비용, 걸린 시간도 함께 보여 줍니다.",
+    },
     # --- instructions sent to the image model (the English text is what is sent) -------
     "prompt.use_references": {
         "en": "Use the attached image(s) as references to create or update the image.",

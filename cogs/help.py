@@ -25,7 +25,12 @@ class HelpCog(commands.Cog):
     async def help(self, interaction: discord.Interaction[Any]) -> None:
         """How it works."""
         locale = (await requester_for_interaction(self.bot, interaction)).locale
-        await interaction.response.send_message(t(locale, "help.text"), ephemeral=True)
+        # The web studio's part only where it is offered (a public address is configured).
+        web = self.bot.studio.web_links
+        embeds = [discord.Embed(description=t(locale, "help.web"))] if web else []
+        await interaction.response.send_message(
+            t(locale, "help.text"), embeds=embeds, ephemeral=True
+        )
 
 
 async def setup(bot: commands.Bot) -> None:

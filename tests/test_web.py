@@ -238,6 +238,29 @@ async def test_history_in_a_thread_answers_with_a_gallery_link(web_box: Sandbox)
     )
 
 
+async def test_help_tells_of_paint_and_gallery_only_where_they_are_offered(
+    web_box: Sandbox, tmp_path: Path
+) -> None:
+    d = web_box.discord
+    for locale, paint in (("en-US", "Paint"), ("ko", "칠해서 편집")):
+        before = len(d.messages(d.channel["id"]))
+        await d.slash("help", {}, locale=locale)
+        reply = await d.wait_for(
+            lambda before=before: next(iter(d.messages(d.channel["id"])[before:]), None),
+            timeout=10,
+        )
+        web = reply["embeds"][0]["description"]
+        assert paint in web
+        assert "/history" in web or "/기록" in web
+    async with sandbox(tmp_path / "plain", timeline=FAST, settings={"web_port": 0}) as box:
+        await box.discord.slash("help", {})
+        reply = await box.discord.wait_for(
+            lambda: next(iter(box.discord.messages(box.discord.channel["id"])), None), timeout=10
+        )
+        assert "/imagine" in reply["content"]
+        assert not reply.get("embeds")
+
+
 async def test_without_a_public_address_the_grid_stays(tmp_path: Path) -> None:
     async with sandbox(tmp_path, timeline=FAST, settings={"web_port": 0}) as box:
         _thread, final = await imagine(box, "a tree")
