@@ -610,16 +610,23 @@ class Store(Protocol):
         """Return a user's saved defaults ({} when none)."""
         ...
 
-    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
-        """Replace a user's saved defaults."""
+    async def update_user_settings(
+        self, user_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a user's saved defaults by `change(current)`, atomically: an update made
+        meanwhile by another task or process is never lost. Returns what was saved; an exception
+        from `change` leaves the defaults as they were."""
         ...
 
     async def get_guild_config(self, guild_id: int) -> dict[str, object]:
         """Return a server's configuration ({} when none)."""
         ...
 
-    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
-        """Replace a server's configuration."""
+    async def update_guild_config(
+        self, guild_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a server's configuration by `change(current)`, atomically (as
+        `update_user_settings`)."""
         ...
 
     # Privacy

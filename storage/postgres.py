@@ -1138,28 +1138,48 @@ class PostgresStore:
         row = await self._row("SELECT settings FROM user_settings WHERE user_id = %s", (user_id,))
         return load_json(row[0]) if row is not None else {}
 
-    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
-        """Replace a user's saved defaults."""
-        await self._write(
-            "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (%s, %s, %s)"
-            " ON CONFLICT (user_id) DO UPDATE SET"
-            " settings = excluded.settings, updated_at = excluded.updated_at",
-            (user_id, dump_json(settings), self._clock()),
-        )
+    async def update_user_settings(
+        self, user_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a user's saved defaults by `change(current)`, atomically."""
+        return await self._update_json("user_settings", "user_id", "settings", user_id, change)
 
     async def get_guild_config(self, guild_id: int) -> dict[str, object]:
         """Return a server's configuration ({} when none)."""
         row = await self._row("SELECT config FROM guild_config WHERE guild_id = %s", (guild_id,))
         return load_json(row[0]) if row is not None else {}
 
-    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
-        """Replace a server's configuration."""
-        await self._write(
-            "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (%s, %s, %s)"
-            " ON CONFLICT (guild_id) DO UPDATE SET"
-            " config = excluded.config, updated_at = excluded.updated_at",
-            (guild_id, dump_json(config), self._clock()),
-        )
+    async def update_guild_config(
+        self, guild_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a server's configuration by `change(current)`, atomically."""
+        return await self._update_json("guild_config", "guild_id", "config", guild_id, change)
+
+    async def _update_json(
+        self,
+        table: str,
+        key: str,
+        column: str,
+        key_value: int,
+        change: Callable[[dict[str, object]], dict[str, object]],
+    ) -> dict[str, object]:
+        # The row is created first if missing, so that FOR UPDATE always has a row to lock:
+        # a second updater waits for this transaction and then reads its result.
+        async with self._transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO {table} ({key}, {column}, updated_at) VALUES (%s, %s, %s)"
+                f" ON CONFLICT ({key}) DO NOTHING",
+                (key_value, dump_json({}), self._clock()),
+            )
+            rows = await self._fetch(
+                conn, f"SELECT {column} FROM {table} WHERE {key} = %s FOR UPDATE", (key_value,)
+            )
+            updated = change(load_json(rows[0][0]))
+            await conn.execute(
+                f"UPDATE {table} SET {column} = %s, updated_at = %s WHERE {key} = %s",
+                (dump_json(updated), self._clock(), key_value),
+            )
+        return updated
 
     # Privacy
 

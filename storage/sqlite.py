@@ -1090,28 +1090,46 @@ class SqliteStore:
         row = await self._row("SELECT settings FROM user_settings WHERE user_id = ?", (user_id,))
         return load_json(row[0]) if row is not None else {}
 
-    async def set_user_settings(self, user_id: int, settings: dict[str, object]) -> None:
-        """Replace a user's saved defaults."""
-        await self._write(
-            "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (user_id) DO UPDATE SET"
-            " settings = excluded.settings, updated_at = excluded.updated_at",
-            (user_id, dump_json(settings), self._clock()),
-        )
+    async def update_user_settings(
+        self, user_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a user's saved defaults by `change(current)`, atomically."""
+        return await self._update_json("user_settings", "user_id", "settings", user_id, change)
 
     async def get_guild_config(self, guild_id: int) -> dict[str, object]:
         """Return a server's configuration ({} when none)."""
         row = await self._row("SELECT config FROM guild_config WHERE guild_id = ?", (guild_id,))
         return load_json(row[0]) if row is not None else {}
 
-    async def set_guild_config(self, guild_id: int, config: dict[str, object]) -> None:
-        """Replace a server's configuration."""
-        await self._write(
-            "INSERT INTO guild_config (guild_id, config, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (guild_id) DO UPDATE SET"
-            " config = excluded.config, updated_at = excluded.updated_at",
-            (guild_id, dump_json(config), self._clock()),
-        )
+    async def update_guild_config(
+        self, guild_id: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> dict[str, object]:
+        """Replace a server's configuration by `change(current)`, atomically."""
+        return await self._update_json("guild_config", "guild_id", "config", guild_id, change)
+
+    async def _update_json(
+        self,
+        table: str,
+        key: str,
+        column: str,
+        key_value: int,
+        change: Callable[[dict[str, object]], dict[str, object]],
+    ) -> dict[str, object]:
+        # BEGIN IMMEDIATE takes the database's write lock before the read: no other process
+        # or task can write between reading the current value and replacing it.
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"SELECT {column} FROM {table} WHERE {key} = ?", (key_value,)
+            )
+            row = await cursor.fetchone()
+            updated = change(load_json(row[0]) if row is not None else {})
+            await conn.execute(
+                f"INSERT INTO {table} ({key}, {column}, updated_at) VALUES (?, ?, ?)"
+                f" ON CONFLICT ({key}) DO UPDATE SET"
+                f" {column} = excluded.{column}, updated_at = excluded.updated_at",
+                (key_value, dump_json(updated), self._clock()),
+            )
+        return updated
 
     # Privacy
 

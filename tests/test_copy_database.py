@@ -62,8 +62,8 @@ async def fill(store: Store, clock: FakeClock) -> dict[str, list[int]]:
         gate=allow_all,
     )
     await store.record_usage(usage(BIG_ID, guild_id=None, cost_usd=1.25))
-    await store.set_user_settings(10, {"size": "1024x1024", "locale": "ko"})
-    await store.set_guild_config(1, {"budget": {"usd": 30.0}, "channels": [1, 2]})
+    await store.update_user_settings(10, lambda _: {"size": "1024x1024", "locale": "ko"})
+    await store.update_guild_config(1, lambda _: {"budget": {"usd": 30.0}, "channels": [1, 2]})
     await store.put_uploaded_file("ab" * 32, "file-123", 4096)
     return {
         "turns": [turn.id for turn in turns[:-1]] + [saved.id],
@@ -139,7 +139,7 @@ async def test_a_target_that_holds_data_is_refused_unless_told(
     await copy_sqlite_to_postgres(path, postgres_url)
     target = await PostgresStore.open(postgres_url)
     try:
-        await target.set_user_settings(10, {"changed": True})
+        await target.update_user_settings(10, lambda _: {"changed": True})
     finally:
         await target.close()
 

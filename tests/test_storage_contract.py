@@ -934,12 +934,48 @@ async def test_list_usage_is_newest_first(store: Store, clock: FakeClock) -> Non
 # Settings
 
 
-async def test_user_settings_are_replaced_not_merged(store: Store) -> None:
+async def test_user_settings_are_replaced_by_the_change_of_what_is_saved(store: Store) -> None:
     assert await store.get_user_settings(10) == {}
-    await store.set_user_settings(10, {"size": "1024x1024", "partials": 2})
-    await store.set_user_settings(10, {"quality": "high"})
+    await store.update_user_settings(10, lambda _: {"size": "1024x1024", "partials": 2})
+    seen: list[dict[str, object]] = []
+
+    def change(saved: dict[str, object]) -> dict[str, object]:
+        seen.append(dict(saved))
+        return {"quality": "high"}
+
+    assert await store.update_user_settings(10, change) == {"quality": "high"}
+    assert seen == [{"size": "1024x1024", "partials": 2}]
     assert await store.get_user_settings(10) == {"quality": "high"}
     assert await store.get_user_settings(11) == {}
+
+
+async def test_simultaneous_updates_are_never_lost(store: Store) -> None:
+    def add(key: str) -> Callable[[dict[str, object]], dict[str, object]]:
+        return lambda saved: {**saved, key: True}
+
+    await asyncio.gather(
+        *(store.update_guild_config(1, add(f"k{i}")) for i in range(20)),
+        *(store.update_user_settings(10, add(f"k{i}")) for i in range(20)),
+    )
+    expected = {f"k{i}": True for i in range(20)}
+    assert await store.get_guild_config(1) == expected
+    assert await store.get_user_settings(10) == expected
+
+
+async def test_a_change_that_raises_leaves_the_saved_value(store: Store) -> None:
+    await store.update_guild_config(1, lambda _: {"engine": "images"})
+
+    def refuse(saved: dict[str, object]) -> dict[str, object]:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await store.update_guild_config(1, refuse)
+    with pytest.raises(ValueError):
+        await store.update_user_settings(10, refuse)
+    assert await store.get_guild_config(1) == {"engine": "images"}
+    assert await store.get_user_settings(10) == {}
+    await store.update_guild_config(1, lambda saved: {**saved, "partials": False})
+    assert await store.get_guild_config(1) == {"engine": "images", "partials": False}
 
 
 async def test_guild_config_round_trips(store: Store) -> None:
@@ -950,14 +986,14 @@ async def test_guild_config_round_trips(store: Store) -> None:
         "note": "한국어 서버",
     }
     assert await store.get_guild_config(1) == {}
-    await store.set_guild_config(1, config)
+    await store.update_guild_config(1, lambda _: config)
     assert await store.get_guild_config(1) == config
     assert await store.get_guild_config(2) == {}
 
 
 async def test_settings_reject_values_json_cannot_hold(store: Store) -> None:
     with pytest.raises(TypeError):
-        await store.set_user_settings(10, {"when": object()})
+        await store.update_user_settings(10, lambda _: {"when": object()})
     assert await store.get_user_settings(10) == {}
 
 
@@ -966,8 +1002,8 @@ async def test_settings_reject_values_json_cannot_hold(store: Store) -> None:
 
 async def test_delete_user_data(store: Store) -> None:
     gone, kept = 10, 11
-    await store.set_user_settings(gone, {"size": "auto"})
-    await store.set_user_settings(kept, {"size": "auto"})
+    await store.update_user_settings(gone, lambda _: {"size": "auto"})
+    await store.update_user_settings(kept, lambda _: {"size": "auto"})
     await store.create_conversation(conversation(100, owner_id=gone))
     await store.create_conversation(conversation(200, owner_id=kept))
     await store.add_turn(new_turn(100, user_id=gone))
@@ -1048,7 +1084,7 @@ async def test_multi_statement_writes_interleave_with_other_writes(store: Store)
             await store.record_usage(usage(user_id))
 
     async def forgetful_user(user_id: int) -> int:
-        await store.set_user_settings(user_id, {"size": "auto"})
+        await store.update_user_settings(user_id, lambda _: {"size": "auto"})
         await store.add_turn(new_turn(user_id=user_id))
         return await store.delete_user_data(user_id)
 
@@ -1602,7 +1638,7 @@ async def test_open_store_selects_postgresql(postgres_url: str) -> None:
         store = await open_store(url)
         try:
             assert isinstance(store, PostgresStore)
-            await store.set_guild_config(1, {"engine": "images"})
+            await store.update_guild_config(1, lambda _: {"engine": "images"})
             assert await store.get_guild_config(1) == {"engine": "images"}
         finally:
             await store.close()
@@ -1669,18 +1705,18 @@ async def test_open_store_creates_the_folder_for_a_relative_path(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     async with await open_store("sqlite:///data/nested/bot.db") as store:
-        await store.set_guild_config(1, {"engine": "images"})
+        await store.update_guild_config(1, lambda _: {"engine": "images"})
     assert (tmp_path / "data" / "nested" / "bot.db").is_file()
 
 
 async def test_open_store_absolute_path_and_memory(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "dir" / "bot.db"
     async with await open_store(f"sqlite:///{target}") as store:
-        await store.set_user_settings(1, {"a": 1})
+        await store.update_user_settings(1, lambda _: {"a": 1})
     async with await open_store(f"sqlite:///{target}") as store:
         assert await store.get_user_settings(1) == {"a": 1}
     async with await open_store("sqlite:///:memory:") as memory:
-        await memory.set_user_settings(1, {"b": 2})
+        await memory.update_user_settings(1, lambda _: {"b": 2})
         assert await memory.get_user_settings(1) == {"b": 2}
 
 

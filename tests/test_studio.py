@@ -18,7 +18,7 @@ import pytest
 from bot.core.budgets import Limits
 from bot.core.config import ContinuePolicy, GuildConfig
 from bot.core.costs import PriceTable
-from bot.core.errors import BotError
+from bot.core.errors import BadInput, BotError
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started, Usage
 from bot.core.jobs import JobKind, JobSpec, ParentMode, Requester
 from bot.core.options import ImageOptions, TurnRequest
@@ -255,12 +255,12 @@ async def test_retry_meets_the_server_rules_as_they_are_now(rig: Any) -> None:
     job = await r.studio.admit(r.studio.check(imagine(), who))
     await r.store.start_job(job.id)
     await r.store.finish_job(job.id, "interrupted")
-    await r.store.set_guild_config(1, GuildConfig(allowed_channels=(555,)).to_dict())
+    await r.store.update_guild_config(1, lambda _: GuildConfig(allowed_channels=(555,)).to_dict())
     who = await requester(r.studio)
     with pytest.raises(BotError) as refused:
         await r.studio.retry(job.id, who)
     assert refused.value.key == "studio.channel_not_allowed"
-    await r.store.set_guild_config(1, {})
+    await r.store.update_guild_config(1, lambda _: {})
     with pytest.raises(BotError) as not_theirs:
         await r.studio.retry(job.id, await requester(r.studio, user_id=8))
     assert not_theirs.value.key == "studio.not_allowed_retry"
@@ -396,7 +396,7 @@ async def test_conversation_rules(rig: Any) -> None:
         StartPlan.NEW_THREAD
     )
     assert await r.studio.start_plan(elsewhere, in_dm=True, in_thread=False) is (StartPlan.FRESH_DM)
-    await r.store.set_guild_config(1, {"continue_policy": ContinuePolicy.AUTHOR.value})
+    await r.store.update_guild_config(1, lambda _: {"continue_policy": ContinuePolicy.AUTHOR.value})
     guest = await requester(r.studio, user_id=9, channel_id=200)
     with pytest.raises(BotError):
         await r.studio.start_plan(guest, in_dm=False, in_thread=True)
@@ -438,3 +438,30 @@ async def test_a_job_held_by_another_process_is_not_cancelled_from_here(rig: Any
     assert refused.value.key == "studio.cancel_elsewhere"
     held = await r.store.get_job(job.id)
     assert held is not None and held.status == "running"
+
+
+async def test_two_admins_changing_the_config_at_once_both_keep_their_change(rig: Any) -> None:
+    r: Rig = await rig()
+    # Both read the configuration before either saved: each change still lands.
+    first = await requester(r.studio, user_id=7, is_admin=True)
+    second = await requester(r.studio, user_id=8, is_admin=True)
+    await r.studio.update_config(first, {"user_daily_images": 3})
+    config = await r.studio.update_config(second, {"partials_enabled": False})
+    assert (config.user_daily_images, config.partials_enabled) == (3, False)
+    fresh = await requester(r.studio, user_id=9)
+    assert (fresh.config.user_daily_images, fresh.config.partials_enabled) == (3, False)
+    # A refused change keeps what was saved.
+    with pytest.raises(BotError):
+        await r.studio.update_config(first, {"continue_policy": ContinuePolicy.ROLE.value})
+    assert (await requester(r.studio)).config == fresh.config
+
+
+async def test_two_quick_settings_changes_both_take_effect(rig: Any) -> None:
+    r: Rig = await rig()
+    me = await requester(r.studio)
+    await r.studio.update_settings(me, {"quality": "high"})
+    settings = await r.studio.update_settings(me, {"size": "1536x1024"})
+    assert settings.options == {"quality": "high", "size": "1536x1024"}
+    with pytest.raises(BadInput):
+        await r.studio.update_settings(me, {"background": "transparent", "format": "jpeg"})
+    assert (await requester(r.studio)).settings == settings

@@ -416,32 +416,49 @@ class Studio:
     async def update_settings(
         self, requester: Requester, changes: Mapping[str, object | None], *, reset: bool = False
     ) -> UserSettings:
-        """Change a member's /settings (None values are left as they are); returns the result."""
-        current = UserSettings() if reset else requester.settings
-        language = changes.get("language") or current.language
-        spoiler = changes.get("spoiler")
-        options = dict(current.options)
-        options.update(
-            {k: v for k, v in changes.items() if k not in ("language", "spoiler") and v is not None}
+        """Change a member's /settings (None values are left as they are); returns the result.
+
+        The change is applied to what is saved at that moment, not to what the requester read
+        earlier: two quick `/settings` changes both take effect.
+        """
+        if not reset and all(v is None for v in changes.values()):
+            return requester.settings
+
+        def change(saved: dict[str, object]) -> dict[str, object]:
+            current = UserSettings() if reset else UserSettings.from_dict(saved)
+            language = changes.get("language") or current.language
+            spoiler = changes.get("spoiler")
+            options = dict(current.options)
+            options.update(
+                {
+                    k: v
+                    for k, v in changes.items()
+                    if k not in ("language", "spoiler") and v is not None
+                }
+            )
+            updated = UserSettings(
+                language=str(language) if language else None,
+                options=options,
+                spoiler=bool(spoiler) if spoiler is not None else current.spoiler,
+            )
+            # The defaults must make a valid request on their own (e.g. not transparent + jpeg).
+            resolve_options(self.defaults, GuildConfig(), updated)
+            return updated.to_dict()
+
+        return UserSettings.from_dict(
+            await self._store.update_user_settings(requester.user_id, change)
         )
-        updated = UserSettings(
-            language=str(language) if language else None,
-            options=options,
-            spoiler=bool(spoiler) if spoiler is not None else current.spoiler,
-        )
-        # The defaults must make a valid request on their own (e.g. not transparent + jpeg).
-        resolve_options(self.defaults, GuildConfig(), updated)
-        if reset or any(v is not None for v in changes.values()):
-            await self._store.set_user_settings(requester.user_id, updated.to_dict())
-        return updated
 
     async def update_config(
         self, requester: Requester, changes: Mapping[str, Any], *, reset: bool = False
     ) -> GuildConfig:
-        """Change a server's /config (None values are left as they are; 0 budgets mean no limit)."""
+        """Change a server's /config (None values are left as they are; 0 budgets mean no limit).
+
+        Applied to the configuration saved at that moment (as `update_settings`): two admins
+        changing different settings at once both keep their change.
+        """
         if requester.guild_id is None or not requester.is_admin:
             raise BotError("studio.not_allowed_config")
-        config = GuildConfig() if reset else requester.config
         updates = {k: v for k, v in changes.items() if v is not None}
         for key in (
             "user_daily_usd",
@@ -461,19 +478,26 @@ class Studio:
         if (tier_role is None) != (tier_images is None):
             raise BotError("config.tier_needs_both")
         tier = (int(tier_role), int(tier_images)) if tier_role is not None else None
-        if tier is not None:
-            config = config.with_tier(*tier)
         if "continue_policy" in updates:
             updates["continue_policy"] = ContinuePolicy(updates["continue_policy"])
         for key in ("allowed_channels", "allowed_models"):
             if key in updates:
                 updates[key] = tuple(updates[key])
-        config = config.replace(**updates)
-        if config.continue_policy is ContinuePolicy.ROLE and config.continue_role_id is None:
-            raise BotError("config.role_needed")
-        if reset or updates or tier is not None or "allowed_channels" in changes:
-            await self._store.set_guild_config(requester.guild_id, config.to_dict())
-        return config
+        if not (reset or updates or tier is not None or "allowed_channels" in changes):
+            return requester.config
+
+        def change(saved: dict[str, object]) -> dict[str, object]:
+            config = GuildConfig() if reset else GuildConfig.from_dict(saved)
+            if tier is not None:
+                config = config.with_tier(*tier)
+            config = config.replace(**updates)
+            if config.continue_policy is ContinuePolicy.ROLE and config.continue_role_id is None:
+                raise BotError("config.role_needed")
+            return config.to_dict()
+
+        return GuildConfig.from_dict(
+            await self._store.update_guild_config(requester.guild_id, change)
+        )
 
     async def usage(self, requester: Requester) -> UsageReport:
         """What /usage shows this member (and the server's usage to its admins)."""
