@@ -170,6 +170,9 @@ class Job:
     turn_id: int | None = None
     # The worker (bot process) whose queue holds the job, or that runs or posts it.
     worker_id: str | None = None
+    # The conversation head (response id) when the job started: its image moves the head only
+    # if the head is still this one, else its turn is a branch (see `save_result`).
+    base_response_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +371,10 @@ class Store(Protocol):
         """Return a job by id, or None."""
         ...
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued (another worker claimed it first)."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the conversation head it starts from (`base_response_id`), in one statement; return the
+        running job, or None if it was not queued (another worker claimed it first)."""
         ...
 
     async def finish_job(
@@ -483,6 +487,12 @@ class Store(Protocol):
         """Save a finished image in one transaction: its bytes, its turn, its usage, the
         conversation head (when `advance`) and the job (running -> saved, its reservation
         released). Raises StorageError when the job is no longer running.
+
+        The head moves by compare-and-set: for a job, only if it is still the job's
+        `base_response_id` (without a job, unconditionally). When the conversation has moved on
+        meanwhile (a late job: adopted after its process died, or racing another process), the
+        turn is saved as a branch, the head is left alone, and the returned turn's
+        `result["branched"]` is True.
         """
         ...
 

@@ -9,6 +9,7 @@ lock too, so two processes starting together apply each one once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -698,17 +699,19 @@ class PostgresStore:
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the head it starts from; the running job, or None if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job (in any process), the
         # second waits for the first's row lock, then finds the status changed.
-        changed = await self._write(
+        rows = await self._rows(
             "UPDATE jobs SET status = %s, attempts = attempts + 1, started_at = %s,"
-            " finished_at = NULL, worker_id = %s WHERE id = %s AND status = %s",
+            " finished_at = NULL, worker_id = %s, base_response_id ="
+            " (SELECT latest_response_id FROM conversations WHERE channel_id = jobs.channel_id)"
+            f" WHERE id = %s AND status = %s RETURNING {JOB_COLUMNS}",
             (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
-        return changed > 0
+        return job_from_row(rows[0]) if rows else None
 
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
@@ -773,29 +776,45 @@ class PostgresStore:
         usage: NewUsageEntry,
         advance: bool,
     ) -> Turn:
-        """Save a finished image, its turn, its usage and the new head in one transaction."""
+        """Save a finished image, its turn, its usage and the new head in one transaction.
+
+        The head moves only if it is still the one the job started from (compare-and-set);
+        otherwise the turn is a branch and says so in `result["branched"]`.
+        """
         async with self._transaction() as conn:
             if job_id is not None:
                 # First, so a job another process already ended saves nothing at all.
                 locked = await self._fetch(
                     conn,
-                    "SELECT progress_message_id FROM jobs WHERE id = %s AND status = %s FOR UPDATE",
+                    "SELECT progress_message_id, base_response_id FROM jobs"
+                    " WHERE id = %s AND status = %s FOR UPDATE",
                     (job_id, JobStatus.RUNNING.value),
                 )
                 if not locked:
                     raise StorageError(f"job {job_id} is not running; its result was not saved")
+            if advance and turn.response_id is not None:
+                # Under READ COMMITTED a conditional UPDATE re-checks its condition on the row
+                # as another transaction left it: of two racing saves from the same head,
+                # exactly one moves it.
+                cas = "" if job_id is None else " AND latest_response_id IS NOT DISTINCT FROM %s"
+                params: list[object] = [turn.response_id, self._clock(), turn.channel_id]
+                if job_id is not None:
+                    params.append(locked[0][1])
+                moved = await conn.execute(
+                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
+                    " updated_at = %s WHERE channel_id = %s" + cas,
+                    params,
+                )
+                if moved.rowcount == 0 and await self._fetch(
+                    conn, "SELECT 1 FROM conversations WHERE channel_id = %s", (turn.channel_id,)
+                ):
+                    turn = dataclasses.replace(turn, result={**turn.result, "branched": True})
             saved = await self._insert_turn(conn, turn)
             await conn.execute(
                 "INSERT INTO turn_images (turn_id, format, data) VALUES (%s, %s, %s)",
                 (saved.id, image_format, image),
             )
             await self._insert_usage(conn, usage)
-            if advance and turn.response_id is not None:
-                await conn.execute(
-                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
-                    " updated_at = %s WHERE channel_id = %s",
-                    (turn.response_id, self._clock(), turn.channel_id),
-                )
             if job_id is not None:
                 # The job's progress message becomes the final image: a reply to it continues
                 # from this turn even before the posting is recorded.

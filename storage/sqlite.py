@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -660,16 +661,18 @@ class SqliteStore:
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the head it starts from; the running job, or None if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job, exactly one wins.
-        changed = await self._write(
+        rows = await self._write_returning(
             "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
-            " finished_at = NULL, worker_id = ? WHERE id = ? AND status = ?",
+            " finished_at = NULL, worker_id = ?, base_response_id ="
+            " (SELECT latest_response_id FROM conversations WHERE channel_id = jobs.channel_id)"
+            f" WHERE id = ? AND status = ? RETURNING {JOB_COLUMNS}",
             (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
-        return changed > 0
+        return job_from_row(rows[0]) if rows else None
 
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
@@ -734,20 +737,35 @@ class SqliteStore:
         usage: NewUsageEntry,
         advance: bool,
     ) -> Turn:
-        """Save a finished image, its turn, its usage and the new head in one transaction."""
+        """Save a finished image, its turn, its usage and the new head in one transaction.
+
+        The head moves only if it is still the one the job started from (compare-and-set);
+        otherwise the turn is a branch and says so in `result["branched"]`.
+        """
         async with self._transaction() as conn:
+            if advance and turn.response_id is not None:
+                if job_id is None:
+                    moved = await conn.execute(
+                        "UPDATE conversations SET latest_response_id = ?,"
+                        " latest_message_id = NULL, updated_at = ? WHERE channel_id = ?",
+                        (turn.response_id, self._clock(), turn.channel_id),
+                    )
+                else:
+                    moved = await conn.execute(
+                        "UPDATE conversations SET latest_response_id = ?,"
+                        " latest_message_id = NULL, updated_at = ? WHERE channel_id = ?"
+                        " AND latest_response_id IS"
+                        " (SELECT base_response_id FROM jobs WHERE id = ?)",
+                        (turn.response_id, self._clock(), turn.channel_id, job_id),
+                    )
+                if moved.rowcount == 0 and await self._has_conversation(conn, turn.channel_id):
+                    turn = dataclasses.replace(turn, result={**turn.result, "branched": True})
             saved = await self._insert_turn(conn, turn)
             await conn.execute(
                 "INSERT INTO turn_images (turn_id, format, data) VALUES (?, ?, ?)",
                 (saved.id, image_format, image),
             )
             await self._insert_usage(conn, usage)
-            if advance and turn.response_id is not None:
-                await conn.execute(
-                    "UPDATE conversations SET latest_response_id = ?, latest_message_id = NULL,"
-                    " updated_at = ? WHERE channel_id = ?",
-                    (turn.response_id, self._clock(), turn.channel_id),
-                )
             if job_id is not None:
                 # The job's progress message becomes the final image: a reply to it continues
                 # from this turn even before the posting is recorded.
@@ -765,6 +783,13 @@ class SqliteStore:
                 if cursor.rowcount == 0:
                     raise StorageError(f"job {job_id} is not running; its result was not saved")
             return saved
+
+    @staticmethod
+    async def _has_conversation(conn: aiosqlite.Connection, channel_id: int) -> bool:
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM conversations WHERE channel_id = ?", (channel_id,)
+        )
+        return bool(list(rows))
 
     async def mark_posted(
         self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None

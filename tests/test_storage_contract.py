@@ -32,6 +32,7 @@ from storage import (
     SqliteStore,
     StorageError,
     Store,
+    Turn,
     TurnStatus,
     UsageTotals,
     UserUsage,
@@ -427,7 +428,7 @@ async def test_start_job_moves_queued_to_running_once(store: Store, clock: FakeC
 async def test_only_one_of_many_racing_workers_starts_a_job(store: Store) -> None:
     job = await store.enqueue_job(new_job())
     results = await asyncio.gather(*(store.start_job(job.id) for _ in range(25)))
-    assert results.count(True) == 1
+    assert sum(result is not None for result in results) == 1
     started = await store.get_job(job.id)
     assert started is not None
     assert started.attempts == 1
@@ -740,6 +741,97 @@ async def test_a_result_is_saved_only_for_a_running_job(store: Store) -> None:
     # Nothing of the refused save is left behind.
     assert await store.get_turn_by_response("resp_x") is None
     assert (await store.usage_totals(since=0, user_id=10)).images == 0
+
+
+async def save_job_turn(store: Store, job_id: int, response_id: str) -> Turn:
+    return await store.save_result(
+        job_id,
+        new_turn(100, response_id=response_id),
+        image=response_id.encode(),
+        image_format="png",
+        usage=usage(response_id=response_id),
+        advance=True,
+    )
+
+
+async def test_a_job_records_the_head_it_starts_from(store: Store) -> None:
+    await store.create_conversation(conversation(100, latest_response_id="resp_0"))
+    job = await store.enqueue_job(new_job(10))
+    started = await store.start_job(job.id, "w-1")
+    assert started is not None and started.status == "running"
+    assert (started.base_response_id, started.worker_id, started.attempts) == ("resp_0", "w-1", 1)
+    fetched = await store.get_job(job.id)
+    assert fetched is not None and fetched.base_response_id == "resp_0"
+    elsewhere = await store.enqueue_job(new_job(10, channel_id=999))
+    started = await store.start_job(elsewhere.id)
+    assert started is not None and started.base_response_id is None
+
+
+async def test_the_head_moves_only_from_the_head_the_job_started_from(store: Store) -> None:
+    await store.create_conversation(conversation(100, latest_response_id="resp_0"))
+    late = await store.enqueue_job(new_job(10))
+    first = await store.enqueue_job(new_job(10))
+    assert await store.start_job(late.id) and await store.start_job(first.id)
+    # Both started from resp_0; the one that saves first moves the head.
+    newer = await save_job_turn(store, first.id, "resp_new")
+    assert "branched" not in newer.result
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "resp_new"
+    # The late one is saved in full (image, usage, job saved) as a branch, and the head stays.
+    branch = await save_job_turn(store, late.id, "resp_late")
+    assert branch.result.get("branched") is True
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "resp_new"
+    assert await store.get_turn_image(branch.id) == (b"resp_late", "png")
+    saved = await store.get_job(late.id)
+    assert saved is not None and (saved.status, saved.turn_id) == ("saved", branch.id)
+    again = await store.get_turn(branch.id)
+    assert again is not None and again.result.get("branched") is True
+    assert (await store.usage_totals(since=0, user_id=10)).images == 2
+    # Posting the branch does not point the head's message at it.
+    assert await store.mark_posted(first.id, newer.id, 71, None)
+    assert await store.mark_posted(late.id, branch.id, 72, None)
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_message_id == 71
+    # A job started now bases on the newer head and moves it.
+    following = await store.enqueue_job(new_job(10))
+    started = await store.start_job(following.id)
+    assert started is not None and started.base_response_id == "resp_new"
+    await save_job_turn(store, following.id, "resp_next")
+    head = await store.get_conversation(100)
+    assert head is not None and head.latest_response_id == "resp_next"
+
+
+async def test_a_job_without_a_conversation_is_no_branch(store: Store) -> None:
+    job = await store.enqueue_job(new_job(10))
+    assert await store.start_job(job.id)
+    turn = await save_job_turn(store, job.id, "resp_1")
+    assert "branched" not in turn.result
+    assert await store.get_conversation(100) is None
+
+
+async def test_racing_saves_from_one_head_move_it_once(
+    database: StoreOpener, clock: FakeClock
+) -> None:
+    first, second = await database(clock), await database(clock)
+    try:
+        await first.create_conversation(conversation(100, latest_response_id="resp_0"))
+        jobs = [await first.enqueue_job(new_job(10)) for _ in range(6)]
+        for job in jobs:
+            assert await first.start_job(job.id)
+        turns = await asyncio.gather(
+            *(
+                save_job_turn(first if i % 2 else second, job.id, f"resp_{job.id}")
+                for i, job in enumerate(jobs)
+            )
+        )
+        movers = [turn for turn in turns if not turn.result.get("branched")]
+        assert len(movers) == 1
+        head = await second.get_conversation(100)
+        assert head is not None and head.latest_response_id == movers[0].response_id
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_deleting_the_head_turn_rolls_the_conversation_back(store: Store) -> None:

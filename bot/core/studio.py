@@ -168,6 +168,7 @@ def completed_from_turn(turn: Turn, image: bytes, image_format: str) -> Complete
         engine=turn.engine,
         seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
         reseeded=bool(result.get("reseeded")),
+        branched=bool(result.get("branched")),
         incomplete_reason=text("incomplete_reason"),
     )
 
@@ -805,8 +806,10 @@ class Studio:
     async def _run(self, job: Job, sink: TurnSink) -> None:
         logcontext.bind_job(job.id, job.channel_id)
         try:
-            if not await self._store.start_job(job.id, self.worker_id):
+            started = await self._store.start_job(job.id, self.worker_id)
+            if started is None:
                 return
+            job = started
             self._crashpoint("running")
             await self._execute(job, sink)
         except asyncio.CancelledError:
@@ -848,15 +851,15 @@ class Studio:
         except Exception:
             log.exception("could not report the failure of job %s", job.id)
 
-    async def _parent_turn(self, spec: JobSpec, conversation: Conversation | None) -> Turn | None:
+    async def _parent_turn(self, spec: JobSpec, head: str | None) -> Turn | None:
         if spec.parent is ParentMode.NONE:
             return None
         if spec.parent_turn_id is not None:
             return await self._store.get_turn(spec.parent_turn_id)
         if spec.parent is ParentMode.RESPONSE and spec.parent_response_id:
             return await self._store.get_turn_by_response(spec.parent_response_id)
-        if conversation is not None and conversation.latest_response_id:
-            return await self._store.get_turn_by_response(conversation.latest_response_id)
+        if spec.parent is ParentMode.LATEST and head:
+            return await self._store.get_turn_by_response(head)
         return None
 
     async def _input_of(self, turn: Turn | None) -> InputImage | None:
@@ -878,17 +881,14 @@ class Studio:
     ) -> tuple[TurnRequest, Engine, Turn | None]:
         """The request a job sends, resolving its parent at the moment it starts."""
         engine = spec.engine or self.engine
-        conversation = (
-            await self._store.get_conversation(job.channel_id)
-            if spec.parent is ParentMode.LATEST
-            else None
-        )
-        parent = await self._parent_turn(spec, conversation)
+        parent = await self._parent_turn(spec, job.base_response_id)
         previous: str | None = None
         if spec.parent is ParentMode.RESPONSE:
             previous = spec.parent_response_id or (parent.response_id if parent else None)
-        elif spec.parent is ParentMode.LATEST and conversation is not None:
-            previous = conversation.latest_response_id
+        elif spec.parent is ParentMode.LATEST:
+            # The head the job started from (recorded by start_job), which is also the one its
+            # image may replace (compare-and-set in save_result).
+            previous = job.base_response_id
         parent_image: InputImage | None = None
         mask = spec.mask
         # Jobs that edit the parent's pixels themselves send them, whatever the engine.
@@ -1010,6 +1010,9 @@ class Studio:
             ),
         )
         self._crashpoint("saved")
+        if saved.result.get("branched"):
+            # The thread moved on while this job ran: the image is shown, as a branch.
+            done = dataclasses.replace(done, branched=True)
         try:
             await self._post(job, saved, done, sink)
         finally:
@@ -1145,7 +1148,8 @@ class Studio:
             done,
             options=options,
             prompt=spec.prompt,
-            parent_response_id=spec.parent_response_id,
+            parent_response_id=spec.parent_response_id
+            or (job.base_response_id if spec.parent is ParentMode.LATEST else None),
             channel_id=job.channel_id,
             guild_id=job.guild_id,
             user_id=job.user_id,
