@@ -141,6 +141,9 @@ class NewJob:
     reserved_images: int = 0
     # The worker (bot process) whose queue holds the job; None: any live worker may adopt it.
     worker_id: str | None = None
+    # Hand the job to the shared queue (a backend that has one) in the admission transaction;
+    # False when `place_job` will, once the channel it runs in is known.
+    dispatch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +387,12 @@ class Store(Protocol):
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
         it had already ended. `usage` (what OpenAI billed for a turn that made no image) is
-        charged in the same transaction.
+        charged in the same transaction. With `queued_only`, a job that started meanwhile (in
+        any process) is left alone and False returned: only its runner may end it.
         """
         ...
 
@@ -440,7 +445,8 @@ class Store(Protocol):
 
         Reads the `Occupancy` of the job's user (in `user_window`) and server (in
         `guild_window`), calls `gate` with it (which raises to refuse) and inserts the job, all
-        in one transaction, so concurrent admissions cannot both take the last place.
+        in one transaction, so concurrent admissions cannot both take the last place. On a
+        backend with a shared queue, a job with `dispatch` is handed to it in that transaction.
         """
         ...
 
@@ -455,8 +461,8 @@ class Store(Protocol):
         gate: AdmissionGate,
         worker_id: str | None = None,
     ) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue, through the same gate,
-        in the queue of `worker_id`.
+        """Put a failed or interrupted job back at the end of the queue (and, on a backend with
+        a shared queue, hand it to it), through the same gate, in the queue of `worker_id`.
 
         None if the job is not retryable (a second click on Retry finds it queued).
         """
@@ -465,9 +471,15 @@ class Store(Protocol):
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
     ) -> bool:
-        """Move a queued job to the channel it will be shown in, and open that channel's
-        conversation (replacing one there), in one transaction; False if the job is not queued.
+        """Move a queued job to the channel it will be shown in, open that channel's
+        conversation (replacing one there) and, on a backend with a shared queue, hand the job
+        to it, in one transaction; False if the job is not queued.
         """
+        ...
+
+    async def dispatch_job(self, job_id: int) -> bool:
+        """Hand a queued job to the shared queue; False if the job is not queued or the backend
+        has none (SQLite: one process queues its jobs in memory)."""
         ...
 
     async def set_job_response(self, job_id: int, response_id: str) -> bool:

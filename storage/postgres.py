@@ -10,7 +10,6 @@ lock too, so two processes starting together apply each one once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -24,6 +23,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from storage import pgqueue
+from storage._keys import lock_key
 from storage._rows import (
     ACTIVE,
     CONVERSATION_COLUMNS,
@@ -72,13 +73,6 @@ Connection = psycopg.AsyncConnection[TupleRow]
 Pool = AsyncConnectionPool[Connection]
 
 
-def lock_key(kind: str, ident: int) -> int:
-    """Return the advisory-lock key (a signed 64-bit int) of one user, server or other thing."""
-    # A stable hash, the same in every process (Python's hash() is salted per process).
-    digest = hashlib.blake2b(f"imagine-bot:{kind}:{ident}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 _MIGRATION_LOCK = lock_key("migrations", 0)
 
 
@@ -87,8 +81,15 @@ _MIGRATION_LOCK = lock_key("migrations", 0)
 
 @cache
 def packaged_migrations() -> tuple[Migration, ...]:
-    """Return the migrations shipped in `storage/migrations/postgres`."""
-    return load_migrations(resources.files("storage") / "migrations" / "postgres")
+    """Return the migrations shipped in `storage/migrations/postgres`, the job queue's schema
+    (procrastinate's own SQL, one multi-statement script) appended to `0005_job_queue`."""
+    migrations = load_migrations(resources.files("storage") / "migrations" / "postgres")
+    return tuple(
+        dataclasses.replace(m, statements=(*m.statements, pgqueue.queue_schema()))
+        if m.name == "job_queue"
+        else m
+        for m in migrations
+    )
 
 
 # The level is the highest version in this table (SQLite keeps it in PRAGMA user_version); a row
@@ -189,6 +190,12 @@ class PostgresStore:
         self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
         self._close_pool = close_pool
         self._ready = False
+        # The shared job queue: every queued job has a ticket there, deferred in the
+        # transaction that queues it (see storage/pgqueue.py).
+        conninfo = pool.conninfo
+        if not isinstance(conninfo, str):
+            raise TypeError("the pool must be made from a connection string")
+        self.tickets = pgqueue.TicketQueue(conninfo)
 
     @classmethod
     async def open(
@@ -633,7 +640,10 @@ class PostgresStore:
                     guild_window=guild_window,
                 )
             )
-            return await self._insert_job(conn, job)
+            admitted = await self._insert_job(conn, job)
+            if job.dispatch:
+                await self.tickets.defer(conn, admitted.id, admitted.channel_id)
+            return admitted
 
     async def readmit_job(
         self,
@@ -692,7 +702,9 @@ class PostgresStore:
                     job_id,
                 ),
             )
-            return job_from_row(rows[0])
+            again = job_from_row(rows[0])
+            await self.tickets.defer(conn, again.id, again.channel_id)
+            return again
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
@@ -728,6 +740,24 @@ class PostgresStore:
                 return False
             if conversation is not None:
                 await self._upsert_conversation(conn, conversation)
+            await self.tickets.defer(conn, job_id, channel_id)
+            return True
+
+    async def dispatch_job(self, job_id: int) -> bool:
+        """Hand a queued job to the shared queue (a ticket); False if it is not queued.
+
+        A job may end up with two tickets (its admitting process died after deferring one):
+        the second finds the job no longer queued and does nothing.
+        """
+        async with self._transaction() as conn:
+            rows = await self._fetch(
+                conn,
+                "SELECT channel_id FROM jobs WHERE id = %s AND status = %s FOR UPDATE",
+                (job_id, JobStatus.QUEUED.value),
+            )
+            if not rows:
+                return False
+            await self.tickets.defer(conn, job_id, int(rows[0][0]))
             return True
 
     async def finish_job(
@@ -737,9 +767,11 @@ class PostgresStore:
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
-        it had already ended. `usage` is charged in the same transaction.
+        it had already ended (or, with `queued_only`, started). `usage` is charged in the same
+        transaction.
 
         Raises ValueError for a status that is not final.
         """
@@ -750,7 +782,13 @@ class PostgresStore:
             cursor = await conn.execute(
                 "UPDATE jobs SET status = %s, error = %s, finished_at = %s, reserved_usd = 0,"
                 " reserved_images = 0 WHERE id = %s AND status = ANY(%s)",
-                (str(status), error, self._clock(), job_id, list(ACTIVE)),
+                (
+                    str(status),
+                    error,
+                    self._clock(),
+                    job_id,
+                    [JobStatus.QUEUED.value] if queued_only else list(ACTIVE),
+                ),
             )
             if cursor.rowcount == 0:
                 return False

@@ -691,6 +691,10 @@ class SqliteStore:
                 await self._upsert_conversation(conn, conversation)
             return True
 
+    async def dispatch_job(self, job_id: int) -> bool:
+        """SQLite has no shared queue (one process runs its jobs from memory): always False."""
+        return False
+
     async def finish_job(
         self,
         job_id: int,
@@ -698,9 +702,11 @@ class SqliteStore:
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
-        it had already ended. `usage` is charged in the same transaction.
+        it had already ended (or, with `queued_only`, started). `usage` is charged in the same
+        transaction.
 
         Raises ValueError for a status that is not final.
         """
@@ -711,7 +717,13 @@ class SqliteStore:
             cursor = await conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, finished_at = ?, reserved_usd = 0,"
                 " reserved_images = 0 WHERE id = ? AND status IN (?, ?)",
-                (str(status), error, self._clock(), job_id, *_ACTIVE),
+                (
+                    str(status),
+                    error,
+                    self._clock(),
+                    job_id,
+                    *((JobStatus.QUEUED.value,) * 2 if queued_only else _ACTIVE),
+                ),
             )
             if cursor.rowcount == 0:
                 return False

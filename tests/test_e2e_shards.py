@@ -105,13 +105,16 @@ async def test_a_guild_is_served_by_its_shard_and_buttons_outlive_the_process_th
     thread1 = await first_thread(d, fleet.channel(1))
     image0 = await d.wait_for(lambda: (finals(d, thread0["id"]) or [None])[0], timeout=30)
     await d.wait_for(lambda: finals(d, thread1["id"]) or None, timeout=30)
-    # Each guild's command was admitted and run by the process that has its shard (the job is
-    # done once the posting is recorded, just after Discord shows the image).
-    expected = [(g0, "done", "shards-0-of-2"), (g1, "done", "shards-1-of-2")]
-    # (The two commands race to admission: compare without their order.)
+    # Each guild's command reached the process that has its shard; the shared queue ran each
+    # job in whichever process fetched it first (the job is done once the posting is recorded,
+    # just after Discord shows the image).
+    both = {"shards-0-of-2", "shards-1-of-2"}
     await wait_until(
-        lambda: sorted(fleet.jobs()) == sorted(expected), timeout=10, what="both jobs done"
+        lambda: sorted((g, s) for g, s, _w in fleet.jobs()) == [(g0, "done"), (g1, "done")],
+        timeout=10,
+        what="both jobs done",
     )
+    assert {w for _g, _s, w in fleet.jobs()} <= both
 
     # The process that posted the fox dies; another one takes shard 0 over. The button's state
     # is in the database, so it works there.
@@ -121,8 +124,9 @@ async def test_a_guild_is_served_by_its_shard_and_buttons_outlive_the_process_th
     await d.click(image0["id"], button(image0, "vary"))
     await d.wait_for(lambda: len(finals(d, thread0["id"])) >= 2 or None, timeout=30)
     await wait_until(
-        lambda: fleet.jobs()[-1] == (g0, "done", "spare"), timeout=10, what="the spare's job done"
+        lambda: fleet.jobs()[-1][:2] == (g0, "done"), timeout=10, what="the Vary job done"
     )
+    assert fleet.jobs()[-1][2] in {"spare", "shards-1-of-2"}
     assert await spare.stop() == 0
     assert await one.stop() == 0
 
@@ -135,11 +139,13 @@ async def test_a_job_of_a_killed_process_ends_visibly_on_the_live_one(
     openai.set_timeline(Timeline(first_partial=0.05, between_partials=0.05, final=0.05))
     zero, one = fleet.process("zero", "0"), fleet.process("one", "1")
     await zero.start({"TEST_CRASH_AT": point})
-    await one.start()
 
     await d.slash("imagine", {"prompt": "a lighthouse", "partials": 1}, channel_id=fleet.channel(0))
     assert await zero.exited() == -signal.SIGKILL
     killed = time.monotonic()
+    # The other process starts once the job is cut off (else the shared queue might give the
+    # job to it, not to the process that dies).
+    await one.start()
     thread = await first_thread(d, fleet.channel(0))
     if point == "running":
         # Cut off before anything was asked of OpenAI: reported interrupted, with Retry.
