@@ -113,6 +113,7 @@ class ImagineBot(commands.Bot):
             heartbeat_seconds=settings.worker_heartbeat_seconds,
             stale_after_seconds=settings.worker_stale_seconds,
             shared_queue=services.shared_queue,
+            queue_concurrency=settings.queue_concurrency,
         )
         self.metrics.watch_queue(
             lambda: len(self.studio.waiting_jobs()), lambda: self.studio.running

@@ -279,6 +279,7 @@ class Studio:
         heartbeat_seconds: float = 10.0,
         stale_after_seconds: float = 60.0,
         shared_queue: SharedQueue | None = None,
+        queue_concurrency: int | None = None,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at must be one of {', '.join(CRASH_POINTS)}")
@@ -316,6 +317,10 @@ class Studio:
         # With a shared queue (PostgreSQL), every process runs tickets of any process's jobs;
         # without one (SQLite), `_queue` runs this process's jobs from memory.
         self._shared = shared_queue
+        # Tickets this process runs at once; 0: it only admits (the others run its jobs).
+        self._queue_concurrency = (
+            self.limits.global_concurrency if queue_concurrency is None else queue_concurrency
+        )
         self._worker: asyncio.Task[None] | None = None
         self._tickets: dict[int, asyncio.Task[Any]] = {}
         self._user_cancelled: dict[int, Callable[[], bool]] = {}
@@ -1154,12 +1159,13 @@ class Studio:
         # meanwhile no other process may take this one for dead.
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._keep_alive(), name="worker-heartbeat")
+        if self._shared is not None:
+            await self._shared.open(slots=self._queue_concurrency)
         orphans = await self._store.adopt_orphans(
             self.worker_id, stale_after=self._stale_after, own=True
         )
         settled = await self._settle(orphans)
-        if self._shared is not None and self._worker is None:
-            await self._shared.open(slots=self.limits.global_concurrency)
+        if self._shared is not None and self._worker is None and self._queue_concurrency > 0:
             self._worker = asyncio.create_task(self._work_shared(), name="queue-worker")
         return settled
 
@@ -1173,7 +1179,7 @@ class Studio:
                     name=self.worker_id,
                     # Each process may run as many as the whole fleet; the fleet-wide places
                     # (`slot`) keep the sum at GLOBAL_CONCURRENCY.
-                    concurrency=self.limits.global_concurrency,
+                    concurrency=self._queue_concurrency,
                     heartbeat_seconds=self._heartbeat_seconds,
                     stale_after_seconds=self._stale_after,
                     graceful_seconds=self._grace,
