@@ -326,10 +326,6 @@ class Store(Protocol):
         """Point a conversation at its newest response; return False if there is none."""
         ...
 
-    async def delete_conversation(self, channel_id: int) -> bool:
-        """Forget a conversation (its turns stay); return whether it existed."""
-        ...
-
     # Turns
 
     async def add_turn(self, turn: NewTurn) -> Turn:
@@ -352,23 +348,11 @@ class Store(Protocol):
         """Return the channel's newest completed turn (with an image unless told otherwise)."""
         ...
 
-    async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
-        """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
-        ...
-
     async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
         """Return a channel's most recent turns, newest first."""
         ...
 
-    async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn; return whether it existed."""
-        ...
-
     # Jobs
-
-    async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job and return it."""
-        ...
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
@@ -398,18 +382,6 @@ class Store(Protocol):
 
     async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
         """Remember the message that shows a job's progress; False if no such job."""
-        ...
-
-    async def queued_jobs(self) -> list[Job]:
-        """Return the queued jobs in the order they will run (first in, first out)."""
-        ...
-
-    async def running_jobs(self) -> list[Job]:
-        """Return the running jobs in the order they were first enqueued."""
-        ...
-
-    async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (a single process at start-up) and return them."""
         ...
 
     # Workers (bot processes sharing the database)
@@ -524,10 +496,6 @@ class Store(Protocol):
 
     async def delete_turn_rolling_back(self, turn_id: int) -> bool:
         """Delete a turn and its image; a conversation whose head it was goes back to its parent."""
-        ...
-
-    async def queue_position(self, job_id: int) -> int:
-        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
         ...
 
     async def count_active_jobs(self, user_id: int | None = None) -> int:

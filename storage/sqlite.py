@@ -339,14 +339,6 @@ class SqliteStore:
         )
         return changed > 0
 
-    async def delete_conversation(self, channel_id: int) -> bool:
-        """Forget a conversation; return whether it existed.
-
-        Its turns stay: buttons under images that are still visible keep working from them.
-        """
-        changed = await self._write("DELETE FROM conversations WHERE channel_id = ?", (channel_id,))
-        return changed > 0
-
     # Turns
 
     async def add_turn(self, turn: NewTurn) -> Turn:
@@ -437,14 +429,6 @@ class SqliteStore:
         )
         return turn_from_row(row) if row is not None else None
 
-    async def set_turn_message(self, turn_id: int, message_id: int, image_url: str | None) -> bool:
-        """Record the message (and attachment URL) a turn was posted as; False if no such turn."""
-        changed = await self._write(
-            "UPDATE turns SET message_id = ?, image_url = ? WHERE id = ?",
-            (message_id, image_url, turn_id),
-        )
-        return changed > 0
-
     async def list_turns(self, channel_id: int, limit: int = 50) -> list[Turn]:
         """Return a channel's most recent turns, newest first."""
         rows = await self._rows(
@@ -452,13 +436,6 @@ class SqliteStore:
             (channel_id, limit),
         )
         return [turn_from_row(row) for row in rows]
-
-    async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn and its saved image; return whether it existed."""
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM turn_images WHERE turn_id = ?", (turn_id,))
-            cursor = await conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
-            return cursor.rowcount > 0
 
     async def delete_turn_rolling_back(self, turn_id: int) -> bool:
         """Delete a turn and its image; a conversation whose head it was goes back to its parent.
@@ -500,11 +477,6 @@ class SqliteStore:
             return True
 
     # Jobs
-
-    async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job (with its reservation) and return it, without a limit check."""
-        async with self._transaction() as conn:
-            return await self._insert_job(conn, job)
 
     async def _insert_job(self, conn: aiosqlite.Connection, job: NewJob) -> Job:
         now = self._clock()
@@ -845,32 +817,6 @@ class SqliteStore:
         )
         return changed > 0
 
-    async def queued_jobs(self) -> list[Job]:
-        """Return the queued jobs in the order they will run (first in, first out)."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
-            (JobStatus.QUEUED.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def running_jobs(self) -> list[Job]:
-        """Return the running jobs in the order they were first enqueued."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
-            (JobStatus.RUNNING.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (at start-up) and return them in enqueue order."""
-        rows = await self._write_returning(
-            "UPDATE jobs SET status = ?, finished_at = ?, reserved_usd = 0, reserved_images = 0"
-            f" WHERE status = ? RETURNING {JOB_COLUMNS}",
-            (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
-        )
-        # RETURNING gives no order guarantee.
-        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
-
     # Workers
 
     async def register_worker(self, worker_id: str) -> None:
@@ -930,17 +876,6 @@ class SqliteStore:
                     f"DELETE FROM workers WHERE id IN ({', '.join('?' for _ in dead)})", dead
                 )
         return orphans_from(dead, [job_from_row(row) for row in rows])
-
-    async def queue_position(self, job_id: int) -> int:
-        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
-        row = await self._row(
-            "SELECT COUNT(*) FROM jobs AS ahead"
-            " JOIN jobs AS this ON this.id = ? AND this.status = ?"
-            " WHERE ahead.status = ? AND (ahead.queued_at < this.queued_at"
-            " OR (ahead.queued_at = this.queued_at AND ahead.id <= this.id))",
-            (job_id, JobStatus.QUEUED.value, JobStatus.QUEUED.value),
-        )
-        return int(row[0]) if row is not None else 0
 
     async def count_active_jobs(self, user_id: int | None = None) -> int:
         """Count queued and running jobs, of one user or of everyone."""
