@@ -317,7 +317,8 @@ async def fleet_of(workdir: Path, url: str, processes: int) -> AsyncIterator[Fle
         for shard in range(processes):
             guild = discord.add_guild(f"Bench {shard}", shard=(shard, processes))
             fleet.channels.append(int(discord.guild_channels(guild["id"])[0]["id"]))
-        fleet.users = [discord.add_user(f"bench-user-{i:03d}") for i in range(16)]
+        # Enough members that a burst never meets the per-member cap of jobs in progress (5).
+        fleet.users = [discord.add_user(f"bench-user-{i:03d}") for i in range(64)]
         try:
             await fleet.start(processes)
             yield fleet
