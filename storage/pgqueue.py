@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 
@@ -189,7 +190,25 @@ class TicketQueue:
                 await self.app.job_manager.retry_job_by_id_async(ticket.id, retry_at=now)
                 count += 1
         await self.app.job_manager.prune_stalled_workers(stale_after_seconds)
-        return count
+        return count + await self._reticket_lost(stale_after_seconds)
+
+    async def _reticket_lost(self, stale_after_seconds: float) -> int:
+        """Give a ticket to every ledger job queued for `stale_after_seconds` without a live one
+        (its ticket was dropped while its process stopped, say): a queued job always runs."""
+        async with self.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+            async with conn.transaction():
+                cursor = await conn.execute(
+                    "SELECT j.id, j.channel_id FROM jobs j WHERE j.status = 'queued'"
+                    " AND j.queued_at < %s AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs p"
+                    " WHERE p.task_name = %s AND p.status IN ('todo', 'doing')"
+                    " AND (p.args->>'job_id')::bigint = j.id)"
+                    " ORDER BY j.queued_at, j.id FOR UPDATE OF j SKIP LOCKED",
+                    (time.time() - stale_after_seconds, TASK),
+                )
+                lost = [(int(row[0]), int(row[1])) for row in await cursor.fetchall()]
+                for job_id, channel_id in lost:
+                    await self.defer(conn, job_id, channel_id)
+        return len(lost)
 
     async def depth(self) -> int:
         """How many tickets wait to be fetched, in every process."""
@@ -227,7 +246,7 @@ class TicketQueue:
                     # Another process may free a place at any moment: poll, with jitter so
                     # waiting workers do not ask in lockstep.
                     await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.5)
+                    delay = min(delay * 2, 0.2)
                 yield
             finally:
                 for key in held:

@@ -178,6 +178,24 @@ async def test_the_tickets_of_a_silent_worker_go_back_to_the_queue(postgres_url:
         await store.close()
 
 
+async def test_a_job_left_queued_without_a_ticket_gets_one(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    queue = store.tickets
+    await queue.open(slots=1)
+    try:
+        admit = {"user_window": WHOLE_TIME, "guild_window": WHOLE_TIME}
+        # Admitted to be placed later, and its process stopped before placing it.
+        job = await store.admit_job(new_job(dispatch=False), gate=allow_all, **admit)
+        assert tickets(postgres_url) == []
+        assert await queue.requeue_stalled(3600.0) == 0  # not queued that long yet
+        assert await queue.requeue_stalled(0.0) == 1
+        assert tickets(postgres_url) == [("todo", "channel:100", job.id)]
+        assert await queue.requeue_stalled(0.0) == 0
+    finally:
+        await queue.close()
+        await store.close()
+
+
 # Two "processes" (Studios with their own stores and workers) on one database.
 
 
@@ -301,14 +319,22 @@ async def test_cancel_on_one_process_stops_a_job_running_on_the_other(processes:
     assert b.log == []
     # A queued job is cancelled from any process at once.
     a.backend.gate = asyncio.Event()
+    b.backend.gate = asyncio.Event()
     blocker = await a.studio.submit(a.studio.check(message("first"), who))
     queued = await a.studio.submit(a.studio.check(message("second"), who))
-    await wait_until(lambda: len(a.backend.requests) == 2, what="the blocker to run")
+
+    def requests() -> list[TurnRequest]:
+        return a.backend.requests + b.backend.requests
+
+    await wait_until(lambda: len(requests()) == 2, what="the blocker to run (either process)")
     assert await b.studio.cancel(queued.id, await requester(b.studio, channel_id=300))
     assert b.shown("cancelled") == [queued.id]
     a.backend.gate.set()
-    await wait_until(lambda: a.shown("posted") == [blocker.id], what="the blocker posted")
-    assert len(a.backend.requests) == 2  # the cancelled one never ran
+    b.backend.gate.set()
+    await wait_until(
+        lambda: a.shown("posted") + b.shown("posted") == [blocker.id], what="the blocker posted"
+    )
+    assert [r.prompt for r in requests()] == ["a slow one", "first"]  # the cancelled one never ran
 
 
 async def test_the_fleet_never_runs_more_than_the_global_cap(

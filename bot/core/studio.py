@@ -843,7 +843,11 @@ class Studio:
         """Run the ledger job a ticket names, if it is still queued (in this process)."""
         assert self._shared is not None
         job = await self._store.get_job(job_id)
-        if job is None or job.status != JobStatus.QUEUED or self._closing:
+        if job is None or job.status != JobStatus.QUEUED:
+            return
+        if self._closing:
+            # Fetched as this process stops: another process gets a fresh ticket for it.
+            await self._store.dispatch_job(job.id)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -1166,6 +1170,11 @@ class Studio:
         )
         settled = await self._settle(orphans)
         if self._shared is not None and self._worker is None and self._queue_concurrency > 0:
+            log.info(
+                "worker %s runs up to %d job(s) of the shared queue at once",
+                self.worker_id,
+                self._queue_concurrency,
+            )
             self._worker = asyncio.create_task(self._work_shared(), name="queue-worker")
         return settled
 
