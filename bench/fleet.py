@@ -43,14 +43,17 @@ import psycopg
 
 from bench.harness import BOT_TOKEN, READY_TIMEOUT, ROOT, cpu_seconds
 from bench.payload import BenchOpenAI
-from bench.report import Row, ms, text_table
+from bench.report import Row, machine, markdown_table, ms, revision, text_table
 from bench.stats import median, percentile
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import Timeline
 from storage.urls import postgres_conninfo
 
 ZERO = Timeline(first_partial=0.0, between_partials=0.0, final=0.0)
-FLEET_CONCURRENCY = 8
+# GLOBAL_CONCURRENCY of every configuration: high enough that the fleet-wide cap never binds,
+# so the figures compare the processes' capacity (with a cap of C, turns per second are at most
+# C / the turn's latency, however many processes there are).
+FLEET_CONCURRENCY = 64
 PG_ONE_TARGET = 0.9  # PostgreSQL with one process: at least 90% of SQLite's turns per second
 SCALE_TARGET = 1.6  # two processes: at least 1.6x one
 
@@ -464,17 +467,37 @@ async def run_fleet(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller bursts (~2 minutes)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results here (.md)")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imagine-bench-fleet-") as tmp:
         results = asyncio.run(run_fleet(config, Path(tmp)))
     rows = fleet_rows(results)
+    cores = f"{os.cpu_count()} cores; the stand-ins and PostgreSQL share them with the bots."
     print()
     print(text_table(rows))
     for row in rows:
         for line in row.details:
             print(f"  {line}")
-    print(f"\n{os.cpu_count()} cores; the stand-ins and PostgreSQL share them with the bots.")
+    print(f"\n{cores}")
+    if args.out is not None:
+        lines = [
+            "# Several processes on PostgreSQL",
+            "",
+            f"`python -m bench.fleet{' --quick' if args.quick else ''}` on {machine()}, "
+            f"{revision() or 'this checkout'}; {time.monotonic() - started:.0f} s. "
+            f"Bursts of {config.burst} turns, {config.repeats} repeats, GLOBAL_CONCURRENCY "
+            f"{FLEET_CONCURRENCY}, zero-latency stand-ins. {cores}",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+        for row in rows:
+            lines += [f"### {row.figure}: {row.verdict}", ""]
+            lines += [f"- {line}" for line in row.details] + [""]
+        args.out.write_text("\n".join(lines), encoding="utf-8")
+        print(f"wrote {args.out}")
     return 0
 
 
