@@ -68,7 +68,7 @@ class FleetConfig:
     warm_up: int
 
 
-FULL = FleetConfig(burst=120, repeats=3, latency_turns=30, warm_up=6)
+FULL = FleetConfig(burst=120, repeats=5, latency_turns=30, warm_up=6)
 QUICK = FleetConfig(burst=30, repeats=3, latency_turns=10, warm_up=2)
 
 
