@@ -471,10 +471,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="imagine-bench-fleet-") as tmp:
         results = asyncio.run(run_fleet(config, Path(tmp)))
     rows = fleet_rows(results)
-    cores = f"{os.cpu_count()} cores; the stand-ins and PostgreSQL share them with the bots."
+    # Whatever else runs on the machine takes cores from the bots too: the load says how much.
+    cores = (
+        f"{os.cpu_count()} cores; the stand-ins and PostgreSQL share them with the bots; "
+        f"load average (1 min) {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after."
+    )
     print()
     print(text_table(rows))
     for row in rows:
