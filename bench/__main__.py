@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import pipeline, realsize
+from bench import fleet, pipeline, realsize
 from bench.harness import BotSession, bot_session
 from bench.plot import PHOTO, PHOTO_BARE, STREAMED, WAITED, Series, draw_plot
 from bench.report import Row, text_table, write_results
@@ -24,7 +24,7 @@ from bench.storage_bench import storage_figure, storage_row
 from fakes.openai_api import Timeline
 
 HERE = Path(__file__).resolve().parent
-FIGURES = ("ttfi", "overhead", "backlog", "cpu", "load", "storage")
+FIGURES = ("ttfi", "overhead", "backlog", "cpu", "load", "storage", "fleet")
 NOTES = (
     "Sizes: the headline rows (real-size) stream 1536x1024 PNGs of 2.7 MB (faint noise over a "
     "gradient, bench/payload.py; 3.6 MB of base64 per event, 14.4 MB per turn with 2 "
@@ -170,6 +170,7 @@ ORDER = (
     "overhead",
     "backlog",
     "storage",
+    "fleet",
 )
 
 
@@ -267,6 +268,13 @@ async def run(config: Config, figures: Sequence[str], workdir: Path, photo: bool
             return [storage_row(result)]
 
         await guarded(results, "storage", "storage", storage)
+    if "fleet" in wanted:
+
+        async def several() -> list[Row]:
+            sizes = fleet.QUICK if config.name == "quick" else fleet.FULL
+            return fleet.fleet_rows(await fleet.run_fleet(sizes, workdir / "fleet"))
+
+        await guarded(results, "fleet", "turns per second, 1-3 processes", several)
     for key in ORDER:
         outcome.rows.extend(results.get(key, []))
     return outcome

@@ -90,3 +90,6 @@ def setup_logging(level: str, secrets: Iterable[str]) -> None:
     # The HTTP clients log request lines at INFO; keep them at WARNING.
     for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The shared job queue logs every deferred, started and finished ticket at INFO: the
+    # ledger's own lines say the same per job.
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)

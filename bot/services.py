@@ -11,10 +11,12 @@ from bot.core.costs import PriceTable
 from bot.core.memory_budget import MIB, ImageMemoryBudget, return_large_buffers_to_os
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions
+from bot.core.queue import SharedQueue
 from bot.core.runner import RunnerConfig, TurnRunner
 from bot.settings import Settings
 from storage import open_store
 from storage.base import Store
+from storage.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ class Services:
     client: OpenAIImageClient
     runner: TurnRunner
     prices: PriceTable
+
+    @property
+    def shared_queue(self) -> SharedQueue | None:
+        """The job queue every process shares (PostgreSQL), or None (SQLite: one process)."""
+        return self.store.tickets if isinstance(self.store, PostgresStore) else None
 
     @property
     def default_options(self) -> ImageOptions:

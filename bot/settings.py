@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_input_bytes: int = 50 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     global_concurrency: int = 4
+    # PostgreSQL: jobs of the shared queue this process runs at once (None: GLOBAL_CONCURRENCY;
+    # 0: none, it only admits).
+    queue_concurrency: int | None = Field(default=None, ge=0)
     # Image bytes (base64 read, images decoded) all turns may hold at once; a turn waits for
     # room before it reads an image, and the socket holds OpenAI back meanwhile.
     image_memory_budget_mb: int = Field(default=160, ge=16)

@@ -270,6 +270,8 @@ class DiscordTurnSink:
             lines.append(t(self.locale, "note.reseeded"))
         if event.incomplete_reason:
             lines.append(t(self.locale, "note.incomplete"))
+        if event.branched:
+            lines.append(t(self.locale, "note.branched"))
         if fitted.reencoded:
             size = round(len(fitted.data) / 1024 / 1024, 1)
             if refused:

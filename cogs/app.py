@@ -112,6 +112,8 @@ class ImagineBot(commands.Bot):
             worker_id=settings.worker_name,
             heartbeat_seconds=settings.worker_heartbeat_seconds,
             stale_after_seconds=settings.worker_stale_seconds,
+            shared_queue=services.shared_queue,
+            queue_concurrency=settings.queue_concurrency,
         )
         self.metrics.watch_queue(
             lambda: len(self.studio.waiting_jobs()), lambda: self.studio.running

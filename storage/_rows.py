@@ -37,7 +37,7 @@ TURN_COLUMNS = (
 JOB_COLUMNS = (
     "id, kind, status, guild_id, channel_id, user_id, payload, locale, progress_message_id, "
     "attempts, error, created_at, started_at, finished_at, reserved_usd, reserved_images, "
-    "response_id, turn_id, worker_id"
+    "response_id, turn_id, worker_id, base_response_id"
 )
 USAGE_COLUMNS = (
     "id, at, guild_id, user_id, channel_id, response_id, model, engine, images, input_tokens, "
@@ -127,6 +127,7 @@ def job_from_row(row: Row) -> Job:
         response_id=row[16],
         turn_id=row[17],
         worker_id=row[18],
+        base_response_id=row[19],
     )
 
 

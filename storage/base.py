@@ -141,6 +141,9 @@ class NewJob:
     reserved_images: int = 0
     # The worker (bot process) whose queue holds the job; None: any live worker may adopt it.
     worker_id: str | None = None
+    # Hand the job to the shared queue (a backend that has one) in the admission transaction;
+    # False when `place_job` will, once the channel it runs in is known.
+    dispatch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,9 @@ class Job:
     turn_id: int | None = None
     # The worker (bot process) whose queue holds the job, or that runs or posts it.
     worker_id: str | None = None
+    # The conversation head (response id) when the job started: its image moves the head only
+    # if the head is still this one, else its turn is a branch (see `save_result`).
+    base_response_id: str | None = None
 
     @property
     def response_ids(self) -> tuple[str, ...]:
@@ -336,10 +342,6 @@ class Store(Protocol):
         """Point a conversation at its newest response; return False if there is none."""
         ...
 
-    async def delete_conversation(self, channel_id: int) -> bool:
-        """Forget a conversation (its turns stay); return whether it existed."""
-        ...
-
     # Turns
 
     async def add_turn(self, turn: NewTurn) -> Turn:
@@ -370,23 +372,16 @@ class Store(Protocol):
         """Return a channel's most recent turns, newest first."""
         ...
 
-    async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn; return whether it existed."""
-        ...
-
     # Jobs
-
-    async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job and return it."""
-        ...
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
         ...
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued (another worker claimed it first)."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the conversation head it starts from (`base_response_id`), in one statement; return the
+        running job, or None if it was not queued (another worker claimed it first)."""
         ...
 
     async def finish_job(
@@ -396,27 +391,17 @@ class Store(Protocol):
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
         it had already ended. `usage` (what OpenAI billed for a turn that made no image) is
-        charged in the same transaction.
+        charged in the same transaction. With `queued_only`, a job that started meanwhile (in
+        any process) is left alone and False returned: only its runner may end it.
         """
         ...
 
     async def set_job_progress_message(self, job_id: int, message_id: int) -> bool:
         """Remember the message that shows a job's progress; False if no such job."""
-        ...
-
-    async def queued_jobs(self) -> list[Job]:
-        """Return the queued jobs in the order they will run (first in, first out)."""
-        ...
-
-    async def running_jobs(self) -> list[Job]:
-        """Return the running jobs in the order they were first enqueued."""
-        ...
-
-    async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (a single process at start-up) and return them."""
         ...
 
     # Workers (bot processes sharing the database)
@@ -452,7 +437,8 @@ class Store(Protocol):
 
         Reads the `Occupancy` of the job's user (in `user_window`) and server (in
         `guild_window`), calls `gate` with it (which raises to refuse) and inserts the job, all
-        in one transaction, so concurrent admissions cannot both take the last place.
+        in one transaction, so concurrent admissions cannot both take the last place. On a
+        backend with a shared queue, a job with `dispatch` is handed to it in that transaction.
         """
         ...
 
@@ -467,8 +453,8 @@ class Store(Protocol):
         gate: AdmissionGate,
         worker_id: str | None = None,
     ) -> Job | None:
-        """Put a failed or interrupted job back at the end of the queue, through the same gate,
-        in the queue of `worker_id`.
+        """Put a failed or interrupted job back at the end of the queue (and, on a backend with
+        a shared queue, hand it to it), through the same gate, in the queue of `worker_id`.
 
         None if the job is not retryable (a second click on Retry finds it queued).
         """
@@ -477,9 +463,15 @@ class Store(Protocol):
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
     ) -> bool:
-        """Move a queued job to the channel it will be shown in, and open that channel's
-        conversation (replacing one there), in one transaction; False if the job is not queued.
+        """Move a queued job to the channel it will be shown in, open that channel's
+        conversation (replacing one there) and, on a backend with a shared queue, hand the job
+        to it, in one transaction; False if the job is not queued.
         """
+        ...
+
+    async def dispatch_job(self, job_id: int) -> bool:
+        """Hand a queued job to the shared queue; False if the job is not queued or the backend
+        has none (SQLite: one process queues its jobs in memory)."""
         ...
 
     async def set_job_response(self, job_id: int, response_id: str) -> bool:
@@ -506,6 +498,12 @@ class Store(Protocol):
         """Save a finished image in one transaction: its bytes, its turn, its usage, the
         conversation head (when `advance`) and the job (running -> saved, its reservation
         released). Raises StorageError when the job is no longer running.
+
+        The head moves by compare-and-set: for a job, only if it is still the job's
+        `base_response_id` (without a job, unconditionally). When the conversation has moved on
+        meanwhile (a late job: adopted after its process died, or racing another process), the
+        turn is saved as a branch, the head is left alone, and the returned turn's
+        `result["branched"]` is True.
         """
         ...
 
@@ -546,10 +544,6 @@ class Store(Protocol):
 
     async def delete_turn_rolling_back(self, turn_id: int) -> bool:
         """Delete a turn and its image; a conversation whose head it was goes back to its parent."""
-        ...
-
-    async def queue_position(self, job_id: int) -> int:
-        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
         ...
 
     async def count_active_jobs(self, user_id: int | None = None) -> int:

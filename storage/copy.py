@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # Bookkeeping of each backend, not data: each side keeps its own. The workers are the processes
 # of the old database: their jobs, without them, are orphans that the first process adopts.
 _NOT_COPIED = frozenset({"schema_migrations", "sqlite_sequence", "workers"})
+# The shared job queue's tables (PostgreSQL only): queued jobs copied over get their tickets
+# when a process adopts them.
+_QUEUE_TABLES = "procrastinate_"
 
 
 class TargetNotEmpty(StorageError):
@@ -128,7 +131,7 @@ async def _target_columns(
     )
     tables: dict[str, list[tuple[str, str]]] = {}
     for table, column, data_type in await cursor.fetchall():
-        if str(table) not in _NOT_COPIED:
+        if str(table) not in _NOT_COPIED and not str(table).startswith(_QUEUE_TABLES):
             tables.setdefault(str(table), []).append((str(column), str(data_type)))
     return tables
 

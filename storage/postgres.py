@@ -9,7 +9,7 @@ lock too, so two processes starting together apply each one once.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -23,6 +23,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from storage import pgqueue
+from storage._keys import lock_key
 from storage._rows import (
     ACTIVE,
     CONVERSATION_COLUMNS,
@@ -72,13 +74,6 @@ Connection = psycopg.AsyncConnection[TupleRow]
 Pool = AsyncConnectionPool[Connection]
 
 
-def lock_key(kind: str, ident: int) -> int:
-    """Return the advisory-lock key (a signed 64-bit int) of one user, server or other thing."""
-    # A stable hash, the same in every process (Python's hash() is salted per process).
-    digest = hashlib.blake2b(f"imagine-bot:{kind}:{ident}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 _MIGRATION_LOCK = lock_key("migrations", 0)
 
 
@@ -87,8 +82,15 @@ _MIGRATION_LOCK = lock_key("migrations", 0)
 
 @cache
 def packaged_migrations() -> tuple[Migration, ...]:
-    """Return the migrations shipped in `storage/migrations/postgres`."""
-    return load_migrations(resources.files("storage") / "migrations" / "postgres")
+    """Return the migrations shipped in `storage/migrations/postgres`, the job queue's schema
+    (procrastinate's own SQL, one multi-statement script) appended to `0006_job_queue`."""
+    migrations = load_migrations(resources.files("storage") / "migrations" / "postgres")
+    return tuple(
+        dataclasses.replace(m, statements=(*m.statements, pgqueue.queue_schema()))
+        if m.name == "job_queue"
+        else m
+        for m in migrations
+    )
 
 
 # The level is the highest version in this table (SQLite keeps it in PRAGMA user_version); a row
@@ -189,6 +191,12 @@ class PostgresStore:
         self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
         self._close_pool = close_pool
         self._ready = False
+        # The shared job queue: every queued job has a ticket there, deferred in the
+        # transaction that queues it (see storage/pgqueue.py).
+        conninfo = pool.conninfo
+        if not isinstance(conninfo, str):
+            raise TypeError("the pool must be made from a connection string")
+        self.tickets = pgqueue.TicketQueue(conninfo)
 
     @classmethod
     async def open(
@@ -358,13 +366,6 @@ class PostgresStore:
         )
         return changed > 0
 
-    async def delete_conversation(self, channel_id: int) -> bool:
-        """Forget a conversation; return whether it existed (its turns stay)."""
-        changed = await self._write(
-            "DELETE FROM conversations WHERE channel_id = %s", (channel_id,)
-        )
-        return changed > 0
-
     # Turns
 
     async def add_turn(self, turn: NewTurn) -> Turn:
@@ -476,13 +477,6 @@ class PostgresStore:
         )
         return [turn_from_row(row) for row in rows]
 
-    async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn and its saved image; return whether it existed."""
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM turn_images WHERE turn_id = %s", (turn_id,))
-            cursor = await conn.execute("DELETE FROM turns WHERE id = %s", (turn_id,))
-            return cursor.rowcount > 0
-
     async def delete_turn_rolling_back(self, turn_id: int) -> bool:
         """Delete a turn and its image; a conversation whose head it was goes back to its parent.
 
@@ -521,11 +515,6 @@ class PostgresStore:
             return True
 
     # Jobs
-
-    async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job (with its reservation) and return it, without a limit check."""
-        async with self._pool.connection() as conn:
-            return await self._insert_job(conn, job)
 
     async def _insert_job(self, conn: Connection, job: NewJob) -> Job:
         now = self._clock()
@@ -636,7 +625,10 @@ class PostgresStore:
                     guild_window=guild_window,
                 )
             )
-            return await self._insert_job(conn, job)
+            admitted = await self._insert_job(conn, job)
+            if job.dispatch:
+                await self.tickets.defer(conn, admitted.id, admitted.channel_id)
+            return admitted
 
     async def readmit_job(
         self,
@@ -695,24 +687,28 @@ class PostgresStore:
                     job_id,
                 ),
             )
-            return job_from_row(rows[0])
+            again = job_from_row(rows[0])
+            await self.tickets.defer(conn, again.id, again.channel_id)
+            return again
 
     async def get_job(self, job_id: int) -> Job | None:
         """Return a job by id, or None."""
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the head it starts from; the running job, or None if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job (in any process), the
         # second waits for the first's row lock, then finds the status changed.
-        changed = await self._write(
+        rows = await self._rows(
             "UPDATE jobs SET status = %s, attempts = attempts + 1, started_at = %s,"
-            " finished_at = NULL, worker_id = %s WHERE id = %s AND status = %s",
+            " finished_at = NULL, worker_id = %s, base_response_id ="
+            " (SELECT latest_response_id FROM conversations WHERE channel_id = jobs.channel_id)"
+            f" WHERE id = %s AND status = %s RETURNING {JOB_COLUMNS}",
             (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
-        return changed > 0
+        return job_from_row(rows[0]) if rows else None
 
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
@@ -729,6 +725,24 @@ class PostgresStore:
                 return False
             if conversation is not None:
                 await self._upsert_conversation(conn, conversation)
+            await self.tickets.defer(conn, job_id, channel_id)
+            return True
+
+    async def dispatch_job(self, job_id: int) -> bool:
+        """Hand a queued job to the shared queue (a ticket); False if it is not queued.
+
+        A job may end up with two tickets (its admitting process died after deferring one):
+        the second finds the job no longer queued and does nothing.
+        """
+        async with self._transaction() as conn:
+            rows = await self._fetch(
+                conn,
+                "SELECT channel_id FROM jobs WHERE id = %s AND status = %s FOR UPDATE",
+                (job_id, JobStatus.QUEUED.value),
+            )
+            if not rows:
+                return False
+            await self.tickets.defer(conn, job_id, int(rows[0][0]))
             return True
 
     async def finish_job(
@@ -738,9 +752,11 @@ class PostgresStore:
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
-        it had already ended. `usage` is charged in the same transaction.
+        it had already ended (or, with `queued_only`, started). `usage` is charged in the same
+        transaction.
 
         Raises ValueError for a status that is not final.
         """
@@ -751,7 +767,13 @@ class PostgresStore:
             cursor = await conn.execute(
                 "UPDATE jobs SET status = %s, error = %s, finished_at = %s, reserved_usd = 0,"
                 " reserved_images = 0 WHERE id = %s AND status = ANY(%s)",
-                (str(status), error, self._clock(), job_id, list(ACTIVE)),
+                (
+                    str(status),
+                    error,
+                    self._clock(),
+                    job_id,
+                    [JobStatus.QUEUED.value] if queued_only else list(ACTIVE),
+                ),
             )
             if cursor.rowcount == 0:
                 return False
@@ -798,6 +820,9 @@ class PostgresStore:
         billed: Sequence[NewUsageEntry] = (),
         advance: bool,
     ) -> list[Turn]:
+        """The head moves (to the first image) only if it is still the one the job started
+        from (compare-and-set); otherwise the turns are a branch and say so in
+        `result["branched"]`."""
         """Save every image of a job, their usage, the head and the job in one transaction."""
         if not images:
             raise ValueError("save_results needs at least one image")
@@ -810,19 +835,48 @@ class PostgresStore:
         billed: Sequence[NewUsageEntry],
         advance: bool,
     ) -> list[Turn]:
+        """The head moves (to the first image) only if it is still the one the job started
+        from (compare-and-set); otherwise the turns are a branch and say so in
+        `result["branched"]`."""
         async with self._transaction() as conn:
             if job_id is not None:
                 # First, so a job another process already ended saves nothing at all.
                 locked = await self._fetch(
                     conn,
-                    "SELECT progress_message_id FROM jobs WHERE id = %s AND status = %s FOR UPDATE",
+                    "SELECT progress_message_id, base_response_id FROM jobs"
+                    " WHERE id = %s AND status = %s FOR UPDATE",
                     (job_id, JobStatus.RUNNING.value),
                 )
                 if not locked:
                     raise StorageError(f"job {job_id} is not running; its result was not saved")
+            branched = False
+            lead = images[0].turn
+            if advance and lead.response_id is not None:
+                # Under READ COMMITTED a conditional UPDATE re-checks its condition on the row
+                # as another transaction left it: of two racing saves from the same head,
+                # exactly one moves it.
+                cas = "" if job_id is None else " AND latest_response_id IS NOT DISTINCT FROM %s"
+                params: list[object] = [lead.response_id, self._clock(), lead.channel_id]
+                if job_id is not None:
+                    params.append(locked[0][1])
+                moved = await conn.execute(
+                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
+                    " updated_at = %s WHERE channel_id = %s" + cas,
+                    params,
+                )
+                branched = moved.rowcount == 0 and bool(
+                    await self._fetch(
+                        conn,
+                        "SELECT 1 FROM conversations WHERE channel_id = %s",
+                        (lead.channel_id,),
+                    )
+                )
             saved: list[Turn] = []
             for item in images:
-                turn = await self._insert_turn(conn, item.turn, job_id)
+                new = item.turn
+                if branched:
+                    new = dataclasses.replace(new, result={**new.result, "branched": True})
+                turn = await self._insert_turn(conn, new, job_id)
                 await conn.execute(
                     "INSERT INTO turn_images (turn_id, format, data) VALUES (%s, %s, %s)",
                     (turn.id, item.image_format, item.image),
@@ -832,12 +886,6 @@ class PostgresStore:
             for entry in billed:
                 await self._insert_usage(conn, entry)
             first = saved[0]
-            if advance and first.response_id is not None:
-                await conn.execute(
-                    "UPDATE conversations SET latest_response_id = %s, latest_message_id = NULL,"
-                    " updated_at = %s WHERE channel_id = %s",
-                    (first.response_id, self._clock(), first.channel_id),
-                )
             if job_id is not None:
                 # The job's progress message becomes the final image (the first, for several):
                 # a reply to it continues from that turn even before the posting is recorded.
@@ -901,34 +949,6 @@ class PostgresStore:
         )
         return changed > 0
 
-    async def queued_jobs(self) -> list[Job]:
-        """Return the queued jobs in the order they will run (first in, first out)."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY queued_at, id",
-            (JobStatus.QUEUED.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def running_jobs(self) -> list[Job]:
-        """Return the running jobs in the order they were first enqueued."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY id",
-            (JobStatus.RUNNING.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (at start-up) and return them in enqueue order."""
-        async with self._pool.connection() as conn:
-            rows = await self._fetch(
-                conn,
-                "UPDATE jobs SET status = %s, finished_at = %s, reserved_usd = 0,"
-                f" reserved_images = 0 WHERE status = %s RETURNING {JOB_COLUMNS}",
-                (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
-            )
-        # RETURNING gives no order guarantee.
-        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
-
     # Workers
 
     async def register_worker(self, worker_id: str) -> None:
@@ -988,17 +1008,6 @@ class PostgresStore:
             if dead:
                 await conn.execute("DELETE FROM workers WHERE id = ANY(%s)", (dead,))
         return orphans_from(dead, [job_from_row(row) for row in rows])
-
-    async def queue_position(self, job_id: int) -> int:
-        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
-        row = await self._row(
-            "SELECT COUNT(*) FROM jobs AS ahead"
-            " JOIN jobs AS this ON this.id = %s AND this.status = %s"
-            " WHERE ahead.status = %s AND (ahead.queued_at < this.queued_at"
-            " OR (ahead.queued_at = this.queued_at AND ahead.id <= this.id))",
-            (job_id, JobStatus.QUEUED.value, JobStatus.QUEUED.value),
-        )
-        return int(row[0]) if row is not None else 0
 
     async def count_active_jobs(self, user_id: int | None = None) -> int:
         """Count queued and running jobs, of one user or of everyone."""

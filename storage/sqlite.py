@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -339,14 +340,6 @@ class SqliteStore:
         )
         return changed > 0
 
-    async def delete_conversation(self, channel_id: int) -> bool:
-        """Forget a conversation; return whether it existed.
-
-        Its turns stay: buttons under images that are still visible keep working from them.
-        """
-        changed = await self._write("DELETE FROM conversations WHERE channel_id = ?", (channel_id,))
-        return changed > 0
-
     # Turns
 
     async def add_turn(self, turn: NewTurn) -> Turn:
@@ -456,13 +449,6 @@ class SqliteStore:
         )
         return [turn_from_row(row) for row in rows]
 
-    async def delete_turn(self, turn_id: int) -> bool:
-        """Delete a turn and its saved image; return whether it existed."""
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM turn_images WHERE turn_id = ?", (turn_id,))
-            cursor = await conn.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
-            return cursor.rowcount > 0
-
     async def delete_turn_rolling_back(self, turn_id: int) -> bool:
         """Delete a turn and its image; a conversation whose head it was goes back to its parent.
 
@@ -503,11 +489,6 @@ class SqliteStore:
             return True
 
     # Jobs
-
-    async def enqueue_job(self, job: NewJob) -> Job:
-        """Add a queued job (with its reservation) and return it, without a limit check."""
-        async with self._transaction() as conn:
-            return await self._insert_job(conn, job)
 
     async def _insert_job(self, conn: aiosqlite.Connection, job: NewJob) -> Job:
         now = self._clock()
@@ -664,16 +645,18 @@ class SqliteStore:
         row = await self._row(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return job_from_row(row) if row is not None else None
 
-    async def start_job(self, job_id: int, worker_id: str | None = None) -> bool:
-        """Move a queued job to running, count the attempt and record the worker that runs it;
-        False if it was not queued."""
+    async def start_job(self, job_id: int, worker_id: str | None = None) -> Job | None:
+        """Move a queued job to running, count the attempt, record the worker that runs it and
+        the head it starts from; the running job, or None if it was not queued."""
         # One conditional UPDATE: of two workers racing for the same job, exactly one wins.
-        changed = await self._write(
+        rows = await self._write_returning(
             "UPDATE jobs SET status = ?, attempts = attempts + 1, started_at = ?,"
-            " finished_at = NULL, worker_id = ? WHERE id = ? AND status = ?",
+            " finished_at = NULL, worker_id = ?, base_response_id ="
+            " (SELECT latest_response_id FROM conversations WHERE channel_id = jobs.channel_id)"
+            f" WHERE id = ? AND status = ? RETURNING {JOB_COLUMNS}",
             (JobStatus.RUNNING.value, self._clock(), worker_id, job_id, JobStatus.QUEUED.value),
         )
-        return changed > 0
+        return job_from_row(rows[0]) if rows else None
 
     async def place_job(
         self, job_id: int, channel_id: int, conversation: Conversation | None
@@ -692,6 +675,10 @@ class SqliteStore:
                 await self._upsert_conversation(conn, conversation)
             return True
 
+    async def dispatch_job(self, job_id: int) -> bool:
+        """SQLite has no shared queue (one process runs its jobs from memory): always False."""
+        return False
+
     async def finish_job(
         self,
         job_id: int,
@@ -699,9 +686,11 @@ class SqliteStore:
         error: str | None = None,
         *,
         usage: NewUsageEntry | None = None,
+        queued_only: bool = False,
     ) -> bool:
         """End a queued or running job with a final status, releasing its reservation; False if
-        it had already ended. `usage` is charged in the same transaction.
+        it had already ended (or, with `queued_only`, started). `usage` is charged in the same
+        transaction.
 
         Raises ValueError for a status that is not final.
         """
@@ -712,7 +701,13 @@ class SqliteStore:
             cursor = await conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, finished_at = ?, reserved_usd = 0,"
                 " reserved_images = 0 WHERE id = ? AND status IN (?, ?)",
-                (str(status), error, self._clock(), job_id, *_ACTIVE),
+                (
+                    str(status),
+                    error,
+                    self._clock(),
+                    job_id,
+                    *((JobStatus.QUEUED.value,) * 2 if queued_only else _ACTIVE),
+                ),
             )
             if cursor.rowcount == 0:
                 return False
@@ -774,9 +769,33 @@ class SqliteStore:
         billed: Sequence[NewUsageEntry],
         advance: bool,
     ) -> list[Turn]:
+        """The head moves (to the first image) only if it is still the one the job started
+        from (compare-and-set); otherwise the turns are a branch and say so in
+        `result["branched"]`."""
+        branched = False
+        lead = images[0].turn
+        if advance and lead.response_id is not None:
+            if job_id is None:
+                moved = await conn.execute(
+                    "UPDATE conversations SET latest_response_id = ?,"
+                    " latest_message_id = NULL, updated_at = ? WHERE channel_id = ?",
+                    (lead.response_id, self._clock(), lead.channel_id),
+                )
+            else:
+                moved = await conn.execute(
+                    "UPDATE conversations SET latest_response_id = ?,"
+                    " latest_message_id = NULL, updated_at = ? WHERE channel_id = ?"
+                    " AND latest_response_id IS"
+                    " (SELECT base_response_id FROM jobs WHERE id = ?)",
+                    (lead.response_id, self._clock(), lead.channel_id, job_id),
+                )
+            branched = moved.rowcount == 0 and await self._has_conversation(conn, lead.channel_id)
         saved: list[Turn] = []
         for item in images:
-            turn = await self._insert_turn(conn, item.turn, job_id)
+            new = item.turn
+            if branched:
+                new = dataclasses.replace(new, result={**new.result, "branched": True})
+            turn = await self._insert_turn(conn, new, job_id)
             await conn.execute(
                 "INSERT INTO turn_images (turn_id, format, data) VALUES (?, ?, ?)",
                 (turn.id, item.image_format, item.image),
@@ -786,12 +805,6 @@ class SqliteStore:
         for entry in billed:
             await self._insert_usage(conn, entry)
         first = saved[0]
-        if advance and first.response_id is not None:
-            await conn.execute(
-                "UPDATE conversations SET latest_response_id = ?, latest_message_id = NULL,"
-                " updated_at = ? WHERE channel_id = ?",
-                (first.response_id, self._clock(), first.channel_id),
-            )
         if job_id is not None:
             # The job's progress message becomes the final image (the first, for several): a
             # reply to it continues from that turn even before the posting is recorded.
@@ -816,6 +829,13 @@ class SqliteStore:
             f"SELECT {TURN_COLUMNS} FROM turns WHERE job_id = ? ORDER BY id", (job_id,)
         )
         return [turn_from_row(row) for row in rows]
+
+    @staticmethod
+    async def _has_conversation(conn: aiosqlite.Connection, channel_id: int) -> bool:
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM conversations WHERE channel_id = ?", (channel_id,)
+        )
+        return bool(list(rows))
 
     async def mark_posted(
         self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None
@@ -858,32 +878,6 @@ class SqliteStore:
             "UPDATE jobs SET progress_message_id = ? WHERE id = ?", (message_id, job_id)
         )
         return changed > 0
-
-    async def queued_jobs(self) -> list[Job]:
-        """Return the queued jobs in the order they will run (first in, first out)."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY queued_at, id",
-            (JobStatus.QUEUED.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def running_jobs(self) -> list[Job]:
-        """Return the running jobs in the order they were first enqueued."""
-        rows = await self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id",
-            (JobStatus.RUNNING.value,),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def interrupt_running_jobs(self) -> list[Job]:
-        """Mark every running job interrupted (at start-up) and return them in enqueue order."""
-        rows = await self._write_returning(
-            "UPDATE jobs SET status = ?, finished_at = ?, reserved_usd = 0, reserved_images = 0"
-            f" WHERE status = ? RETURNING {JOB_COLUMNS}",
-            (JobStatus.INTERRUPTED.value, self._clock(), JobStatus.RUNNING.value),
-        )
-        # RETURNING gives no order guarantee.
-        return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
     # Workers
 
@@ -944,17 +938,6 @@ class SqliteStore:
                     f"DELETE FROM workers WHERE id IN ({', '.join('?' for _ in dead)})", dead
                 )
         return orphans_from(dead, [job_from_row(row) for row in rows])
-
-    async def queue_position(self, job_id: int) -> int:
-        """Return a queued job's 1-based place in the queue, or 0 if it is not queued."""
-        row = await self._row(
-            "SELECT COUNT(*) FROM jobs AS ahead"
-            " JOIN jobs AS this ON this.id = ? AND this.status = ?"
-            " WHERE ahead.status = ? AND (ahead.queued_at < this.queued_at"
-            " OR (ahead.queued_at = this.queued_at AND ahead.id <= this.id))",
-            (job_id, JobStatus.QUEUED.value, JobStatus.QUEUED.value),
-        )
-        return int(row[0]) if row is not None else 0
 
     async def count_active_jobs(self, user_id: int | None = None) -> int:
         """Count queued and running jobs, of one user or of everyone."""

@@ -22,6 +22,7 @@ from tests.test_storage_contract import (
     FakeClock,
     allow_all,
     conversation,
+    enqueue,
     new_job,
     new_turn,
     usage,
@@ -39,8 +40,8 @@ async def fill(store: Store, clock: FakeClock) -> dict[str, list[int]]:
         for n in range(3)
     ]
     # The newest turn is deleted: SQLite's AUTOINCREMENT mark stays past the largest id left.
-    assert await store.delete_turn(turns[-1].id)
-    jobs = [await store.enqueue_job(new_job(10, progress_message_id=700 + n)) for n in range(5)]
+    assert await store.delete_turn_rolling_back(turns[-1].id)
+    jobs = [await enqueue(store, new_job(10, progress_message_id=700 + n)) for n in range(5)]
     await store.start_job(jobs[1].id)
     await store.start_job(jobs[2].id)
     await store.set_job_response(jobs[2].id, "resp_saved")
@@ -79,8 +80,6 @@ async def snapshot(store: Store, ids: dict[str, list[int]]) -> dict[str, object]
         "images": [await store.get_turn_image(turn_id) for turn_id in ids["turns"]],
         "jobs": [await store.get_job(job_id) for job_id in ids["jobs"]],
         "conversations": [await store.get_conversation(c) for c in ids["conversations"]],
-        "queued": await store.queued_jobs(),
-        "running": await store.running_jobs(),
         "saved": await store.saved_jobs(),
         "usage": await store.list_usage(since=0, limit=1000),
         "by_day": await store.usage_by_day(since=0),
@@ -123,7 +122,7 @@ async def test_a_copy_keeps_every_record_and_id(tmp_path: Path, postgres_url: st
         turn = await target.add_turn(new_turn(100))
         assert turn.id > max(*ids["turns"], deleted_turn)
         assert turn.id == copied["turns"].next_id
-        job = await target.enqueue_job(new_job())
+        job = await enqueue(target, new_job())
         assert job.id == max(ids["jobs"]) + 1 == copied["jobs"].next_id
         # The ledger goes on where it was: the reservation copied still counts.
         assert await target.count_active_jobs(BIG_ID) == 1

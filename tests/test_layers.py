@@ -104,3 +104,11 @@ def test_only_the_sandbox_and_the_demo_use_the_stand_ins() -> None:
         if "fakes" in _tops(path)
     }
     assert users == {"bot/sandbox.py", "bot/demo.py"}
+
+
+def test_only_the_job_queue_module_imports_procrastinate() -> None:
+    tree = _sources("bot/**/*.py", "cogs/*.py", "storage/*.py", "web/*.py", "bench/*.py")
+    importers = {
+        path.relative_to(ROOT).as_posix() for path in tree if "procrastinate" in _tops(path)
+    }
+    assert importers == {"storage/pgqueue.py"}

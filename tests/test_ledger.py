@@ -15,17 +15,19 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from bot.core.studio import CRASH_POINTS
 from bot.sandbox import Sandbox, sandbox
 from fakes.discord_api import FakeDiscord
 from fakes.openai_api import FakeOpenAI, Timeline
+from storage.urls import postgres_conninfo
 from tests.e2e import BotProcess, button, custom_ids, failures, finals
-from tests.e2e import stand_ins as stand_ins
 
 FAST = Timeline(first_partial=0.05, between_partials=0.05, final=0.05)
 
@@ -69,14 +71,22 @@ def all_failures(d: FakeDiscord) -> list[dict[str, Any]]:
     return found
 
 
-def check_invariant(d: FakeDiscord, openai: FakeOpenAI, database: Path) -> dict[str, Any]:
-    """Assert the invariant against the stand-ins and the database; return what was counted."""
+def _read(database: Path | str, sql: str) -> list[Any]:
+    """Rows of one query, from a SQLite file or a PostgreSQL URL."""
+    if isinstance(database, str):
+        with psycopg.connect(postgres_conninfo(database)) as conn:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]
     with contextlib.closing(sqlite3.connect(database)) as db:
-        usage = db.execute("SELECT response_id, images FROM usage_ledger").fetchall()
-        turns = dict(db.execute("SELECT response_id, id FROM turns").fetchall())
-        open_jobs = db.execute(
-            "SELECT id, status FROM jobs WHERE status IN ('queued', 'running', 'saved')"
-        ).fetchall()
+        return list(db.execute(sql).fetchall())
+
+
+def check_invariant(d: FakeDiscord, openai: FakeOpenAI, database: Path | str) -> dict[str, Any]:
+    """Assert the invariant against the stand-ins and the database; return what was counted."""
+    usage = _read(database, "SELECT response_id, images FROM usage_ledger")
+    turns = dict(_read(database, "SELECT response_id, id FROM turns"))
+    open_jobs = _read(
+        database, "SELECT id, status FROM jobs WHERE status IN ('queued', 'running', 'saved')"
+    )
     # A final image names its turn in its buttons; a grid, each of its images in U1-U4 (one
     # attachment per button).
     shown_turns = {
@@ -97,15 +107,36 @@ def check_invariant(d: FakeDiscord, openai: FakeOpenAI, database: Path) -> dict[
     return {"billed": len(billed(openai)), "charged": sum(r[1] for r in usage)}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def killed(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI, BotProcess, Path | str]]:
+    """The stand-ins and a bot process on SQLite, or on PostgreSQL (its shared job queue)."""
+    url: str | None = (
+        request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    )
+    async with FakeDiscord() as discord, FakeOpenAI() as openai:
+        bot = BotProcess(discord, openai, tmp_path, database_url=url)
+        try:
+            yield discord, openai, bot, url if url is not None else tmp_path / "bot.db"
+        finally:
+            if bot.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    bot.process.kill()
+                await bot.process.wait()
+        assert "Traceback" not in bot.log, bot.log[-4000:]
+        assert discord.unhandled == []
+
+
 @pytest.mark.parametrize("count", [1, 4])
 @pytest.mark.parametrize("point", CRASH_POINTS)
 async def test_a_kill_at_every_ledger_step_keeps_the_invariant(
-    stand_ins: tuple[FakeDiscord, FakeOpenAI, BotProcess], point: str, count: int
+    killed: tuple[FakeDiscord, FakeOpenAI, BotProcess, Path | str], point: str, count: int
 ) -> None:
     """With `count` 4 the invariant holds for each of the job's four images: the four are
     saved in one transaction, so a kill leaves all or none of them saved; a restart fetches
     the four finished responses (never draws them again) and posts them as one grid."""
-    d, openai, bot = stand_ins
+    d, openai, bot, database = killed
     openai.set_timeline(FAST)
 
     def shown() -> list[dict[str, Any]]:
@@ -134,7 +165,7 @@ async def test_a_kill_at_every_ledger_step_keeps_the_invariant(
     await d.wait_for(lambda: not bot.log.count("could not"), timeout=5)
     assert await bot.stop() == 0
 
-    counted = check_invariant(d, openai, bot.workdir / "bot.db")
+    counted = check_invariant(d, openai, database)
     # `count` pictures asked for, as many paid for and charged, shown once.
     assert counted == {"billed": count, "charged": count}
     assert len(shown()) == 1

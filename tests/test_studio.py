@@ -50,17 +50,18 @@ def finished(response_id: str) -> Completed:
 class Backend:
     """Plays a response per call: ResponseCreated, one partial, the final."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "resp") -> None:
         self.requests: list[TurnRequest] = []
         self.finished: dict[str, Completed] = {}
         self.gate: asyncio.Event | None = None
+        self.prefix = prefix
 
     async def upload_file(self, image: Any) -> str:
         raise AssertionError("no uploads here")
 
     async def _play(self, request: TurnRequest) -> AsyncIterator[Event]:
         self.requests.append(request)
-        rid = f"resp_{len(self.requests)}"
+        rid = f"{self.prefix}_{len(self.requests)}"
         yield ResponseCreated(rid)
         if self.gate is not None:
             await self.gate.wait()
@@ -102,6 +103,8 @@ class Sink:
             self.log.append((self.job.id, "refused"))
             raise PostingFailed("503")
         self.log.append((self.job.id, f"posted turn {turn.id}"))
+        if event.branched:
+            self.log.append((self.job.id, "branched"))
         return 1000 + turn.id, None
 
     async def failed(self, event: Failed, job: Job) -> None:
@@ -465,3 +468,46 @@ async def test_two_quick_settings_changes_both_take_effect(rig: Any) -> None:
     with pytest.raises(BadInput):
         await r.studio.update_settings(me, {"background": "transparent", "format": "jpeg"})
     assert (await requester(r.studio)).settings == settings
+
+
+def message(prompt: str) -> JobSpec:
+    return JobSpec(kind=JobKind.MESSAGE, prompt=prompt, parent=ParentMode.LATEST)
+
+
+async def test_a_late_turn_from_another_process_is_a_branch_not_a_new_head(rig: Any) -> None:
+    store = await SqliteStore.open(":memory:")
+    try:
+        await store.create_conversation(
+            Conversation(200, 1, 7, 100, "resp_seed", None, "responses", {}, 0.0, 0.0)
+        )
+        slow: Rig = await rig(store=store, studio_options={"worker_id": "slow"})
+        quick: Rig = await rig(
+            store=store, backend=Backend(prefix="quick"), studio_options={"worker_id": "quick"}
+        )
+        slow.backend.gate = asyncio.Event()
+        who = await requester(slow.studio, channel_id=200)
+        late = await slow.studio.submit(slow.studio.check(message("make it blue"), who))
+        await wait_until(lambda: len(slow.backend.requests) == 1, what="the slow turn to start")
+        # Meanwhile another process runs a turn of the same thread from the same head.
+        newer = await quick.studio.submit(quick.studio.check(message("make it red"), who))
+        await asyncio.wait_for(quick.studio.wait_idle(), 5)
+        head = await store.get_conversation(200)
+        assert head is not None and head.latest_response_id == "quick_1"
+        slow.backend.gate.set()
+        await asyncio.wait_for(slow.studio.wait_idle(), 5)
+        # Both started from the seed; the late image is shown, saved as a branch of the seed,
+        # and the thread goes on from the newer turn.
+        assert [r.previous_response_id for r in slow.backend.requests + quick.backend.requests] == [
+            "resp_seed",
+            "resp_seed",
+        ]
+        assert slow.shown("branched") == [late.id] and quick.shown("branched") == []
+        assert quick.shown("posted") == [newer.id]
+        head = await store.get_conversation(200)
+        assert head is not None and head.latest_response_id == "quick_1"
+        branch = await store.get_turn_by_response("resp_1")
+        assert branch is not None and branch.parent_response_id == "resp_seed"
+        assert branch.result.get("branched") is True
+        assert (await store.usage_totals(since=0)).images == 2
+    finally:
+        await store.close()

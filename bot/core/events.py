@@ -133,6 +133,8 @@ class Completed:
     seconds: float = 0.0
     reseeded: bool = False
     incomplete_reason: str | None = None
+    # Saved as a branch: the conversation had moved on to a newer turn while this one ran.
+    branched: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,6 +195,10 @@ CATALOG: dict[str, dict[str, str]] = {
         "en": "OpenAI had forgotten this conversation, so I continued from the thread's last image.",
         "ko": "OpenAI가 이 대화를 잊어버려서 스레드의 마지막 이미지에서 이어서 만들었습니다.",
     },
+    "note.branched": {
+        "en": "The thread moved on while this image was drawn, so it is a branch: reply to it to continue from it.",
+        "ko": "이 이미지를 그리는 동안 스레드가 더 진행되어 이 이미지는 갈래로 저장되었습니다. 이 이미지에 답장하면 여기서 이어집니다.",
+    },
     "note.incomplete": {
         "en": "OpenAI ended this response early, after the image was made; any text reply may be cut short.",
         "ko": "OpenAI가 이미지를 만든 뒤 응답을 일찍 끝냈습니다. 텍스트 답변은 잘렸을 수 있습니다.",

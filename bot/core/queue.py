@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -20,6 +21,55 @@ class PositionSink(Protocol):
 
 
 S = TypeVar("S", bound=PositionSink)
+
+
+class SharedQueue(Protocol):
+    """A job queue every bot process on one database shares (storage.pgqueue on PostgreSQL).
+
+    It holds a ticket per queued ledger job, deferred by the store in the transaction that
+    queues the job; the ledger stays the source of truth, a ticket only says which job to run.
+    """
+
+    async def open(self, *, slots: int) -> None:
+        """Open its connections (`slots`: jobs that may hold a fleet place at once here)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def run_worker(
+        self,
+        runner: Callable[[int, Callable[[], bool]], Awaitable[None]],
+        *,
+        name: str,
+        concurrency: int,
+        heartbeat_seconds: float,
+        stale_after_seconds: float,
+        graceful_seconds: float,
+    ) -> None:
+        """Run tickets until cancelled: `runner(job_id, cancelled_by_user)` for each."""
+        ...
+
+    async def abort(self, job_id: int) -> bool:
+        """Ask whichever process runs ledger job `job_id` to cancel it."""
+        ...
+
+    async def forget(self, job_ids: Sequence[int]) -> int:
+        """Drop the running tickets of ledger jobs whose process is gone (settled elsewhere)."""
+        ...
+
+    async def requeue_stalled(self, stale_after_seconds: float) -> int:
+        """Put the tickets of silent workers back in the queue."""
+        ...
+
+    async def depth(self) -> int:
+        """How many tickets wait, fleet-wide."""
+        ...
+
+    def slot(
+        self, user_id: int, *, global_cap: int, user_cap: int
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a fleet-wide place and one of the user's while a job runs."""
+        ...
 
 
 @dataclass

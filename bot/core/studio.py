@@ -31,7 +31,7 @@ from bot.core.events import Completed, Failed, Partial, ResponseCreated, Started
 from bot.core.jobs import MAX_COUNT, Engine, JobKind, JobSpec, ParentMode, Requester, user_hash
 from bot.core.models import MODELS
 from bot.core.options import ImageOptions, InputImage, TurnRequest, validate_request
-from bot.core.queue import JobQueue
+from bot.core.queue import JobQueue, SharedQueue
 from bot.core.runner import TurnRunner
 from bot.core.usage import UsageReport, usage_report
 from storage.base import (
@@ -195,6 +195,7 @@ def completed_from_turn(turn: Turn, image: bytes, image_format: str) -> Complete
         engine=turn.engine,
         seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
         reseeded=bool(result.get("reseeded")),
+        branched=bool(result.get("branched")),
         incomplete_reason=text("incomplete_reason"),
     )
 
@@ -304,6 +305,8 @@ class Studio:
         worker_id: str = "main",
         heartbeat_seconds: float = 10.0,
         stale_after_seconds: float = 60.0,
+        shared_queue: SharedQueue | None = None,
+        queue_concurrency: int | None = None,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"crash_at must be one of {', '.join(CRASH_POINTS)}")
@@ -338,6 +341,19 @@ class Studio:
         self._cancel_requests: set[int] = set()
         # Jobs whose image arrived: too late to cancel, they are saved and posted.
         self._arrived: set[int] = set()
+        # With a shared queue (PostgreSQL), every process runs tickets of any process's jobs;
+        # without one (SQLite), `_queue` runs this process's jobs from memory.
+        self._shared = shared_queue
+        # Tickets this process runs at once; 0: it only admits (the others run its jobs).
+        self._queue_concurrency = (
+            self.limits.global_concurrency if queue_concurrency is None else queue_concurrency
+        )
+        self._worker: asyncio.Task[None] | None = None
+        self._tickets: dict[int, asyncio.Task[Any]] = {}
+        self._user_cancelled: dict[int, Callable[[], bool]] = {}
+        self._closing = False
+        # How long running tickets get when the process stops (as `close`'s default).
+        self._grace = 5.0
 
     # --- who asks, and what the bot keeps about them ---------------------------------------
 
@@ -770,14 +786,15 @@ class Studio:
             ),
         }
 
-    async def admit(self, checked: CheckedRequest) -> Job:
-        """Put a checked job in the ledger, reserving its estimate, without starting it yet.
+    async def admit(self, checked: CheckedRequest, *, dispatch: bool = False) -> Job:
+        """Put a checked job in the ledger, reserving its estimate, without starting it yet
+        (`place` queues it; with `dispatch`, the shared queue gets it at once).
 
         The limits are checked in the same transaction (BotError when one would be exceeded).
         """
         requester = checked.requester
         try:
-            job = await self._admit(checked)
+            job = await self._admit(checked, dispatch=dispatch)
         except BotError:
             raise
         except Exception as exc:
@@ -787,7 +804,7 @@ class Studio:
         self._crashpoint("admitted")
         return job
 
-    async def _admit(self, checked: CheckedRequest) -> Job:
+    async def _admit(self, checked: CheckedRequest, *, dispatch: bool) -> Job:
         requester = checked.requester
         return await self._store.admit_job(
             NewJob(
@@ -800,6 +817,7 @@ class Studio:
                 reserved_usd=checked.estimate,
                 reserved_images=checked.images,
                 worker_id=self.worker_id,
+                dispatch=dispatch,
             ),
             **self._windows_and_gate(checked),
         )
@@ -808,6 +826,10 @@ class Studio:
         self, job: Job, channel_id: int, conversation: Conversation | None = None
     ) -> Job:
         """Move an admitted job to where it is shown (opening a conversation there) and queue it."""
+        if self._shared is not None:
+            # One transaction moves the job, opens the conversation and defers its ticket.
+            await self._store.place_job(job.id, channel_id, conversation)
+            return dataclasses.replace(job, channel_id=channel_id)
         if channel_id != job.channel_id or conversation is not None:
             await self._store.place_job(job.id, channel_id, conversation)
             job = dataclasses.replace(job, channel_id=channel_id)
@@ -820,8 +842,9 @@ class Studio:
 
     async def submit(self, checked: CheckedRequest) -> Job:
         """Admit a checked job and queue it where it was asked for."""
-        job = await self.admit(checked)
-        await self._enqueue(job)
+        job = await self.admit(checked, dispatch=True)
+        if self._shared is None:
+            await self._enqueue(job)
         return job
 
     async def retry(self, job_id: int, requester: Requester) -> Job:
@@ -843,7 +866,8 @@ class Studio:
         )
         if again is None:
             raise BotError("studio.unknown_job")
-        await self._enqueue(again)
+        if self._shared is None:
+            await self._enqueue(again)
         return again
 
     async def cancel(self, job_id: int, requester: Requester) -> bool:
@@ -860,6 +884,8 @@ class Studio:
             raise BotError("studio.not_allowed_cancel")
         if job.id in self._arrived or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return False
+        if self._shared is not None:
+            return await self._cancel_shared(job)
         if job.worker_id is not None and job.worker_id != self.worker_id:
             # Another process holds it: ending it here could leave that process unable to save
             # an image it has already paid for.
@@ -872,9 +898,82 @@ class Studio:
         sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
         return await self._end_cancelled(job, sink)
 
-    async def _end_cancelled(self, job: Job, sink: TurnSink) -> bool:
+    async def _cancel_shared(self, job: Job) -> bool:
+        """Cancel a job of the shared queue, wherever it runs.
+
+        Money: a queued job is ended only while it is still queued (`queued_only`), so a job
+        another process has just started is never ended under it (its image would then be
+        paid for and not saved); a running one is ended by its own runner, which the abort
+        reaches in any process, and which saves and posts an image that already arrived.
+        """
+        if job.status == JobStatus.QUEUED:
+            if await self._store.finish_job(
+                job.id, JobStatus.CANCELLED, error="cancelled", queued_only=True
+            ):
+                # Its ticket finds the job no longer queued and does nothing.
+                sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+                try:
+                    await sink.cancelled(job)
+                except Exception:
+                    log.exception("could not show that job %s was cancelled", job.id)
+                return True
+            started = await self._store.get_job(job.id)
+            if started is None or started.status != JobStatus.RUNNING:
+                return False
+        task = self._tickets.get(job.id)
+        if task is not None:
+            if job.id in self._arrived:
+                return False
+            self._cancel_requests.add(job.id)
+            task.cancel()
+            return True
+        assert self._shared is not None
+        return await self._shared.abort(job.id)
+
+    async def _run_ticket(self, job_id: int, cancelled_by_user: Callable[[], bool]) -> None:
+        """Run the ledger job a ticket names, if it is still queued (in this process)."""
+        assert self._shared is not None
+        job = await self._store.get_job(job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return
+        if self._closing:
+            # Fetched as this process stops: another process gets a fresh ticket for it.
+            await self._store.dispatch_job(job.id)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tickets[job.id] = task
+        self._user_cancelled[job.id] = cancelled_by_user
+        sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
+        try:
+            async with self._shared.slot(
+                job.user_id,
+                global_cap=self.limits.global_concurrency,
+                user_cap=self.limits.user_concurrency,
+            ):
+                await self._run(job, sink)
+        except asyncio.CancelledError:
+            # Cancelled while waiting for a place: the job is still queued.
+            if not self._cancelled(job.id):
+                raise
+            task.uncancel()
+            await self._end_cancelled(job, sink, queued_only=True)
+        finally:
+            self._tickets.pop(job.id, None)
+            self._user_cancelled.pop(job.id, None)
+
+    def _cancelled(self, job_id: int) -> bool:
+        """Whether a job's task was cancelled by Cancel (here or in another process)."""
+        if job_id in self._cancel_requests:
+            return True
+        by_user = self._user_cancelled.get(job_id)
+        return by_user is not None and by_user()
+
+    async def _end_cancelled(self, job: Job, sink: TurnSink, *, queued_only: bool = False) -> bool:
         self._cancel_requests.discard(job.id)
-        if not await self._store.finish_job(job.id, JobStatus.CANCELLED, error="cancelled"):
+        if not await self._store.finish_job(
+            job.id, JobStatus.CANCELLED, error="cancelled", queued_only=queued_only
+        ):
             return False
         try:
             await sink.cancelled(job)
@@ -896,12 +995,14 @@ class Studio:
     async def _run(self, job: Job, sink: TurnSink) -> None:
         logcontext.bind_job(job.id, job.channel_id)
         try:
-            if not await self._store.start_job(job.id, self.worker_id):
+            started = await self._store.start_job(job.id, self.worker_id)
+            if started is None:
                 return
+            job = started
             self._crashpoint("running")
             await self._execute(job, sink)
         except asyncio.CancelledError:
-            if job.id not in self._cancel_requests:
+            if not self._cancelled(job.id):
                 raise  # a shutdown: the job stays running and is reported at the next start
             task = asyncio.current_task()
             if task is not None:
@@ -924,15 +1025,15 @@ class Studio:
         except Exception:
             log.exception("could not report the failure of job %s", job.id)
 
-    async def _parent_turn(self, spec: JobSpec, conversation: Conversation | None) -> Turn | None:
+    async def _parent_turn(self, spec: JobSpec, head: str | None) -> Turn | None:
         if spec.parent is ParentMode.NONE:
             return None
         if spec.parent_turn_id is not None:
             return await self._store.get_turn(spec.parent_turn_id)
         if spec.parent is ParentMode.RESPONSE and spec.parent_response_id:
             return await self._store.get_turn_by_response(spec.parent_response_id)
-        if conversation is not None and conversation.latest_response_id:
-            return await self._store.get_turn_by_response(conversation.latest_response_id)
+        if spec.parent is ParentMode.LATEST and head:
+            return await self._store.get_turn_by_response(head)
         return None
 
     async def _input_of(self, turn: Turn | None) -> InputImage | None:
@@ -954,17 +1055,14 @@ class Studio:
     ) -> tuple[TurnRequest, Engine, Turn | None]:
         """The request a job sends, resolving its parent at the moment it starts."""
         engine = spec.engine or self.engine
-        conversation = (
-            await self._store.get_conversation(job.channel_id)
-            if spec.parent is ParentMode.LATEST
-            else None
-        )
-        parent = await self._parent_turn(spec, conversation)
+        parent = await self._parent_turn(spec, job.base_response_id)
         previous: str | None = None
         if spec.parent is ParentMode.RESPONSE:
             previous = spec.parent_response_id or (parent.response_id if parent else None)
-        elif spec.parent is ParentMode.LATEST and conversation is not None:
-            previous = conversation.latest_response_id
+        elif spec.parent is ParentMode.LATEST:
+            # The head the job started from (recorded by start_job), which is also the one its
+            # image may replace (compare-and-set in save_result).
+            previous = job.base_response_id
         parent_image: InputImage | None = None
         mask = spec.mask
         # Jobs that edit the parent's pixels themselves send them, whatever the engine.
@@ -1236,6 +1334,9 @@ class Studio:
             ),
         )
         self._crashpoint("saved")
+        if saved.result.get("branched"):
+            # The thread moved on while this job ran: the image is shown, as a branch.
+            done = dataclasses.replace(done, branched=True)
         try:
             await self._post(job, saved, done, sink)
         finally:
@@ -1288,10 +1389,44 @@ class Studio:
         # meanwhile no other process may take this one for dead.
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._keep_alive(), name="worker-heartbeat")
+        if self._shared is not None:
+            await self._shared.open(slots=self._queue_concurrency)
         orphans = await self._store.adopt_orphans(
             self.worker_id, stale_after=self._stale_after, own=True
         )
-        return await self._settle(orphans)
+        settled = await self._settle(orphans)
+        if self._shared is not None and self._worker is None and self._queue_concurrency > 0:
+            log.info(
+                "worker %s runs up to %d job(s) of the shared queue at once",
+                self.worker_id,
+                self._queue_concurrency,
+            )
+            self._worker = asyncio.create_task(self._work_shared(), name="queue-worker")
+        return settled
+
+    async def _work_shared(self) -> None:
+        """Run the shared queue's tickets in this process until closed."""
+        assert self._shared is not None
+        while not self._closing:
+            try:
+                await self._shared.run_worker(
+                    self._run_ticket,
+                    name=self.worker_id,
+                    # Each process may run as many as the whole fleet; the fleet-wide places
+                    # (`slot`) keep the sum at GLOBAL_CONCURRENCY.
+                    concurrency=self._queue_concurrency,
+                    heartbeat_seconds=self._heartbeat_seconds,
+                    stale_after_seconds=self._stale_after,
+                    graceful_seconds=self._grace,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the queue worker of %s failed", self.worker_id)
+            # It stops on its own only when a part of it failed (the database went away):
+            # start it again, after a pause that a database down for longer does not spin.
+            log.warning("restarting the queue worker of %s", self.worker_id)
+            await asyncio.sleep(self._heartbeat_seconds)
 
     async def _keep_alive(self) -> None:
         """Every `heartbeat_seconds`: say this worker is alive, and settle dead workers' jobs."""
@@ -1311,6 +1446,12 @@ class Studio:
                         "took over the jobs of stopped worker(s) %s", ", ".join(orphans.workers)
                     )
                     await self._settle(orphans)
+                if self._shared is not None:
+                    # Tickets a silent process had fetched go back to the queue; run again,
+                    # each does nothing unless its ledger job is still queued.
+                    requeued = await self._shared.requeue_stalled(self._stale_after)
+                    if requeued:
+                        log.warning("requeued %d ticket(s) of stalled workers", requeued)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -1357,8 +1498,15 @@ class Studio:
                 continue
             sink = await self._sink_factory(job, JobSpec.from_payload(job.payload))
             self._spawn(self._post(job, turn, completed_from_turn(turn, *image), sink))
+        if self._shared is not None:
+            # The running tickets of the jobs just settled held their threads' locks for a
+            # process that is gone.
+            await self._shared.forget([job.id for job in (*orphans.running, *orphans.saved)])
         for job in orphans.queued:
-            await self._enqueue(job)
+            if self._shared is not None:
+                await self._store.dispatch_job(job.id)
+            else:
+                await self._enqueue(job)
         return interrupted, reposted, list(orphans.queued)
 
     async def _repost_grid(self, job: Job, spec: JobSpec) -> None:
@@ -1425,7 +1573,8 @@ class Studio:
             done,
             options=options,
             prompt=spec.prompt,
-            parent_response_id=spec.parent_response_id,
+            parent_response_id=spec.parent_response_id
+            or (job.base_response_id if spec.parent is ParentMode.LATEST else None),
             channel_id=job.channel_id,
             guild_id=job.guild_id,
             user_id=job.user_id,
@@ -1436,9 +1585,12 @@ class Studio:
         return await self._store.get_job(job.id)
 
     async def wait_idle(self) -> None:
-        """Wait until no job runs and no image waits to be posted (tests, shutdown)."""
+        """Wait until no job runs here and no image waits to be posted (tests, shutdown)."""
         while True:
             await self._queue.wait_idle()
+            if self._tickets:
+                await asyncio.gather(*list(self._tickets.values()), return_exceptions=True)
+                continue
             if not self._finishing:
                 return
             await asyncio.gather(*list(self._finishing), return_exceptions=True)
@@ -1450,10 +1602,18 @@ class Studio:
         Retry) at the next start; one whose image arrived is saved and posted first, and one
         whose posting is still being retried stays `saved` and is posted at the next start.
         """
+        self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             self._heartbeat = None
+        if self._worker is not None:
+            # The worker stops fetching, gives running tickets their grace, then cancels them.
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self._shared is not None:
+            await self._shared.close()
         await self._queue.close(grace)
         finishing = list(self._finishing)
         if finishing:
@@ -1464,12 +1624,18 @@ class Studio:
 
     @property
     def running(self) -> int:
-        """How many jobs run now."""
-        return self._queue.running
+        """How many jobs run now (in this process)."""
+        return self._queue.running + len(self._tickets)
 
     def waiting_jobs(self) -> Sequence[Job]:
-        """The jobs waiting to run, in order."""
+        """The jobs waiting to run here, in order (a shared queue's wait in the database)."""
         return self._queue.waiting_jobs()
+
+    async def queue_depth(self) -> int:
+        """How many jobs wait to run: fleet-wide with a shared queue, else in this process."""
+        if self._shared is not None:
+            return await self._shared.depth()
+        return len(self._queue.waiting_jobs())
 
     # --- web studio ---------------------------------------------------------------------
     # Signed links to the painter and the gallery, and what the web app needs to serve them.
@@ -1638,4 +1804,4 @@ class Studio:
         except Exception:
             log.warning("readiness: the database did not answer", exc_info=True)
             database = False
-        return {"database": database, "queue": not self._queue.closing}
+        return {"database": database, "queue": not self._queue.closing and not self._closing}

@@ -1,0 +1,3 @@
+-- The shared job queue (procrastinate) exists on PostgreSQL only: SQLite serves one process,
+-- whose queue lives in memory and is rebuilt from the ledger at start-up. Nothing to change here;
+-- the number keeps both backends' schema versions in step.

@@ -1,0 +1,6 @@
+-- The shared job queue: procrastinate's schema (its tables, types and functions, all named
+-- procrastinate_*), as shipped by the pinned procrastinate release. storage/postgres.py appends
+-- it to this migration from the installed package (storage.pgqueue.queue_schema), so it is
+-- applied like any other migration: once, in one transaction, under the migration lock, with
+-- the version recorded in schema_migrations. A later procrastinate release ships numbered
+-- migrations of its own (procrastinate/sql/migrations); they become numbered migrations here.
