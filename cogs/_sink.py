@@ -368,6 +368,8 @@ class DiscordTurnSink:
             )
         if any(f.reencoded for f in fitted):
             lines.append(t(self.locale, "discord.grid_reencoded"))
+        if any(event.branched for event in events):
+            lines.append(t(self.locale, "note.branched"))
         first = events[0]
         total = sum(event.cost for event in events)
         seconds = max(event.seconds for event in events)

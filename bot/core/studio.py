@@ -1249,8 +1249,12 @@ class Studio:
             lambda: self._store.save_results(job.id, items, billed=billed, advance=True),
         )
         self._crashpoint("saved")
+        shown = [
+            dataclasses.replace(event, branched=bool(turn.result.get("branched")))
+            for event, turn in zip(done, saved, strict=True)
+        ]
         try:
-            await self._post_grid(job, saved, list(done), len(failures), sink)
+            await self._post_grid(job, saved, shown, len(failures), sink)
         finally:
             self._arrived.discard(job.id)
 
