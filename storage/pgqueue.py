@@ -255,10 +255,14 @@ class TicketQueue:
 
 
 async def _take_one(conn: Connection, keys: Sequence[int]) -> int | None:
-    """Take the first free advisory lock of `keys` (session-level); None if all are held."""
-    for key in random.sample(list(keys), len(keys)):
-        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-        row = await cursor.fetchone()
-        if row is not None and row[0]:
-            return key
-    return None
+    """Take the first free advisory lock of `keys` (session-level), in a random order, in one
+    round trip; None if all are held. The scan stops at the first lock taken (LIMIT 1 pulls
+    rows one at a time), so no other key is locked on the way."""
+    order = random.sample(list(keys), len(keys))
+    cursor = await conn.execute(
+        "SELECT key FROM unnest(%s::bigint[]) WITH ORDINALITY AS k(key, n)"
+        " WHERE pg_try_advisory_lock(key) LIMIT 1",
+        (order,),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row is not None else None

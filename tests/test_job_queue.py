@@ -111,6 +111,28 @@ async def test_a_queued_job_is_cancelled_only_while_it_is_still_queued(
         await store.close()
 
 
+async def test_a_place_takes_one_lock_of_each_kind_and_gives_them_back(postgres_url: str) -> None:
+    queue = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
+    await queue.open(slots=2)
+
+    def advisory_locks() -> int:
+        with psycopg.connect(postgres_conninfo(postgres_url), autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    try:
+        async with queue.slot(7, global_cap=8, user_cap=3):
+            # One fleet place and one of the member's: free keys met on the way stay free.
+            assert advisory_locks() == 2
+            async with queue.slot(7, global_cap=8, user_cap=3):
+                assert advisory_locks() == 4
+        assert advisory_locks() == 0
+    finally:
+        await queue.close()
+
+
 async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) -> None:
     first, second = (
         pgqueue.TicketQueue(postgres_conninfo(postgres_url)),
