@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import binascii
 import contextlib
 import copy
@@ -932,7 +933,7 @@ class FakeOpenAI:
             for item in response["output"]:
                 self._items[item["id"]] = item
                 if item.get("type") == "image_generation_call" and item.get("result"):
-                    latest = base64.b64decode(item["result"])
+                    latest = _decoded(item["result"])
             self._context_images[rid] = latest
 
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
@@ -1269,3 +1270,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@functools.lru_cache(maxsize=16)
+def _decoded(text: str) -> bytes:
+    """The image of a stored response's result; cached, as the same final recurs turn after turn."""
+    return base64.b64decode(text)

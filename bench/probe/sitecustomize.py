@@ -19,6 +19,8 @@ from typing import Any
 
 OUT = os.environ.get("MEMPROBE_OUT")
 PROFILE_OUT = os.environ.get("CPUPROBE_OUT")
+HEARTBEAT_OUT = os.environ.get("HBPROBE_OUT")
+SLOW_OUT = os.environ.get("SLOWPROBE_OUT")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -191,6 +193,47 @@ def _profile() -> None:
     signal.signal(signal.SIGUSR1, dump)
 
 
+def _heartbeats() -> None:
+    """Append the time.monotonic() of every heartbeat the bot hands to its socket."""
+    from discord import gateway
+
+    original = gateway.DiscordWebSocket.send_heartbeat
+    assert HEARTBEAT_OUT is not None
+    out = open(HEARTBEAT_OUT, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+
+    async def send_heartbeat(self: Any, data: Any) -> None:
+        out.write(f"{time.monotonic():.6f}\n")
+        await original(self, data)
+
+    gateway.DiscordWebSocket.send_heartbeat = send_heartbeat  # type: ignore[method-assign]
+
+
+def _slow_callbacks() -> None:
+    """Log every event-loop callback over 20 ms, with the coroutine it ran, to SLOWPROBE_OUT."""
+    import asyncio
+    import logging
+
+    threshold = float(os.environ.get("SLOWPROBE_MS", "20")) / 1000
+    handler = logging.FileHandler(str(SLOW_OUT))
+    handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+    asyncio_log.setLevel(logging.WARNING)
+    asyncio_log.propagate = False
+    original = asyncio.BaseEventLoop.run_forever
+
+    def run_forever(self: asyncio.BaseEventLoop) -> None:
+        self.set_debug(True)
+        self.slow_callback_duration = threshold
+        original(self)
+
+    asyncio.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign]
+
+
+if HEARTBEAT_OUT:
+    _heartbeats()
+if SLOW_OUT:
+    _slow_callbacks()
 if OUT:
     _start()
 elif PROFILE_OUT:
