@@ -39,11 +39,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import functools
 import binascii
 import contextlib
 import copy
 import fnmatch
+import functools
 import itertools
 import json
 import logging

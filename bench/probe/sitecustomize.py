@@ -199,7 +199,8 @@ def _heartbeats() -> None:
 
     original = gateway.DiscordWebSocket.send_heartbeat
     assert HEARTBEAT_OUT is not None
-    out = open(HEARTBEAT_OUT, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    # Open for the life of the process; line-buffered, so each send reaches the file at once.
+    out = open(HEARTBEAT_OUT, "a", buffering=1)
 
     async def send_heartbeat(self: Any, data: Any) -> None:
         out.write(f"{time.monotonic():.6f}\n")
