@@ -427,12 +427,19 @@ class SqliteStore:
 
     async def add_turn(self, turn: NewTurn) -> Turn:
         """Record a turn and return it with its id and creation time."""
-        async with self._transaction() as conn:
-            return await self._insert_turn(conn, turn)
+        # One statement is atomic by itself: no BEGIN and COMMIT round trips to the thread.
+        created_at = self._clock()
+        rows = await self._write_returning(*self._turn_insert(turn, created_at))
+        return self._turn_record(turn, rows[0][0], created_at)
 
     async def _insert_turn(self, conn: aiosqlite.Connection, turn: NewTurn) -> Turn:
         created_at = self._clock()
-        rows = await conn.execute_fetchall(
+        rows = await conn.execute_fetchall(*self._turn_insert(turn, created_at))
+        return self._turn_record(turn, next(iter(rows))[0], created_at)
+
+    @staticmethod
+    def _turn_insert(turn: NewTurn, created_at: float) -> tuple[str, tuple[object, ...]]:
+        return (
             "INSERT INTO turns (channel_id, guild_id, user_id, message_id, response_id,"
             " parent_response_id, prompt, revised_prompt, options, engine, model, usage,"
             " cost_usd, status, image_url, created_at, result)"
@@ -457,8 +464,11 @@ class SqliteStore:
                 dump_json(turn.result),
             ),
         )
+
+    @staticmethod
+    def _turn_record(turn: NewTurn, turn_id: int, created_at: float) -> Turn:
         return Turn(
-            id=next(iter(rows))[0],
+            id=turn_id,
             channel_id=turn.channel_id,
             guild_id=turn.guild_id,
             user_id=turn.user_id,
