@@ -21,6 +21,7 @@ OUT = os.environ.get("MEMPROBE_OUT")
 PROFILE_OUT = os.environ.get("CPUPROBE_OUT")
 HEARTBEAT_OUT = os.environ.get("HBPROBE_OUT")
 SLOW_OUT = os.environ.get("SLOWPROBE_OUT")
+GC_OUT = os.environ.get("GCPROBE_OUT")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -231,6 +232,29 @@ def _slow_callbacks() -> None:
     asyncio.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign]
 
 
+def _collections() -> None:
+    """Append generation, duration (s) and objects collected of every garbage collection."""
+    import gc
+
+    assert GC_OUT is not None
+    # Open for the life of the process; line-buffered, so each line reaches the file at once.
+    out = open(GC_OUT, "a", buffering=1)
+    started: list[float] = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - started[0]
+            out.write(
+                f"{time.monotonic():.3f} {info['generation']} {took:.6f} {info['collected']}\n"
+            )
+
+    gc.callbacks.append(watch)
+
+
+if GC_OUT:
+    _collections()
 if HEARTBEAT_OUT:
     _heartbeats()
 if SLOW_OUT:

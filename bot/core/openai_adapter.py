@@ -232,6 +232,17 @@ def _text_of(output: Any) -> str | None:
     return "\n".join(parts) or None
 
 
+def _raise_stream_error(event: LeanEvent, request: Any) -> None:
+    """Raise `openai.APIError` for an event with a truthy `error`, as the SDK's stream does."""
+    data = event.data
+    if isinstance(data, dict) and data.get("error"):
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        if not message or not isinstance(message, str):
+            message = "An error occurred during streaming"
+        raise openai.APIError(message=message, request=request, body=error)
+
+
 def _body_chunks(raw: Any) -> AsyncIterator[bytes]:
     """The body of a streamed response as it arrives: all the connection has buffered at once.
 
@@ -242,8 +253,10 @@ def _body_chunks(raw: Any) -> AsyncIterator[bytes]:
     body, another transport) goes the SDK's way.
     """
     http = raw.http_response
-    aio = getattr(getattr(http, "stream", None), "_aiohttp_response", None)
-    content = getattr(aio, "content", None)
+    stream = getattr(http, "stream", None)
+    # httpx2's client wraps the transport's stream (BoundAsyncStream, to time the response).
+    stream = getattr(stream, "_stream", stream)
+    content = getattr(getattr(stream, "_aiohttp_response", None), "content", None)
     encoding = http.headers.get("content-encoding", "identity").strip().lower()
     if isinstance(content, aiohttp.StreamReader) and encoding in ("", "identity"):
         return content.iter_any().__aiter__()
@@ -337,22 +350,22 @@ class OpenAIImageClient:
                     raise openai.APITimeoutError(request=http.request) from exc
                 except request_exceptions() as exc:
                     raise openai.APIConnectionError(request=http.request) from exc
-                events = parser.feed(chunk) if chunk is not None else parser.finish()
-                for event in events:
-                    data = event.data
-                    if isinstance(data, dict) and data.get("error"):
-                        error = data["error"]
-                        message = error.get("message") if isinstance(error, dict) else None
-                        if not message or not isinstance(message, str):
-                            message = "An error occurred during streaming"
-                        raise openai.APIError(message=message, request=http.request, body=error)
-                    yield event
                 if chunk is None:
+                    for event in parser.finish():
+                        _raise_stream_error(event, http.request)
+                        yield event
                     return
-                if parser.span_opened:
-                    # An image began: wait for room before reading on (TCP holds the sender).
-                    parser.span_opened = False
-                    await allowance.reserve()
+                start: int | None = 0
+                while start is not None:
+                    for event in parser.feed(chunk, start):
+                        _raise_stream_error(event, http.request)
+                        yield event
+                    start = parser.resume_at
+                    if parser.span_opened:
+                        # An image began: wait for room before reading on (TCP holds the
+                        # sender); the parser paused there, the chunk's rest follows.
+                        parser.span_opened = False
+                        await allowance.reserve()
             if http.http_version == "HTTP/1.1":
                 # Read the body's end, as the SDK does, so that the connection is reused.
                 await drain_response_async(http)
@@ -470,7 +483,7 @@ class OpenAIImageClient:
         item: Any = None
         text: str | None = None
         drawing = False
-        parser = LeanSSEParser(auto_skip_repeats=True)
+        parser = LeanSSEParser(auto_skip_repeats=True, pause_at_spans=True)
         allowance = TurnAllowance(self._budget)
         delivered = False
         params = self.responses_params(request, file_ids=file_ids)
@@ -704,7 +717,7 @@ class OpenAIImageClient:
         opts = request.options
         call_name, params = self.images_params(request)
         drawing = False
-        parser = LeanSSEParser()
+        parser = LeanSSEParser(pause_at_spans=True)
         allowance = TurnAllowance(self._budget)
         delivered = False
         images = self._client.images.with_streaming_response
