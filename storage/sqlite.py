@@ -629,35 +629,29 @@ class SqliteStore:
         guild_window: Window,
     ) -> Occupancy:
         """Spent usage in the windows plus the reservations of active jobs (inside a transaction)."""
-
-        async def one(sql: str, params: Sequence[object]) -> Row:
-            rows = list(await conn.execute_fetchall(sql, params))
-            return rows[0]
-
-        spent_user = await one(
+        # One statement (one round trip to the connection's thread), each part a one-row query.
+        parts = [
             "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(cost_usd), 0.0) FROM usage_ledger"
             " WHERE user_id = ? AND at >= ? AND at < ?",
-            (user_id, user_window.since, user_window.until),
-        )
-        held_user = await one(
             "SELECT COUNT(*), COALESCE(SUM(reserved_images), 0), COALESCE(SUM(reserved_usd), 0.0)"
             " FROM jobs WHERE user_id = ? AND status IN (?, ?)",
-            (user_id, *_ACTIVE),
-        )
-        guild_images, guild_usd = 0, 0.0
+        ]
+        params: list[object] = [user_id, user_window.since, user_window.until, user_id, *_ACTIVE]
         if guild_id is not None:
-            spent_guild = await one(
+            parts += [
                 "SELECT COALESCE(SUM(images), 0), COALESCE(SUM(cost_usd), 0.0) FROM usage_ledger"
                 " WHERE guild_id = ? AND at >= ? AND at < ?",
-                (guild_id, guild_window.since, guild_window.until),
-            )
-            held_guild = await one(
                 "SELECT COALESCE(SUM(reserved_images), 0), COALESCE(SUM(reserved_usd), 0.0)"
                 " FROM jobs WHERE guild_id = ? AND status IN (?, ?)",
-                (guild_id, *_ACTIVE),
-            )
-            guild_images = int(spent_guild[0]) + int(held_guild[0])
-            guild_usd = float(spent_guild[1]) + float(held_guild[1])
+            ]
+            params += [guild_id, guild_window.since, guild_window.until, guild_id, *_ACTIVE]
+        sql = "SELECT * FROM " + ", ".join(f"({part})" for part in parts)
+        row = next(iter(await conn.execute_fetchall(sql, params)))
+        spent_user, held_user = row[0:2], row[2:5]
+        guild_images, guild_usd = 0, 0.0
+        if guild_id is not None:
+            guild_images = int(row[5]) + int(row[7])
+            guild_usd = float(row[6]) + float(row[8])
         return Occupancy(
             user_pending=int(held_user[0]),
             user_images=int(spent_user[0]) + int(held_user[1]),
