@@ -359,7 +359,7 @@ async def concurrent(
     # The bot logs its budget's account when it stops (bot/services.py).
     log = session.log_file.read_text(errors="replace")
     note = next((line for line in reversed(log.splitlines()) if "image memory budget" in line), "")
-    sent_at = [float(v) for v in sends.read_text().split()]
+    sent_at = [float(v) for v in (sends.read_text() if sends.exists() else "").split()]
     beats = [t for t in sent_at if window[0] <= t <= window[1]]
     return ConcurrentRun(
         turns=turns,
