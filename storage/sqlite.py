@@ -85,12 +85,16 @@ _PRAGMAS = (
 )
 
 
-# A store opened on a file checkpoints the WAL from a second connection (its own thread), after
-# writes and at most every CHECKPOINT_SECONDS: SQLite's automatic checkpoint would run inside
-# the commit that crosses 1000 pages, with two fsyncs, and that write would wait for them
-# (bench/results.md, storage). The automatic one stays as a backstop at WAL_BACKSTOP_PAGES, and
-# a WAL file grown past JOURNAL_SIZE_LIMIT is cut back after a checkpoint.
+# A store opened on a file checkpoints the WAL from a second connection (its own thread) once
+# about CHECKPOINT_PAGES were written, at most every CHECKPOINT_SECONDS: SQLite's automatic
+# checkpoint would run inside the commit that crosses 1000 pages, with two fsyncs, and that
+# write would wait for them (bench/results.md, storage). Pages are estimated (a few per commit,
+# an image's size in pages), since SQLite does not tell; the automatic checkpoint stays as a
+# backstop at WAL_BACKSTOP_PAGES, and a WAL file grown past JOURNAL_SIZE_LIMIT is cut back.
+CHECKPOINT_PAGES = 1000
 CHECKPOINT_SECONDS = 0.5
+PAGES_PER_COMMIT = 4
+PAGE_SIZE = 4096
 WAL_BACKSTOP_PAGES = 16384
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -102,9 +106,17 @@ class WalCheckpointer:
     copied by the next one.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, *, every: float = CHECKPOINT_SECONDS) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        every: float = CHECKPOINT_SECONDS,
+        pages: int = CHECKPOINT_PAGES,
+    ) -> None:
         self._conn = conn
         self._every = every
+        self._threshold = pages
+        self._pending = 0
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.checkpoints = 0
@@ -117,14 +129,17 @@ class WalCheckpointer:
         checkpointer._task = asyncio.create_task(checkpointer._run(), name="sqlite-checkpoint")
         return checkpointer
 
-    def wrote(self) -> None:
-        """Note a committed write: a checkpoint follows within `every` seconds."""
-        self._dirty.set()
+    def wrote(self, pages: int = PAGES_PER_COMMIT) -> None:
+        """Note a committed write of about `pages` pages; enough of them ask for a checkpoint."""
+        self._pending += pages
+        if self._pending >= self._threshold:
+            self._dirty.set()
 
     async def _run(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            self._pending = 0
             try:
                 await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
@@ -330,9 +345,9 @@ class SqliteStore:
             self._wrote()
             return rows
 
-    def _wrote(self) -> None:
+    def _wrote(self, pages: int = PAGES_PER_COMMIT) -> None:
         if self._checkpointer is not None:
-            self._checkpointer.wrote()
+            self._checkpointer.wrote(pages)
 
     async def _commit_implicit(self) -> None:
         """Commit a transaction that sqlite3's legacy mode opened on its own."""
@@ -845,7 +860,8 @@ class SqliteStore:
                 )
                 if cursor.rowcount == 0:
                     raise StorageError(f"job {job_id} is not running; its result was not saved")
-            return saved
+        self._wrote(len(image) // PAGE_SIZE)
+        return saved
 
     async def mark_posted(
         self, job_id: int, turn_id: int, message_id: int | None, image_url: str | None

@@ -47,6 +47,8 @@ from storage.postgres import migrate as postgres_migrate
 from storage.postgres import packaged_migrations as postgres_migrations
 from storage.postgres import schema_version as postgres_schema_version
 from storage.sqlite import (
+    CHECKPOINT_PAGES,
+    PAGES_PER_COMMIT,
     WAL_BACKSTOP_PAGES,
     Migration,
     load_migrations,
@@ -1695,15 +1697,17 @@ def _in_main_file(path: Path, turn_id: int) -> bool:
 
 
 async def test_sqlite_checkpoints_off_the_write_path(tmp_path: Path) -> None:
+    """Enough writes are checkpointed by the store's second connection, none inline."""
     path = tmp_path / "bot.db"
     store = await SqliteStore.open(path)
     try:
         # The store's own connection checkpoints only as a backstop, far above SQLite's 1000.
         rows = list(await store._conn.execute_fetchall("PRAGMA wal_autocheckpoint"))
         assert rows == [(WAL_BACKSTOP_PAGES,)]
-        turn = await store.add_turn(new_turn())
-        # One small write never reaches the backstop: the turn gets into the file only through
-        # the store's checkpointing connection, while the store stays open.
+        # Writes of about CHECKPOINT_PAGES pages, far below the backstop: they get into the file
+        # only through the store's checkpointing connection, while the store stays open.
+        for _ in range(CHECKPOINT_PAGES // PAGES_PER_COMMIT):
+            turn = await store.add_turn(new_turn())
         await wait_until(lambda: _in_main_file(path, turn.id), what="a background checkpoint")
     finally:
         await store.close()
