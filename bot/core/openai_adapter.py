@@ -17,6 +17,7 @@ import openai
 from openai import AsyncOpenAI
 from openai._httpx2 import request_exceptions, timeout_exceptions
 from openai._streaming_cleanup import drain_response_async
+from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from bot.core import logcontext
 from bot.core.b64 import b64decode
@@ -342,8 +343,11 @@ class OpenAIImageClient:
             chunks = _body_chunks(raw)
             while not parser.done:
                 try:
-                    async with asyncio.timeout(self._config.stall_seconds):
-                        chunk = await chunks.__anext__()
+                    # aiohttp's errors as the SDK's transport maps them (read directly, they
+                    # would not be httpx2's): a cut stream is a connection error, and so on.
+                    with map_aiohttp_exceptions():
+                        async with asyncio.timeout(self._config.stall_seconds):
+                            chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     chunk = None
                 except timeout_exceptions() as exc:
