@@ -202,7 +202,7 @@ class DiscordTurnSink:
                     total=max(1, self.spec_partials),
                 )
             )
-            upload = ImageUpload(event.image)
+            upload = ImageUpload(await event.load())
             file = discord.File(
                 upload, filename=f"partial-{event.index}.{event.format}", spoiler=self.spec.spoiler
             )

@@ -44,6 +44,7 @@ import collections
 import contextlib
 import copy
 import fnmatch
+import functools
 import hashlib
 import itertools
 import json
@@ -945,7 +946,7 @@ class FakeOpenAI:
             for item in response["output"]:
                 self._items[item["id"]] = item
                 if item.get("type") == "image_generation_call" and item.get("result"):
-                    latest = base64.b64decode(item["result"])
+                    latest = _decoded(item["result"])
             self._context_images[rid] = latest
 
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
@@ -1282,3 +1283,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@functools.lru_cache(maxsize=16)
+def _decoded(text: str) -> bytes:
+    """The image of a stored response's result; cached, as the same final recurs turn after turn."""
+    return base64.b64decode(text)

@@ -9,6 +9,7 @@ import base64
 import gc
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import openai
 import pytest
 
@@ -189,3 +190,21 @@ async def test_budget_waiters_are_served_in_order_and_cancellation_is_clean() ->
     lease.release()
     lease.release()
     assert budget.used == 0
+
+
+async def test_the_body_is_read_from_aiohttp_as_it_arrives(
+    client: OpenAIImageClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not through the SDK's transport in 16 KiB pieces: aiohttp's reader gives what it holds."""
+    readers: list[aiohttp.StreamReader] = []
+    iter_any = aiohttp.StreamReader.iter_any
+
+    def spy(self: aiohttp.StreamReader) -> object:
+        readers.append(self)
+        return iter_any(self)
+
+    monkeypatch.setattr(aiohttp.StreamReader, "iter_any", spy)
+    events = [e async for e in client.stream_responses(REQUEST)]
+
+    assert isinstance(events[-1], Completed)
+    assert len(readers) == 1

@@ -141,6 +141,38 @@ def test_random_chunkings_give_the_sdks_events() -> None:
             assert lean_events(split(data, rng, pieces)) == expected
 
 
+def paused_events(chunks: list[bytes]) -> tuple[list[tuple[Any, ...]], int]:
+    """Events of a parser that pauses at every image value, resumed where it says; and pauses."""
+    parser = LeanSSEParser(pause_at_spans=True)
+    events: list[LeanEvent] = []
+    pauses = 0
+    for chunk in chunks:
+        start: int | None = 0
+        while start is not None and not parser.done:
+            events += parser.feed(chunk, start)
+            start = parser.resume_at
+            if start is not None:
+                assert parser.span_opened
+                parser.span_opened = False
+                pauses += 1
+    if not parser.done:
+        events += parser.finish()
+    return [(e.event, e.id, e.retry, model(e)) for e in events], pauses
+
+
+def test_a_parser_that_pauses_at_images_gives_the_same_events() -> None:
+    rng = random.Random(20261203)
+    for round_ in range(30):
+        data = frame(rng, turn_events(rng, rng.randint(1, 3000)), varied=round_ % 2 == 1)
+        expected = sdk_events(data)
+        # Whole (one chunk: it must pause at each image value inside it) and split.
+        events, pauses = paused_events([data])
+        assert events == expected
+        assert pauses >= data.count(b'"partial_image_b64":"') > 0
+        for pieces in (7, 60):
+            assert paused_events(split(data, rng, pieces))[0] == expected
+
+
 def test_every_byte_boundary_inside_the_base64_span() -> None:
     rng = random.Random(5)
     events = turn_events(rng, 600)

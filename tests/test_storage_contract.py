@@ -49,6 +49,9 @@ from storage.postgres import migrate as postgres_migrate
 from storage.postgres import packaged_migrations as postgres_migrations
 from storage.postgres import schema_version as postgres_schema_version
 from storage.sqlite import (
+    CHECKPOINT_PAGES,
+    PAGES_PER_COMMIT,
+    WAL_BACKSTOP_PAGES,
     Migration,
     load_migrations,
     migrate,
@@ -1835,3 +1838,31 @@ def test_url_passwords_lists_every_spelling() -> None:
     assert url_passwords("postgresql://bot:hu%40nter2@db/bot") == ["hu%40nter2", "hu@nter2"]
     assert url_passwords("postgresql://db/bot?password=a%2Fb") == ["a%2Fb", "a/b"]
     assert url_passwords("postgresql://bot@db/bot") == []
+
+
+def _in_main_file(path: Path, turn_id: int) -> bool:
+    """Whether a turn is in the database file itself (the WAL unread: `immutable`)."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return bool(conn.execute("SELECT 1 FROM turns WHERE id = ?", (turn_id,)).fetchall())
+    except sqlite3.OperationalError:  # not even the schema is in the file yet
+        return False
+    finally:
+        conn.close()
+
+
+async def test_sqlite_checkpoints_off_the_write_path(tmp_path: Path) -> None:
+    """Enough writes are checkpointed by the store's second connection, none inline."""
+    path = tmp_path / "bot.db"
+    store = await SqliteStore.open(path)
+    try:
+        # The store's own connection checkpoints only as a backstop, far above SQLite's 1000.
+        rows = list(await store._conn.execute_fetchall("PRAGMA wal_autocheckpoint"))
+        assert rows == [(WAL_BACKSTOP_PAGES,)]
+        # Writes of about CHECKPOINT_PAGES pages, far below the backstop: they get into the file
+        # only through the store's checkpointing connection, while the store stays open.
+        for _ in range(CHECKPOINT_PAGES // PAGES_PER_COMMIT):
+            turn = await store.add_turn(new_turn())
+        await wait_until(lambda: _in_main_file(path, turn.id), what="a background checkpoint")
+    finally:
+        await store.close()

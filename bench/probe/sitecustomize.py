@@ -19,6 +19,9 @@ from typing import Any
 
 OUT = os.environ.get("MEMPROBE_OUT")
 PROFILE_OUT = os.environ.get("CPUPROBE_OUT")
+HEARTBEAT_OUT = os.environ.get("HBPROBE_OUT")
+SLOW_OUT = os.environ.get("SLOWPROBE_OUT")
+GC_OUT = os.environ.get("GCPROBE_OUT")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -191,6 +194,71 @@ def _profile() -> None:
     signal.signal(signal.SIGUSR1, dump)
 
 
+def _heartbeats() -> None:
+    """Append the time.monotonic() of every heartbeat the bot hands to its socket."""
+    from discord import gateway
+
+    original = gateway.DiscordWebSocket.send_heartbeat
+    assert HEARTBEAT_OUT is not None
+    # Open for the life of the process; line-buffered, so each send reaches the file at once.
+    out = open(HEARTBEAT_OUT, "a", buffering=1)
+
+    async def send_heartbeat(self: Any, data: Any) -> None:
+        out.write(f"{time.monotonic():.6f}\n")
+        await original(self, data)
+
+    gateway.DiscordWebSocket.send_heartbeat = send_heartbeat  # type: ignore[method-assign]
+
+
+def _slow_callbacks() -> None:
+    """Log every event-loop callback over 20 ms, with the coroutine it ran, to SLOWPROBE_OUT."""
+    import asyncio
+    import logging
+
+    threshold = float(os.environ.get("SLOWPROBE_MS", "20")) / 1000
+    handler = logging.FileHandler(str(SLOW_OUT))
+    handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+    asyncio_log.setLevel(logging.WARNING)
+    asyncio_log.propagate = False
+    original = asyncio.BaseEventLoop.run_forever
+
+    def run_forever(self: asyncio.BaseEventLoop) -> None:
+        self.set_debug(True)
+        self.slow_callback_duration = threshold
+        original(self)
+
+    asyncio.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign]
+
+
+def _collections() -> None:
+    """Append generation, duration (s) and objects collected of every garbage collection."""
+    import gc
+
+    assert GC_OUT is not None
+    # Open for the life of the process; line-buffered, so each line reaches the file at once.
+    out = open(GC_OUT, "a", buffering=1)
+    started: list[float] = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - started[0]
+            out.write(
+                f"{time.monotonic():.3f} {info['generation']} {took:.6f} {info['collected']}\n"
+            )
+
+    gc.callbacks.append(watch)
+
+
+if GC_OUT:
+    _collections()
+if HEARTBEAT_OUT:
+    _heartbeats()
+if SLOW_OUT:
+    _slow_callbacks()
 if OUT:
     _start()
 elif PROFILE_OUT:

@@ -36,14 +36,3 @@ def decoder_name() -> str:
     if _fast is None:
         return "binascii"
     return f"pybase64 {_fast.__version__}"
-
-
-def b64decode_strict(data: bytes | bytearray | memoryview | str) -> bytes:
-    """Decode with the SIMD decoder's strict path; ValueError if it is missing or refuses."""
-    if _fast is None:
-        raise ValueError("no SIMD base64 decoder installed")
-    try:
-        result: bytes = _fast.b64decode(data, validate=True)
-    except (binascii.Error, TypeError) as exc:
-        raise ValueError(str(exc)) from exc
-    return result

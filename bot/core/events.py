@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -83,6 +84,16 @@ class Partial:
         if self._image is None:
             assert self._source is not None
             self._image, self._source = self._source(), None
+        return self._image
+
+    async def load(self) -> bytes:
+        """The preview's bytes, decoded off the event loop if they came encoded.
+
+        A turn's partials arrive together at 100 concurrent turns: decoding them (a few ms each
+        with fresh pages) one after another on the loop would delay every other task.
+        """
+        if self._image is None:
+            return await asyncio.to_thread(lambda: self.image)
         return self._image
 
     @property

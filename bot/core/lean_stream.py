@@ -124,8 +124,13 @@ class LeanSSEParser:
     `auto_skip_repeats` sets it as soon as an `output_item.done` with a `result` is parsed.
     """
 
-    def __init__(self, *, auto_skip_repeats: bool = False) -> None:
+    def __init__(self, *, auto_skip_repeats: bool = False, pause_at_spans: bool = False) -> None:
         self.auto_skip_repeats = auto_skip_repeats
+        # With `pause_at_spans`, `feed()` returns as soon as a kept image value opens, and
+        # `resume_at` says where the unread rest of the chunk starts (None: all was read), so
+        # that the caller can wait for memory before the image's bytes are taken.
+        self.pause_at_spans = pause_at_spans
+        self.resume_at: int | None = None
         self.skip_repeated_results = False
         self.done = False
         self.skipped_bytes = 0
@@ -147,15 +152,16 @@ class LeanSSEParser:
 
     # --- bytes in ---------------------------------------------------------------------
 
-    def feed(self, chunk: bytes) -> list[LeanEvent]:
-        """Consume `chunk`; return the events it completed."""
+    def feed(self, chunk: bytes, start: int = 0) -> list[LeanEvent]:
+        """Consume `chunk[start:]`; return the events it completed."""
         out: list[LeanEvent] = []
+        self.resume_at = None
         if self.done:
             return out
-        i, size = 0, len(chunk)
-        if self._skip_lf and size:
-            if chunk[0] == 10:
-                i = 1
+        i, size = start, len(chunk)
+        if self._skip_lf and i < size:
+            if chunk[i] == 10:
+                i += 1
             self._skip_lf = False
         while i < size:
             if self._span is not None:
@@ -171,6 +177,9 @@ class LeanSSEParser:
                     after = len(self._line) - self._value_start
                     del self._line[self._value_start :]
                     i = end - after
+                    if self.pause_at_spans and self.span_opened and i < size:
+                        self.resume_at = i
+                        return out
                     continue
             if end == size:
                 break

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import aiohttp
 import openai
 from openai import AsyncOpenAI
 from openai._httpx2 import request_exceptions, timeout_exceptions
 from openai._streaming_cleanup import drain_response_async
+from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from bot.core import logcontext
-from bot.core.b64 import b64decode, b64decode_strict
+from bot.core.b64 import b64decode
 from bot.core.errors import FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, TurnFailure, Usage
 from bot.core.images import to_data_url
@@ -184,12 +186,9 @@ def _decode_span(span: Span) -> bytes:
 
 
 async def _decode(span: Span) -> bytes:
-    # The SIMD decoder takes ~0.2 ms for a 3.6 MB span: less than a hop to a thread. Text it
-    # rejects goes to binascii (~12 ms), which runs off the event loop.
-    try:
-        image = b64decode_strict(span.raw())
-    except ValueError:
-        image = await asyncio.to_thread(b64decode, span.raw())
+    # Off the event loop: the SIMD decoder takes ~0.2 ms for a 3.6 MB span alone, but a few ms
+    # with fresh pages under load, and at 100 concurrent turns the finals come together.
+    image = await asyncio.to_thread(b64decode, span.raw())
     span.release()
     return image
 
@@ -232,6 +231,38 @@ def _text_of(output: Any) -> str | None:
                 if _get(content, "type") == "output_text" and _get(content, "text"):
                     parts.append(str(_get(content, "text")))
     return "\n".join(parts) or None
+
+
+def _raise_stream_error(event: LeanEvent, request: Any) -> None:
+    """Raise `openai.APIError` for an event with a truthy `error`, as the SDK's stream does."""
+    data = event.data
+    if isinstance(data, dict) and data.get("error"):
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        if not message or not isinstance(message, str):
+            message = "An error occurred during streaming"
+        raise openai.APIError(message=message, request=request, body=error)
+
+
+def _body_chunks(raw: Any) -> AsyncIterator[bytes]:
+    """The body of a streamed response as it arrives: all the connection has buffered at once.
+
+    The SDK's aiohttp transport hands the body on in 16 KiB pieces, each through three
+    generators and a timeout of ours: ~900 loop steps per turn of real-size images, and with
+    decoding the largest share of the loop's time at 100 concurrent turns (py-spy of the bot
+    under bench/realsize.py). Its aiohttp response is read directly when the body needs no
+    decoding; anything else (a compressed body, another transport) goes the SDK's way.
+    """
+    http = raw.http_response
+    stream = getattr(http, "stream", None)
+    # httpx2's client wraps the transport's stream (BoundAsyncStream, to time the response).
+    stream = getattr(stream, "_stream", stream)
+    content = getattr(getattr(stream, "_aiohttp_response", None), "content", None)
+    encoding = http.headers.get("content-encoding", "identity").strip().lower()
+    if isinstance(content, aiohttp.StreamReader) and encoding in ("", "identity"):
+        return content.iter_any().__aiter__()
+    chunks: AsyncIterator[bytes] = raw.iter_bytes().__aiter__()
+    return chunks
 
 
 class OpenAIImageClient:
@@ -309,33 +340,36 @@ class OpenAIImageClient:
         async with contextlib.AsyncExitStack() as stack:
             raw = await self._answered(stack.enter_async_context(call))
             http = raw.http_response
-            chunks = raw.iter_bytes().__aiter__()
+            chunks = _body_chunks(raw)
             while not parser.done:
                 try:
-                    async with asyncio.timeout(self._config.stall_seconds):
-                        chunk = await chunks.__anext__()
+                    # aiohttp's errors as the SDK's transport maps them (read directly, they
+                    # would not be httpx2's): a cut stream is a connection error, and so on.
+                    with map_aiohttp_exceptions():
+                        async with asyncio.timeout(self._config.stall_seconds):
+                            chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     chunk = None
                 except timeout_exceptions() as exc:
                     raise openai.APITimeoutError(request=http.request) from exc
                 except request_exceptions() as exc:
                     raise openai.APIConnectionError(request=http.request) from exc
-                events = parser.feed(chunk) if chunk is not None else parser.finish()
-                for event in events:
-                    data = event.data
-                    if isinstance(data, dict) and data.get("error"):
-                        error = data["error"]
-                        message = error.get("message") if isinstance(error, dict) else None
-                        if not message or not isinstance(message, str):
-                            message = "An error occurred during streaming"
-                        raise openai.APIError(message=message, request=http.request, body=error)
-                    yield event
                 if chunk is None:
+                    for event in parser.finish():
+                        _raise_stream_error(event, http.request)
+                        yield event
                     return
-                if parser.span_opened:
-                    # An image began: wait for room before reading on (TCP holds the sender).
-                    parser.span_opened = False
-                    await allowance.reserve()
+                start: int | None = 0
+                while start is not None:
+                    for event in parser.feed(chunk, start):
+                        _raise_stream_error(event, http.request)
+                        yield event
+                    start = parser.resume_at
+                    if parser.span_opened:
+                        # An image began: wait for room before reading on (TCP holds the
+                        # sender); the parser paused there, the chunk's rest follows.
+                        parser.span_opened = False
+                        await allowance.reserve()
             if http.http_version == "HTTP/1.1":
                 # Read the body's end, as the SDK does, so that the connection is reused.
                 await drain_response_async(http)
@@ -453,7 +487,7 @@ class OpenAIImageClient:
         item: Any = None
         text: str | None = None
         drawing = False
-        parser = LeanSSEParser(auto_skip_repeats=True)
+        parser = LeanSSEParser(auto_skip_repeats=True, pause_at_spans=True)
         allowance = TurnAllowance(self._budget)
         delivered = False
         params = self.responses_params(request, file_ids=file_ids)
@@ -687,7 +721,7 @@ class OpenAIImageClient:
         opts = request.options
         call_name, params = self.images_params(request)
         drawing = False
-        parser = LeanSSEParser()
+        parser = LeanSSEParser(pause_at_spans=True)
         allowance = TurnAllowance(self._budget)
         delivered = False
         images = self._client.images.with_streaming_response
