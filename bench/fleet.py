@@ -84,6 +84,8 @@ class FleetResult:
     # Share of one core used during the bursts by the stand-ins (this process) and the bots.
     stand_in_cpu: float = 0.0
     bot_cpu: float = 0.0
+    # The whole machine (bots, stand-ins, PostgreSQL, anything else), from /proc/stat.
+    machine_cpu: float = 0.0
 
     @property
     def label(self) -> str:
@@ -353,6 +355,7 @@ async def measure(
             )
             result.claim_seconds = [float(r[0]) for r in rows]
             cpu_here, cpu_bots = time.process_time(), fleet.bot_cpu_seconds()
+            busy_before = machine_busy_seconds()
             bursts_started = time.monotonic()
             for repeat in range(config.repeats):
                 started = time.monotonic()
@@ -370,6 +373,7 @@ async def measure(
             wall = time.monotonic() - bursts_started
             result.stand_in_cpu = (time.process_time() - cpu_here) / wall
             result.bot_cpu = (fleet.bot_cpu_seconds() - cpu_bots) / wall
+            result.machine_cpu = (machine_busy_seconds() - busy_before) / wall
         finally:
             ledger.close()
     return result
@@ -385,6 +389,18 @@ async def sample_depth(ledger: Ledger, started: float) -> list[tuple[float, int]
             await asyncio.sleep(0.1)
     except asyncio.CancelledError:
         return samples
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (every core; /proc/stat), 0 elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def depth_line(samples: Sequence[tuple[float, int]]) -> str:
@@ -433,7 +449,8 @@ def fleet_rows(results: Sequence[FleetResult]) -> list[Row]:
                     f"over {len(claim)} turns",
                     f"queue depth during the first burst: {depth_line(result.depth)}",
                     f"CPU during the bursts, in cores: bot processes {result.bot_cpu:.2f}, "
-                    f"stand-ins {result.stand_in_cpu:.2f} (of {os.cpu_count()})",
+                    f"stand-ins {result.stand_in_cpu:.2f}, the whole machine (PostgreSQL "
+                    f"included) {result.machine_cpu:.2f} (of {os.cpu_count()})",
                 ],
             )
         )

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from fakes import interruptible
 from fakes._discord_gateway import HEARTBEAT_INTERVAL_MS
 from fakes._discord_model import (
     DEFAULT_UPLOAD_LIMIT,
@@ -789,19 +790,20 @@ class FakeDiscord(World):
 async def _serve(port: int, token: str, zlib: bool) -> None:
     """Run a stand-in until interrupted, printing how to point a bot at it."""
     fake = FakeDiscord(token=token, zlib=zlib)
-    await fake.start(port)
-    try:
-        print(f"api_base={fake.api_base}", flush=True)
-        print(f"gateway_url={fake.gateway_url}", flush=True)
-        print(f"token={fake.token}", flush=True)
-        print(
-            f"# DISCORD_API_BASE_URL={fake.api_base} DISCORD_GATEWAY_URL={fake.gateway_url} "
-            f"DISCORD_TOKEN={fake.token}",
-            flush=True,
-        )
-        await asyncio.Event().wait()
-    finally:
-        await fake.close()
+    async with interruptible() as stop:
+        await fake.start(port)
+        try:
+            print(f"api_base={fake.api_base}", flush=True)
+            print(f"gateway_url={fake.gateway_url}", flush=True)
+            print(f"token={fake.token}", flush=True)
+            print(
+                f"# DISCORD_API_BASE_URL={fake.api_base} DISCORD_GATEWAY_URL={fake.gateway_url} "
+                f"DISCORD_TOKEN={fake.token}",
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            await fake.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 from aiohttp import BodyPartReader, ClientError, ClientSession, ClientTimeout, web
 
 from fakes import _openai_render as render
+from fakes import interruptible
 from fakes._openai_render import (
     FILE_PURPOSES,
     MAX_PROMPT_CHARS,
@@ -1254,16 +1255,18 @@ async def _serve(args: argparse.Namespace) -> None:
     fake = FakeOpenAI(prerender=args.prerender)
     fake.set_timeline(Timeline(args.first_partial, args.between, args.final))
     fake.reply_text = args.reply_text
-    await fake.start(args.port)
-    print(fake.base_url, flush=True)
-    try:
-        while True:
-            await asyncio.sleep(60)
-            # A long-running demo must not grow without bound: keep only recent history.
-            del fake.requests[:-1000]
-            del fake.sent[:-10000]
-    finally:
-        await fake.close()
+    async with interruptible() as stop:
+        await fake.start(args.port)
+        print(fake.base_url, flush=True)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 60)
+                # A long-running demo must not grow without bound: keep only recent history.
+                del fake.requests[:-1000]
+                del fake.sent[:-10000]
+        finally:
+            await fake.close()
 
 
 def main(argv: list[str] | None = None) -> None:

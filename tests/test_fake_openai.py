@@ -19,6 +19,7 @@ import pytest
 from openai import AsyncOpenAI
 from PIL import Image, ImageChops, ImageStat
 
+from fakes import interruptible
 from fakes.openai_api import FakeOpenAI, Fault, Timeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -926,6 +927,16 @@ async def test_command_line_serves_until_interrupted() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_ctrl_c_taken_by_a_worker_thread_still_stops_a_stand_in() -> None:
+    """The kernel may hand a process's SIGINT to any thread; the stand-ins render in worker
+    threads, so the loop must wake at once wherever the signal landed."""
+    async with interruptible() as stop:
+        # raise_signal sends the signal to the calling thread: here, a worker thread.
+        await asyncio.to_thread(signal.raise_signal, signal.SIGINT)
+        await asyncio.wait_for(stop.wait(), 5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 async def test_client_hanging_up_mid_stream_leaves_the_fake_healthy(
