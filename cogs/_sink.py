@@ -6,7 +6,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -233,6 +233,23 @@ class DiscordTurnSink:
 
         Raises PostingFailed when Discord refuses for now: the studio tries again later.
         """
+        return await self._show_final(
+            lambda: self._post_final(event, turn),
+            lambda: self._deliver_elsewhere(event),
+            turn,
+            "image",
+        )
+
+    async def _show_final(
+        self,
+        post: Callable[[], Awaitable[None]],
+        elsewhere: Callable[[], Awaitable[tuple[int | None, str | None]]],
+        turn: Turn,
+        what: str,
+    ) -> tuple[int | None, str | None]:
+        """Run `post` (the final message in place of the progress), or `elsewhere` when the
+        channel is gone; PostingFailed when Discord refuses for now. Returns the message id and
+        its first attachment's URL."""
         self._final = True
         self._pending = None
         if self._uploader is not None:
@@ -242,14 +259,14 @@ class DiscordTurnSink:
             if self.channel is None:
                 raise _Gone("the channel is gone")
             try:
-                await self._post_final(event, turn)
+                await post()
             except discord.HTTPException as exc:
                 if exc.code in GONE_CODES or (exc.status == 404 and exc.code != 10008):
                     raise _Gone(f"{exc.status} {exc.code}") from exc
                 raise
         except _Gone as gone:
-            log.warning("job %s: %s; posting its image elsewhere", self.job.id, gone)
-            return await self._deliver_elsewhere(event)
+            log.warning("job %s: %s; posting its %s elsewhere", self.job.id, gone, what)
+            return await elsewhere()
         except TRANSIENT_ERRORS as exc:
             raise PostingFailed(repr(exc)) from exc
         assert self.message is not None
@@ -335,28 +352,12 @@ class DiscordTurnSink:
 
         Raises PostingFailed when Discord refuses for now: the studio tries again later.
         """
-        self._final = True
-        self._pending = None
-        if self._uploader is not None:
-            await asyncio.gather(self._uploader, return_exceptions=True)
-        try:
-            if self.channel is None:
-                raise _Gone("the channel is gone")
-            try:
-                await self._post_grid(events, turns, failed)
-            except discord.HTTPException as exc:
-                if exc.code in GONE_CODES or (exc.status == 404 and exc.code != 10008):
-                    raise _Gone(f"{exc.status} {exc.code}") from exc
-                raise
-        except _Gone as gone:
-            log.warning("job %s: %s; posting its images elsewhere", self.job.id, gone)
-            return await self._deliver_elsewhere(*events, failed=failed)
-        except TRANSIENT_ERRORS as exc:
-            raise PostingFailed(repr(exc)) from exc
-        assert self.message is not None
-        url = self.message.attachments[0].url if self.message.attachments else None
-        self.bot.dispatch("turn_posted", self.job, turns[0], self.message, time.monotonic())
-        return self.message.id, url
+        return await self._show_final(
+            lambda: self._post_grid(events, turns, failed),
+            lambda: self._deliver_elsewhere(*events, failed=failed),
+            turns[0],
+            "images",
+        )
 
     def _grid_content(
         self, events: Sequence[Completed], fitted: Sequence[images.FittedImage], failed: int

@@ -1268,24 +1268,8 @@ class Studio:
     ) -> None:
         """Show a job's saved images as one grid, retrying until Discord takes it; then mark the
         job posted (replies to the grid continue from its first image until one is picked)."""
-        delay = self._backoff[0]
-        while True:
-            try:
-                message_id, url = await sink.completed_grid(done, turns, failed)
-                break
-            except PostingFailed as exc:
-                log.warning(
-                    "could not post the images of job %s (%s); trying again in %.1fs",
-                    job.id,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._backoff[1])
-        self._crashpoint("posted")
-        await self._persist(
-            f"mark job {job.id} posted",
-            lambda: self._store.mark_posted(job.id, turns[0].id, message_id, url),
+        await self._show_then_mark(
+            job, turns[0].id, "images", lambda: sink.completed_grid(done, turns, failed)
         )
 
     def _billed_entry(self, job: Job, spec: JobSpec, usage: Usage) -> NewUsageEntry:
@@ -1361,14 +1345,26 @@ class Studio:
 
     async def _post(self, job: Job, turn: Turn, done: Completed, sink: TurnSink) -> None:
         """Show a saved image, retrying with backoff until Discord takes it; then mark it posted."""
+        await self._show_then_mark(job, turn.id, "image", lambda: sink.completed(done, turn))
+
+    async def _show_then_mark(
+        self,
+        job: Job,
+        turn_id: int,
+        what: str,
+        show: Callable[[], Awaitable[tuple[int | None, str | None]]],
+    ) -> None:
+        """Run `show` until Discord takes the post (backoff between tries, never a new image);
+        then record the job posted."""
         delay = self._backoff[0]
         while True:
             try:
-                message_id, url = await sink.completed(done, turn)
+                message_id, url = await show()
                 break
             except PostingFailed as exc:
                 log.warning(
-                    "could not post the image of job %s (%s); trying again in %.1fs",
+                    "could not post the %s of job %s (%s); trying again in %.1fs",
+                    what,
                     job.id,
                     exc,
                     delay,
@@ -1378,7 +1374,7 @@ class Studio:
         self._crashpoint("posted")
         await self._persist(
             f"mark job {job.id} posted",
-            lambda: self._store.mark_posted(job.id, turn.id, message_id, url),
+            lambda: self._store.mark_posted(job.id, turn_id, message_id, url),
         )
 
     async def recover(self) -> tuple[list[Job], list[Job], list[Job]]:
