@@ -13,7 +13,13 @@ from openai._streaming import SSEDecoder
 from openai.types.image_gen_stream_event import ImageGenStreamEvent
 from openai.types.responses import ResponseStreamEvent
 
-from bot.core.lean_stream import LeanEvent, LeanSSEParser, StreamProtocolError, events_of
+from bot.core.lean_stream import (
+    LeanEvent,
+    LeanSSEParser,
+    SpanBuffers,
+    StreamProtocolError,
+    events_of,
+)
 
 ITEM = "ig_68c589526ff88196987aebdd12e1230d"
 
@@ -139,6 +145,89 @@ def test_random_chunkings_give_the_sdks_events() -> None:
         assert len(expected) == 8
         for pieces in (1, 7, 60, 400):
             assert lean_events(split(data, rng, pieces)) == expected
+
+
+class SmallBuffers(SpanBuffers):
+    """A pool whose first buffers are far too short: spans outgrow them mid-stream."""
+
+    FIRST_SIZE = 64
+    STEP = 16
+
+
+def pooled_events(
+    chunks: list[bytes], buffers: SpanBuffers | None
+) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """Events of a parser writing spans into `buffers`, each span decoded and given back at
+    once (as the client does), and the images decoded."""
+    parser = LeanSSEParser(auto_skip_repeats=True, buffers=buffers)
+    found: list[tuple[Any, ...]] = []
+    images: list[bytes] = []
+    for event in events_of(iter(chunks), parser):
+        found.append((event.event, event.id, event.retry, model(event)))
+        for span in event.spans:
+            if not span.skipped:
+                images.append(span.decode())
+                span.release()
+                assert span.data is None
+    return found, images
+
+
+def test_spans_in_reused_buffers_give_the_sdks_events_and_images() -> None:
+    rng = random.Random(20261204)
+    for buffers in (SpanBuffers(keep=1), SmallBuffers(keep=2), SmallBuffers(keep=0)):
+        for round_ in range(12):
+            # Sizes up and down, so that a reused buffer holds a longer span's stale bytes.
+            events = turn_events(rng, rng.choice([0, 5, 700, 3000, 90]))
+            data = frame(rng, events, varied=round_ % 2 == 1)
+            expected = sdk_events(data)
+            # The images: the two partials and the final once (its repeat is skipped).
+            images = [
+                base64.b64decode(events[4]["partial_image_b64"]),
+                base64.b64decode(events[5]["partial_image_b64"]),
+                base64.b64decode(events[6]["item"]["result"]),
+            ]
+            for pieces in (1, 9, 300):
+                chunks = split(data, rng, pieces)
+                got, decoded = pooled_events(chunks, buffers)
+                # The same as with a fresh buffer per span.
+                assert (got, decoded) == pooled_events(chunks, None)
+                # The repeated final may be skipped (it then reads ""); the rest is the SDK's.
+                assert got[:-1] == expected[:-1]
+                assert decoded[:3] == images
+                assert decoded[3:] in ([], images[-1:])
+        assert len(buffers._idle) <= buffers.keep
+    assert buffers.taken > 0
+
+
+def test_span_buffers_are_reused_and_bounded() -> None:
+    buffers = SpanBuffers(keep=2)
+    first = buffers.take()
+    assert len(first) >= SpanBuffers.FIRST_SIZE
+    buffers.give(first, 1000)
+    again = buffers.take()
+    assert again is first and buffers.reused == 1
+    extra = [buffers.take() for _ in range(3)]
+    for buffer in [again, *extra]:
+        buffers.give(buffer, 1000)
+    assert len(buffers._idle) == 2
+    # A span longer than any buffer here gets a new one, long enough.
+    assert len(buffers.take(SpanBuffers.FIRST_SIZE * 2)) >= SpanBuffers.FIRST_SIZE * 2
+
+
+def test_a_released_span_gives_its_buffer_back_once() -> None:
+    buffers = SmallBuffers(keep=4)
+    parser = LeanSSEParser(buffers=buffers)
+    rng = random.Random(2)
+    (event,) = [
+        e for e in events_of(iter([frame(rng, turn_events(rng, 500)[4:5], varied=False)]), parser)
+    ]
+    (span,) = event.spans
+    assert span.length > SmallBuffers.FIRST_SIZE
+    span.release()
+    span.release()
+    assert len(buffers._idle) == 1
+    with pytest.raises(ValueError):
+        span.raw()
 
 
 def paused_events(chunks: list[bytes]) -> tuple[list[tuple[Any, ...]], int]:

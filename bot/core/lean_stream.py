@@ -11,6 +11,11 @@ short marker, so that only the small rest of the event meets `json.loads`. A spa
 event (`openai._models.construct_type`), the tests hold it equal to what the SDK parses from the
 same bytes. (Only the adapter imports `openai`; this module stays free of it.)
 
+Span text is written into buffers taken from a `SpanBuffers` pool and given back once the image
+is decoded: a real-size span is ~3.6 MB, and a fresh buffer of that size is fresh pages from the
+system, faulted in one by one as they are written (and grown by copying while the size is
+unknown). A reused buffer is written in place.
+
 SSE framing follows the SDK's decoder (openai/_streaming.py): lines end at CR, LF or CRLF; a
 blank line dispatches; `:` starts a comment; `event`, `data` (joined with LF), `id` (kept across
 events, ignored if it holds NUL) and `retry` (an int) are read; one space after the colon is
@@ -19,6 +24,7 @@ dropped; a `data` of `[DONE]...` ends the stream.
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,28 +41,89 @@ _REPEATS = (b'{"type":"response.completed"', b'{"type":"response.incomplete"')
 _SPECIALS = (b'"', b"\\", b"\r", b"\n")
 
 
+class SpanBuffers:
+    """Reusable buffers for span text, shared by the streams of a process.
+
+    `take()` gives a buffer at least as long as the spans seen lately (its length is its
+    capacity; a span records how much it used); `give()` takes it back for the next span. At
+    most `keep` buffers wait here unused; any beyond that go back to the allocator.
+    """
+
+    # Before any span was seen: room for a real-size image's base64 (1536x1024 PNG ~3.6 MB).
+    FIRST_SIZE = 4 * 1024 * 1024
+    # Buffers are sized in these steps, so that spans of about the same size share them.
+    STEP = 256 * 1024
+
+    def __init__(self, keep: int = 4) -> None:
+        if keep < 0:
+            raise ValueError("keep must not be negative")
+        self.keep = keep
+        self._idle: list[bytearray] = []
+        self._recent: collections.deque[int] = collections.deque(maxlen=16)
+        self.taken = 0
+        self.reused = 0
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes held here, unused."""
+        return sum(len(b) for b in self._idle)
+
+    def size_hint(self) -> int:
+        """How long a new buffer should be: the longest recent span, rounded up to a step."""
+        size = max(self._recent, default=self.FIRST_SIZE)
+        return -(-size // self.STEP) * self.STEP
+
+    def take(self, at_least: int = 0) -> bytearray:
+        """A buffer of at least `at_least` bytes (and of the usual span size)."""
+        want = max(at_least, 1)
+        self.taken += 1
+        best = -1
+        for n, buffer in enumerate(self._idle):
+            if len(buffer) >= want and (best < 0 or len(buffer) > len(self._idle[best])):
+                best = n
+        if best >= 0:
+            self.reused += 1
+            return self._idle.pop(best)
+        return bytearray(max(want, self.size_hint()))
+
+    def give(self, buffer: bytearray, used: int) -> None:
+        """Take back a buffer whose first `used` bytes held a span."""
+        self._recent.append(used)
+        if len(buffer) < self.size_hint():
+            # Too small for what spans are now: let the allocator have it.
+            return
+        self._idle.append(buffer)
+        if len(self._idle) > self.keep:
+            self._idle.remove(min(self._idle, key=len))
+
+
 @dataclass(eq=False, slots=True)
 class Span:
-    """The raw text of one image value (base64), cut out of an event; `data` None if skipped."""
+    """The raw text of one image value (base64), cut out of an event; `data` None if skipped.
+
+    `data` is a buffer of which the first `length` bytes are the text; `pool` (if any) is where
+    the buffer goes back on `release()`.
+    """
 
     key: str
     data: bytearray | None = field(default_factory=bytearray)
     length: int = 0
     escaped: bool = False
+    pool: SpanBuffers | None = None
 
     @property
     def skipped(self) -> bool:
         """Whether the bytes were dropped as they streamed by."""
         return self.data is None
 
-    def raw(self) -> bytes | bytearray:
+    def raw(self) -> bytes | memoryview:
         """The value's base64 text (JSON escapes resolved)."""
         if self.data is None:
             raise ValueError("a skipped span has no data")
         if self.escaped:
-            text: str = json.loads(b'"' + bytes(self.data) + b'"')
+            text: str = json.loads(b'"' + bytes(self.data[: self.length]) + b'"')
             return text.encode("utf-8")
-        return self.data
+        return memoryview(self.data)[: self.length]
 
     def text(self) -> str:
         """The value as the SDK would hold it (a `str`)."""
@@ -66,9 +133,32 @@ class Span:
         """The image bytes."""
         return b64decode(self.raw())
 
+    def write(self, chunk: bytes | memoryview, start: int, stop: int) -> None:
+        """Append `chunk[start:stop]` to the text."""
+        data = self.data
+        assert data is not None
+        end = self.length + stop - start
+        if end > len(data):
+            # Longer than its buffer: move to one with room (growth copies once, not per chunk).
+            grown = self.pool.take(end) if self.pool is not None else bytearray(end + end // 4)
+            if len(grown) < end:
+                grown = bytearray(end + end // 4)
+            grown[: self.length] = memoryview(data)[: self.length]
+            self._give_back()
+            self.data = data = grown
+        with memoryview(data) as into, memoryview(chunk) as source:
+            into[self.length : end] = source[start:stop]
+        self.length = end
+
     def release(self) -> None:
         """Drop the text (after decoding) so that only the image stays alive."""
+        self._give_back()
         self.data = None
+
+    def _give_back(self) -> None:
+        data, pool = self.data, self.pool
+        if data is not None and pool is not None:
+            pool.give(data, self.length)
 
 
 @dataclass(eq=False, slots=True)
@@ -124,7 +214,13 @@ class LeanSSEParser:
     `auto_skip_repeats` sets it as soon as an `output_item.done` with a `result` is parsed.
     """
 
-    def __init__(self, *, auto_skip_repeats: bool = False, pause_at_spans: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        auto_skip_repeats: bool = False,
+        pause_at_spans: bool = False,
+        buffers: SpanBuffers | None = None,
+    ) -> None:
         self.auto_skip_repeats = auto_skip_repeats
         # With `pause_at_spans`, `feed()` returns as soon as a kept image value opens, and
         # `resume_at` says where the unread rest of the chunk starts (None: all was read), so
@@ -149,6 +245,7 @@ class LeanSSEParser:
         self._last_id: str | None = None
         self._retry: int | None = None
         self._broken = False
+        self._buffers = buffers
 
     # --- bytes in ---------------------------------------------------------------------
 
@@ -235,7 +332,12 @@ class LeanSSEParser:
             and bytes(line[5:6]) in (b" ", b"{")
             and bytes(line[5:]).lstrip(b" ").startswith(_REPEATS)
         )
-        self._span = Span(key=name, data=None if skip else bytearray())
+        if skip:
+            self._span = Span(key=name, data=None)
+        elif self._buffers is not None:
+            self._span = Span(key=name, data=self._buffers.take(), pool=self._buffers)
+        else:
+            self._span = Span(key=name)
         self._value_start = best + len(key)
         if not skip:
             self.span_opened = True
@@ -285,11 +387,11 @@ class LeanSSEParser:
     def _take(self, span: Span, chunk: bytes, start: int, stop: int) -> None:
         if stop <= start:
             return
-        span.length += stop - start
         if span.data is None:
+            span.length += stop - start
             self.skipped_bytes += stop - start
         else:
-            span.data += chunk[start:stop] if (start or stop != len(chunk)) else chunk
+            span.write(chunk, start, stop)
             self.kept_bytes += stop - start
 
     def _close_span(self) -> None:
@@ -309,7 +411,8 @@ class LeanSSEParser:
         if span.data is None:
             self._broken = True
         else:
-            self._line += span.data
+            self._line += span.data[: span.length]
+            span.release()
         self._raw_line = True
         self._floor = len(self._line)
 

@@ -24,7 +24,7 @@ from bot.core.b64 import b64decode
 from bot.core.errors import FailureKind
 from bot.core.events import Completed, Failed, Partial, ResponseCreated, TurnFailure, Usage
 from bot.core.images import to_data_url
-from bot.core.lean_stream import LeanEvent, LeanSSEParser, Span, StreamProtocolError
+from bot.core.lean_stream import LeanEvent, LeanSSEParser, Span, SpanBuffers, StreamProtocolError
 from bot.core.memory_budget import ImageMemoryBudget, TurnAllowance
 from bot.core.options import ImageOptions, InputImage, TurnRequest
 
@@ -273,6 +273,8 @@ class OpenAIImageClient:
             raise ValueError("an OpenAI API key is required")
         self._config = config
         self._budget = budget
+        # The streams' image text is written into reused buffers (bot/core/lean_stream.py).
+        self._buffers = SpanBuffers()
         http_client: Any = None
         if config.transport == "aiohttp":
             # The SDK's own aiohttp transport: the same requests, retries and errors, and the
@@ -388,6 +390,8 @@ class OpenAIImageClient:
 
         partial = Partial(index, format=fmt, source=source)
         allowance.attach(partial)
+        # A preview dropped undecoded gives its text's buffer back too.
+        weakref.finalize(partial, span.release)
         if budget is not None:
             weakref.finalize(partial, _count_dropped, budget, state)
         return partial
@@ -487,7 +491,7 @@ class OpenAIImageClient:
         item: Any = None
         text: str | None = None
         drawing = False
-        parser = LeanSSEParser(auto_skip_repeats=True, pause_at_spans=True)
+        parser = LeanSSEParser(auto_skip_repeats=True, pause_at_spans=True, buffers=self._buffers)
         allowance = TurnAllowance(self._budget)
         delivered = False
         params = self.responses_params(request, file_ids=file_ids)
@@ -721,7 +725,7 @@ class OpenAIImageClient:
         opts = request.options
         call_name, params = self.images_params(request)
         drawing = False
-        parser = LeanSSEParser(pause_at_spans=True)
+        parser = LeanSSEParser(pause_at_spans=True, buffers=self._buffers)
         allowance = TurnAllowance(self._budget)
         delivered = False
         images = self._client.images.with_streaming_response
