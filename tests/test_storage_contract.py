@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import random
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -667,6 +668,26 @@ async def test_retry_passes_the_gate_again(store: Store) -> None:
         gate=cap(1),
     )
     assert again is not None and again.status == "queued" and again.reserved_usd == 0.1
+
+
+async def test_a_large_image_and_an_empty_one_read_back_whole(store: Store) -> None:
+    # Several database pages, so that the bytes cross page and overflow boundaries.
+    big = random.Random(7).randbytes(300_001)
+    await store.create_conversation(conversation(100))
+    saved = []
+    for response_id, image in (("resp_big", big), ("resp_empty", b"")):
+        saved.append(
+            await store.save_result(
+                None,
+                new_turn(100, response_id=response_id),
+                image=image,
+                image_format="png",
+                usage=usage(user_id=10, images=1, cost_usd=0.21),
+                advance=True,
+            )
+        )
+    assert await store.get_turn_image(saved[0].id) == (big, "png")
+    assert await store.get_turn_image(saved[1].id) == (b"", "png")
 
 
 async def test_save_then_post(store: Store) -> None:
