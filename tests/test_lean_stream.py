@@ -214,6 +214,23 @@ def test_span_buffers_are_reused_and_bounded() -> None:
     assert len(buffers.take(SpanBuffers.FIRST_SIZE * 2)) >= SpanBuffers.FIRST_SIZE * 2
 
 
+def test_a_stream_paused_at_an_image_holds_no_buffer_until_it_reads_on() -> None:
+    buffers = SpanBuffers(keep=1)
+    parser = LeanSSEParser(pause_at_spans=True, buffers=buffers)
+    rng = random.Random(4)
+    data = frame(rng, turn_events(rng, 500)[4:5], varied=False)
+    assert parser.feed(data) == []
+    assert parser.span_opened and parser.resume_at is not None
+    # Waiting for memory here: no buffer taken yet.
+    assert buffers.taken == 0
+    (event,) = parser.feed(data, parser.resume_at)
+    assert buffers.taken == 1
+    (span,) = event.spans
+    assert span.decode() == base64.b64decode(
+        json.loads(data.split(b"data: ")[1])["partial_image_b64"]
+    )
+
+
 def test_a_released_span_gives_its_buffer_back_once() -> None:
     buffers = SmallBuffers(keep=4)
     parser = LeanSSEParser(buffers=buffers)

@@ -70,7 +70,9 @@ class SpanBuffers:
 
     def size_hint(self) -> int:
         """How long a new buffer should be: the longest recent span, rounded up to a step."""
-        size = max(self._recent, default=self.FIRST_SIZE)
+        return self._rounded(max(self._recent, default=self.FIRST_SIZE))
+
+    def _rounded(self, size: int) -> int:
         return -(-size // self.STEP) * self.STEP
 
     def take(self, at_least: int = 0) -> bytearray:
@@ -84,7 +86,7 @@ class SpanBuffers:
         if best >= 0:
             self.reused += 1
             return self._idle.pop(best)
-        return bytearray(max(want, self.size_hint()))
+        return bytearray(max(self._rounded(want), self.size_hint()))
 
     def give(self, buffer: bytearray, used: int) -> None:
         """Take back a buffer whose first `used` bytes held a span."""
@@ -157,7 +159,7 @@ class Span:
 
     def _give_back(self) -> None:
         data, pool = self.data, self.pool
-        if data is not None and pool is not None:
+        if data and pool is not None:
             pool.give(data, self.length)
 
 
@@ -335,7 +337,9 @@ class LeanSSEParser:
         if skip:
             self._span = Span(key=name, data=None)
         elif self._buffers is not None:
-            self._span = Span(key=name, data=self._buffers.take(), pool=self._buffers)
+            # Its buffer is taken when its first bytes come: a stream paused here (waiting for
+            # memory) holds none.
+            self._span = Span(key=name, pool=self._buffers)
         else:
             self._span = Span(key=name)
         self._value_start = best + len(key)
