@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.core.costs import PriceTable
-from bot.core.memory_budget import MIB, ImageMemoryBudget, return_large_buffers_to_os
+from bot.core.memory_budget import (
+    MIB,
+    ImageMemoryBudget,
+    give_back_free_memory,
+    return_large_buffers_to_os,
+)
 from bot.core.openai_adapter import ClientConfig, OpenAIImageClient
 from bot.core.options import ImageOptions
 from bot.core.queue import SharedQueue
@@ -74,7 +79,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     prices = PriceTable.from_json(settings.prices_json)
     # One budget for the image bytes of every turn in flight (IMAGE_MEMORY_BUDGET_MB); the
     # budget bounds what is alive, and the allocator must also give the freed bytes back.
-    budget = ImageMemoryBudget(settings.image_memory_budget_mb * MIB)
+    # What the heap keeps after a burst goes back to the system once no image is in flight.
+    budget = ImageMemoryBudget(settings.image_memory_budget_mb * MIB, on_idle=give_back_free_memory)
     return_large_buffers_to_os()
     client = OpenAIImageClient(client_config(settings), budget=budget)
     store = await open_store(settings.database_url)

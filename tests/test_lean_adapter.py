@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import openai
 import pytest
 
+from bot.core import memory_budget
 from bot.core.events import Completed, Failed, Partial, ResponseCreated
 from bot.core.lean_stream import LeanSSEParser
 from bot.core.memory_budget import ImageMemoryBudget, TurnAllowance
@@ -190,6 +193,31 @@ async def test_budget_waiters_are_served_in_order_and_cancellation_is_clean() ->
     lease.release()
     lease.release()
     assert budget.used == 0
+
+
+async def test_an_idle_budget_gives_memory_back_off_the_loop_and_a_busy_one_does_not() -> None:
+    calls: list[int] = []
+    budget = ImageMemoryBudget(10, on_idle=lambda: calls.append(threading.get_ident()))
+    budget._idle_seconds = 3600.0
+    lease = await budget.acquire(4)
+    lease.release()
+    # Nothing held: the idle timer runs...
+    await until(lambda: budget._idle_timer is not None)
+    # ...and stops as soon as an image is held again.
+    held = await budget.acquire(4)
+    await until(lambda: budget._idle_timer is None)
+    assert calls == []
+    budget._idle_seconds = 0.01
+    held.release()
+    await until(lambda: len(calls) == 1)
+    assert calls[0] != threading.get_ident() and budget.idle_runs == 1
+
+
+def test_the_allocator_takes_its_thresholds_and_trims() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's allocator")
+    assert memory_budget.return_large_buffers_to_os()
+    assert memory_budget.give_back_free_memory()
 
 
 async def test_the_body_is_read_from_aiohttp_as_it_arrives(

@@ -108,7 +108,7 @@ async def test_the_sink_lets_go_of_a_preview_once_it_is_uploaded() -> None:
 
 _MMAP_CHECK = """
 import ctypes
-from bot.core.memory_budget import return_large_buffers_to_os
+from bot.core.memory_budget import give_back_free_memory, return_large_buffers_to_os
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -117,15 +117,23 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 assert return_large_buffers_to_os()
-# By default, freeing a 3 MiB block raises glibc's threshold past 2 MiB: the next 2 MiB
+# By default, freeing a 9 MiB block raises glibc's threshold past 6 MiB: the next 6 MiB
 # block would come from the heap. With the threshold fixed it gets pages of its own.
-big = bytearray(3 * 1024 * 1024)
+big = bytearray(9 * 1024 * 1024)
 del big
 before = libc.mallinfo2().hblks
-block = bytearray(2 * 1024 * 1024)
+block = bytearray(6 * 1024 * 1024)
 assert libc.mallinfo2().hblks == before + 1, "not mmapped"
 del block
 assert libc.mallinfo2().hblks == before, "not given back"
+# An image-sized block comes from the heap, and a freed one is there for the next image.
+image = bytearray(2_700_000)
+assert libc.mallinfo2().hblks == before, "mmapped"
+del image
+free = libc.mallinfo2().fordblks
+assert free >= 2_700_000, "given back at once"
+# Once idle, the heap's free pages go back to the system.
+assert give_back_free_memory()
 """
 
 

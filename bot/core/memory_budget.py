@@ -22,7 +22,9 @@ import logging
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -30,38 +32,74 @@ MIB = 1024 * 1024
 DEFAULT_BUDGET_MB = 160
 # What a turn reserves before it knows an image's size: the largest of the last few seen.
 FIRST_ESTIMATE = 4 * MIB
-# Allocations at least this large get pages of their own from glibc (mmap), returned to the
-# system when freed. glibc's default starts at 128 KiB but raises itself to the size of each
-# large block freed (up to 32 MiB), after which every image buffer comes from the heap, whose
-# free space fragments and is kept: measured with 60 concurrent real-size turns, RSS after the
-# burst stayed at its peak (741 MiB) by default and fell to 313 MiB with the threshold fixed
-# (bench/memprofile.py). Fixing it also keeps glibc's trim threshold at its default.
-MMAP_THRESHOLD = 1 * MIB
+# How glibc is set up for image data (bench/memprofile.py, bench/results.md):
+# - Blocks below MMAP_THRESHOLD come from the heap. glibc's default (128 KiB, raising itself to
+#   the size of each large block freed, up to 32 MiB) ends with every image from the heap, whose
+#   free space fragments and is kept: measured with 60 concurrent real-size turns, RSS after the
+#   burst stayed at its peak (741 MiB). With every block of 1 MiB or more mmapped instead, each
+#   decoded image (2.7 MB at 1536x1024) was fresh pages, faulted in one by one and unmapped
+#   again: ~2,000 page faults and a fifth of the bot's CPU per turn. At 3 MiB, images of that
+#   size reuse the heap's freed blocks; larger ones, and the stream's text buffers (kept for
+#   reuse by bot/core/lean_stream.py), still get pages of their own.
+# - TRIM_THRESHOLD: free space at the top of a heap is given back only above this, so that the
+#   space a turn frees is there for the next one instead of being unmapped and faulted in anew.
+# - What the heap keeps after a burst goes back once no image is in flight for IDLE_TRIM_SECONDS
+#   (`malloc_trim`, which also returns free pages inside the heap, off the event loop).
+MMAP_THRESHOLD = 3 * MIB
+TRIM_THRESHOLD = 4 * MIB
+IDLE_TRIM_SECONDS = 1.0
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _allocator_tuned = False
+_libc: Any = None
 
 
-def return_large_buffers_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Make glibc serve blocks of `threshold` bytes or more by mmap (once per process).
+def _glibc() -> Any:
+    """glibc, or None where the C library is another (musl, macOS)."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+                libc.mallopt.restype = ctypes.c_int
+                libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+                libc.malloc_trim.restype = ctypes.c_int
+                _libc = libc
+            except (OSError, AttributeError):
+                pass
+    return _libc or None
 
-    False where that is not glibc (musl, macOS): nothing is changed there.
+
+def return_large_buffers_to_os(
+    threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
+) -> bool:
+    """Set glibc's mmap and trim thresholds for image data (once per process).
+
+    False where that is not glibc: nothing is changed there.
     """
     global _allocator_tuned
     if _allocator_tuned:
         return True
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    _allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
     if not _allocator_tuned:
-        log.info("the C allocator did not take an mmap threshold; image buffers may be kept")
+        log.info("the C allocator did not take its thresholds; image buffers may be kept")
     return _allocator_tuned
+
+
+def give_back_free_memory() -> bool:
+    """Return the heap's free pages to the system (glibc's `malloc_trim`); False elsewhere."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 @dataclass
@@ -107,11 +145,24 @@ class Lease:
 class ImageMemoryBudget:
     """At most `capacity` bytes of image data in flight; waiters are served first come, first served."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        on_idle: Callable[[], object] | None = None,
+        idle_seconds: float = IDLE_TRIM_SECONDS,
+    ) -> None:
         if capacity <= 0:
             raise ValueError("the image memory budget must be positive")
         self.capacity = capacity
         self.used = 0
+        # Called (off the event loop) once nothing was held for `idle_seconds`.
+        self._on_idle = on_idle
+        self._idle_seconds = idle_seconds
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_run: asyncio.Future[object] | None = None
+        self.idle_runs = 0
         self.stats = BudgetStats()
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._recent: collections.deque[int] = collections.deque(maxlen=16)
@@ -128,6 +179,7 @@ class ImageMemoryBudget:
     async def acquire(self, size: int) -> Lease:
         """Take `size` bytes (at most the capacity), waiting while they do not fit."""
         size = max(0, min(size, self.capacity))
+        self._loop = asyncio.get_running_loop()
         if not self._waiters and self.used + size <= self.capacity:
             self._adjust(size)
             return Lease(self, size)
@@ -155,6 +207,25 @@ class ImageMemoryBudget:
         self.stats.peak = max(self.stats.peak, self.used)
         if delta < 0:
             self._wake()
+        if self._on_idle is not None and self._loop is not None and not self._loop.is_closed():
+            # Leases may be given back from another thread (a freed event's finalizer).
+            self._loop.call_soon_threadsafe(self._watch_idle)
+
+    def _watch_idle(self) -> None:
+        """Start the idle timer when nothing is held, stop it when something is."""
+        if self.used > 0 or self._waiters:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+        elif self._idle_timer is None and self._loop is not None:
+            self._idle_timer = self._loop.call_later(self._idle_seconds, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self.used == 0 and not self._waiters and self._on_idle is not None:
+            self.idle_runs += 1
+            assert self._loop is not None
+            self._idle_run = self._loop.run_in_executor(None, self._on_idle)
 
     def _wake(self) -> None:
         while self._waiters:
