@@ -51,6 +51,13 @@ def new_job(channel_id: int = 100, **changes: Any) -> NewJob:
     return dataclasses.replace(job, **changes)
 
 
+def job_statuses(url: str, ids: list[int]) -> list[str]:
+    """The ledger status of each job, in the order of `ids`."""
+    with psycopg.connect(postgres_conninfo(url)) as conn:
+        rows = dict(conn.execute("SELECT id, status FROM jobs WHERE id = ANY(%s)", (ids,)))
+    return [str(rows.get(i)) for i in ids]
+
+
 def tickets(url: str) -> list[tuple[str, str, int]]:
     """(status, lock, ledger job id) of every ticket, oldest first."""
     with psycopg.connect(postgres_conninfo(url)) as conn:
@@ -173,6 +180,104 @@ async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) ->
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_place_given_back_in_the_same_process_wakes_a_waiter(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll within the test's deadline: only the wake-up can let the waiter in.
+    monkeypatch.setattr(pgqueue, "PLACE_POLL_SECONDS", 3600.0)
+    queue = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
+    await queue.open(slots=2)
+    try:
+        release = asyncio.Event()
+        held = asyncio.Event()
+
+        async def holder() -> None:
+            async with queue.slot(7, global_cap=1, user_cap=1):
+                held.set()
+                await release.wait()
+
+        holding = asyncio.create_task(holder())
+        await asyncio.wait_for(held.wait(), 5)
+        entered = asyncio.Event()
+
+        async def waiter() -> None:
+            async with queue.slot(8, global_cap=1, user_cap=1):
+                entered.set()
+
+        waiting = asyncio.create_task(waiter())
+        # It asked once, found the place taken, and sleeps on the wake-up.
+        await wait_until(lambda: len(queue._place_freed._waiters or ()) == 1, what="a waiter")
+        assert not entered.is_set()
+        release.set()
+        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(asyncio.gather(holding, waiting), 5)
+    finally:
+        await queue.close()
+
+
+async def test_a_place_given_back_by_another_process_wakes_a_waiter_by_notification(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgqueue, "PLACE_POLL_SECONDS", 3600.0)
+    first = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
+    second = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
+    await first.open(slots=1)
+    await second.open(slots=1)
+    try:
+        release = asyncio.Event()
+        held = asyncio.Event()
+
+        async def holder() -> None:
+            async with first.slot(7, global_cap=1, user_cap=1):
+                held.set()
+                await release.wait()
+
+        holding = asyncio.create_task(holder())
+        await asyncio.wait_for(held.wait(), 5)
+        entered = asyncio.Event()
+
+        async def waiter() -> None:
+            async with second.slot(8, global_cap=1, user_cap=1):
+                entered.set()
+
+        waiting = asyncio.create_task(waiter())
+        await wait_until(lambda: len(second._place_freed._waiters or ()) == 1, what="a waiter")
+        woken = second._place_freed
+        release.set()
+        await asyncio.wait_for(entered.wait(), 10)
+        assert woken.is_set()  # by the notification, not by the (hour-long) poll
+        await asyncio.wait_for(asyncio.gather(holding, waiting), 5)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_fetch_claims_several_tickets_in_order_one_per_lock(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    queue = store.tickets
+    try:
+        await queue.open(slots=1)
+        admit = {"user_window": WHOLE_TIME, "guild_window": WHOLE_TIME, "gate": allow_all}
+        jobs = [
+            await store.admit_job(new_job(channel_id=channel, user_id=10 + i), **admit)
+            for i, channel in enumerate([100, 100, 200, 300, 400])
+        ]
+        worker_id = await queue.app.job_manager.register_worker()
+        first = await queue.fetch(worker_id, 3)
+        # The thread 100's second ticket waits for its first: 100, 200, 300, oldest first.
+        assert [job.task_kwargs["job_id"] for job in first] == [jobs[i].id for i in (0, 2, 3)]
+        assert [job.lock for job in first] == ["channel:100", "channel:200", "channel:300"]
+        rest = await queue.fetch(worker_id, 3)
+        assert [job.task_kwargs["job_id"] for job in rest] == [jobs[4].id]
+        assert await queue.fetch(worker_id, 3) == []
+        assert [status for status, _l, _j in tickets(postgres_url)] == [
+            "doing", "todo", "doing", "doing", "doing"
+        ]  # fmt: skip
+    finally:
+        await queue.close()
+        await store.close()
 
 
 async def test_the_tickets_of_a_silent_worker_go_back_to_the_queue(postgres_url: str) -> None:
@@ -299,7 +404,12 @@ async def thread(store: PostgresStore, channel_id: int = 200) -> None:
     )
 
 
-async def test_two_quick_messages_in_a_thread_chain_across_processes(processes: Any) -> None:
+async def test_two_quick_messages_in_a_thread_chain_across_processes(
+    processes: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll for tickets within the test: the second turn runs because the end of the first
+    # wakes whichever process may run it.
+    monkeypatch.setattr(pgqueue, "FETCH_POLL_SECONDS", 3600.0)
     a: Process = await processes("a")
     b: Process = await processes("b")
     await thread(a.store)
@@ -322,8 +432,11 @@ async def test_two_quick_messages_in_a_thread_chain_across_processes(processes: 
     assert turns["now at night"].parent_response_id == turns["a fox"].response_id
     head = await a.store.get_conversation(200)
     assert head is not None and head.latest_response_id == turns["now at night"].response_id
-    done = [await a.store.get_job(j.id) for j in (first, second)]
-    assert [j.status for j in done if j is not None] == ["done", "done"]
+    # The posting is recorded just after the sink shows it.
+    await wait_until(
+        lambda: job_statuses(postgres_url, [first.id, second.id]) == ["done", "done"],
+        what="both jobs done",
+    )
 
 
 async def test_cancel_on_one_process_stops_a_job_running_on_the_other(processes: Any) -> None:
