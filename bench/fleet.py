@@ -84,6 +84,8 @@ class FleetResult:
     # Share of one core used during the bursts by the stand-ins (this process) and the bots.
     stand_in_cpu: float = 0.0
     bot_cpu: float = 0.0
+    # The benchmark's PostgreSQL server (0 with SQLite).
+    server_cpu: float = 0.0
     # The whole machine (bots, stand-ins, PostgreSQL, anything else), from /proc/stat.
     machine_cpu: float = 0.0
 
@@ -166,6 +168,23 @@ class PostgresCluster:
         with psycopg.connect(postgres_conninfo(self.url()), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far: its postmaster, the live backends and
+        helpers, and those that have exited (counted in the postmaster's children's time)."""
+        try:
+            pid = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+            ticks = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    if stat.parent.name == str(pid):
+                        ticks += sum(int(v) for v in fields[11:15])
+                    elif int(fields[1]) == pid:
+                        ticks += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
@@ -332,7 +351,12 @@ async def fleet_of(workdir: Path, url: str, processes: int) -> AsyncIterator[Fle
 
 
 async def measure(
-    config: FleetConfig, workdir: Path, url: str, backend: str, processes: int
+    config: FleetConfig,
+    workdir: Path,
+    url: str,
+    backend: str,
+    processes: int,
+    server: PostgresCluster | None = None,
 ) -> FleetResult:
     """Warm up, then the claim latency, then `repeats` timed bursts with the queue depth."""
     result = FleetResult(backend, processes)
@@ -355,6 +379,7 @@ async def measure(
             )
             result.claim_seconds = [float(r[0]) for r in rows]
             cpu_here, cpu_bots = time.process_time(), fleet.bot_cpu_seconds()
+            cpu_server = server.cpu_seconds() if server is not None else 0.0
             busy_before = machine_busy_seconds()
             bursts_started = time.monotonic()
             for repeat in range(config.repeats):
@@ -373,6 +398,8 @@ async def measure(
             wall = time.monotonic() - bursts_started
             result.stand_in_cpu = (time.process_time() - cpu_here) / wall
             result.bot_cpu = (fleet.bot_cpu_seconds() - cpu_bots) / wall
+            if server is not None:
+                result.server_cpu = (server.cpu_seconds() - cpu_server) / wall
             result.machine_cpu = (machine_busy_seconds() - busy_before) / wall
         finally:
             ledger.close()
@@ -401,6 +428,11 @@ def machine_busy_seconds() -> float:
     # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
     busy = sum(fields[:8]) - fields[3] - fields[4]
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu(result: FleetResult) -> float:
+    """Cores the machine spent on neither the bots, the stand-ins nor PostgreSQL."""
+    return max(0.0, result.machine_cpu - result.bot_cpu - result.stand_in_cpu - result.server_cpu)
 
 
 def depth_line(samples: Sequence[tuple[float, int]]) -> str:
@@ -449,8 +481,9 @@ def fleet_rows(results: Sequence[FleetResult]) -> list[Row]:
                     f"over {len(claim)} turns",
                     f"queue depth during the first burst: {depth_line(result.depth)}",
                     f"CPU during the bursts, in cores: bot processes {result.bot_cpu:.2f}, "
-                    f"stand-ins {result.stand_in_cpu:.2f}, the whole machine (PostgreSQL "
-                    f"included) {result.machine_cpu:.2f} (of {os.cpu_count()})",
+                    f"stand-ins {result.stand_in_cpu:.2f}, PostgreSQL server "
+                    f"{result.server_cpu:.2f}, the whole machine {result.machine_cpu:.2f} (of "
+                    f"{os.cpu_count()}; anything else on it: {other_cpu(result):.2f})",
                 ],
             )
         )
@@ -474,7 +507,12 @@ async def run_fleet(
     with postgres_cluster() as cluster:
         for count in counts:
             result = await measure(
-                config, workdir / f"pg{count}", cluster.new_database(), "PostgreSQL", count
+                config,
+                workdir / f"pg{count}",
+                cluster.new_database(),
+                "PostgreSQL",
+                count,
+                server=cluster,
             )
             results.append(result)
             print(f"  {result.label}: {result.median_tps:.1f} turns/s", flush=True)
