@@ -24,7 +24,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from storage import pgqueue
-from storage._keys import lock_key
+from storage._keys import KeyedLocks, lock_key
 from storage._rows import (
     ACTIVE,
     CONVERSATION_COLUMNS,
@@ -191,6 +191,12 @@ class PostgresStore:
         self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
         self._close_pool = close_pool
         self._ready = False
+        # Admissions of one user or server in this process wait for each other here, before
+        # taking a connection (see `_admission_locks`).
+        self._admitting = KeyedLocks()
+        # Connections of their own for admissions (set by `open`): one server's admissions run
+        # one at a time, and each must not queue for a connection behind every other query.
+        self._admission_pool: Pool | None = None
         # The shared job queue: every queued job has a ticket there, deferred in the
         # transaction that queues it (see storage/pgqueue.py).
         conninfo = pool.conninfo
@@ -236,11 +242,24 @@ class PostgresStore:
             name="imagine-store",
             timeout=30.0,
         )
+        store: PostgresStore | None = None
         try:
             await pool.open(wait=True, timeout=connect_timeout)
             store = cls(pool, clock=clock, close_pool=True)
+            store._admission_pool = AsyncConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=2,
+                kwargs={"autocommit": True},
+                open=False,
+                name="imagine-admissions",
+                timeout=30.0,
+            )
+            await store._admission_pool.open(wait=True, timeout=connect_timeout)
             await store.setup()
         except BaseException as exc:
+            if store is not None:
+                await store.close()
             await pool.close()
             if isinstance(exc, psycopg.Error | TimeoutError):
                 raise StorageError(f"cannot use {where}: {scrub(str(exc), database_url)}") from None
@@ -258,6 +277,9 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Close the pool if the store owns it (it does when made by `open`)."""
+        if self._admission_pool is not None:
+            await self._admission_pool.close()
+            self._admission_pool = None
         if self._close_pool:
             await self._pool.close()
 
@@ -594,16 +616,20 @@ class PostgresStore:
             guild_usd=float(guild_usd),
         )
 
+    @staticmethod
+    def _admission_keys(user_id: int, guild_id: int | None) -> list[int]:
+        keys = [lock_key("user", user_id)]
+        if guild_id is not None:
+            keys.append(lock_key("guild", guild_id))
+        return keys
+
     async def _admission_locks(self, conn: Connection, user_id: int, guild_id: int | None) -> None:
         """Serialize admissions that share a user or a server, across every process.
 
         Held until the transaction ends, so the next admission reads an occupancy that already
         counts this one's reservation.
         """
-        keys = [lock_key("user", user_id)]
-        if guild_id is not None:
-            keys.append(lock_key("guild", guild_id))
-        await self._lock(conn, keys)
+        await self._lock(conn, self._admission_keys(user_id, guild_id))
 
     async def admit_job(
         self,
@@ -614,7 +640,18 @@ class PostgresStore:
         gate: AdmissionGate,
     ) -> Job:
         """Add a queued job with its reservation, atomically with the limit check."""
-        async with self._transaction() as conn:
+        # A burst of commands in one server would otherwise hold every pooled connection
+        # waiting for the server's lock, and stall every other query of this process.
+        # Admissions of one server run one after the other, fleet-wide: in pipeline mode, the
+        # BEGIN and the locks travel with the occupancy read, so the section under the lock is
+        # three round trips (read, insert, COMMIT), four with the ticket.
+        keys = self._admission_keys(job.user_id, job.guild_id)
+        async with (
+            self._admitting.hold(keys),
+            (self._admission_pool or self._pool).connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
             await self._admission_locks(conn, job.user_id, job.guild_id)
             gate(
                 await self._occupancy(

@@ -22,6 +22,7 @@ from bot.core.options import ImageOptions, TurnRequest
 from bot.core.runner import TurnRunner
 from bot.core.studio import Studio
 from storage import pgqueue
+from storage._keys import KeyedLocks
 from storage.base import Conversation, Job, NewJob, Occupancy, StorageError, Window
 from storage.postgres import PostgresStore
 from storage.urls import postgres_conninfo
@@ -277,6 +278,58 @@ async def test_a_fetch_claims_several_tickets_in_order_one_per_lock(postgres_url
         ]  # fmt: skip
     finally:
         await queue.close()
+        await store.close()
+
+
+async def test_admissions_of_one_server_wait_in_the_process_not_on_a_connection() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def admit(name: str, keys: list[int]) -> None:
+        async with locks.hold(keys):
+            order.append(name)
+            if name == "first":
+                first_in.set()
+                await release.wait()
+
+    first = asyncio.create_task(admit("first", [3, 1]))
+    await asyncio.wait_for(first_in.wait(), 5)
+    # Same server (key 1), another user: it waits; another server and user go ahead.
+    second = asyncio.create_task(admit("second", [1, 2]))
+    other = asyncio.create_task(admit("other", [4, 5]))
+    await asyncio.wait_for(other, 5)
+    assert order == ["first", "other"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert order == ["first", "other", "second"]
+    assert len(locks) == 0  # nothing kept once no one holds or waits
+
+
+async def test_concurrent_admissions_in_one_server_keep_the_limit(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    try:
+
+        def at_most_three(occupancy: Occupancy) -> None:
+            if occupancy.guild_images >= 3:
+                raise StorageError("the server is full")
+
+        admit = {"user_window": WHOLE_TIME, "guild_window": WHOLE_TIME, "gate": at_most_three}
+        results = await asyncio.gather(
+            *(
+                store.admit_job(
+                    new_job(channel_id=100 + i, user_id=10 + i, reserved_images=1), **admit
+                )
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        admitted = [r for r in results if isinstance(r, Job)]
+        assert len(admitted) == 3
+        assert all(isinstance(r, StorageError) for r in results if not isinstance(r, Job))
+        assert len(tickets(postgres_url)) == 3
+    finally:
         await store.close()
 
 
