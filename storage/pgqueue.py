@@ -126,6 +126,8 @@ class TicketQueue:
         self._sender = secrets.token_hex(8)
         # Set (and replaced) whenever a place may have been given back.
         self._place_freed = asyncio.Event()
+        # Jobs of this process asleep until a place is given back.
+        self.place_waiters = 0
         self._listener: asyncio.Task[None] | None = None
         self._worker: _Worker | None = None
 
@@ -358,8 +360,12 @@ class TicketQueue:
                     held = await _take_places(conn, fleet, mine)
                     if held:
                         break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(freed.wait(), PLACE_POLL_SECONDS)
+                    self.place_waiters += 1
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(freed.wait(), PLACE_POLL_SECONDS)
+                    finally:
+                        self.place_waiters -= 1
                 yield
             finally:
                 if held:

@@ -141,6 +141,28 @@ async def test_a_place_takes_one_lock_of_each_kind_and_gives_them_back(postgres_
         await queue.close()
 
 
+@dataclasses.dataclass
+class Occupant:
+    """A job that takes the only fleet place of a queue, and leaves when told."""
+
+    task: asyncio.Task[None]
+    inside: asyncio.Event
+    leave: asyncio.Event
+
+
+def occupy(queue: pgqueue.TicketQueue, user_id: int, *, stay: bool = True) -> Occupant:
+    inside, leave = asyncio.Event(), asyncio.Event()
+    if not stay:
+        leave.set()
+
+    async def occupant() -> None:
+        async with queue.slot(user_id, global_cap=1, user_cap=1):
+            inside.set()
+            await leave.wait()
+
+    return Occupant(asyncio.create_task(occupant()), inside, leave)
+
+
 async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) -> None:
     first, second = (
         pgqueue.TicketQueue(postgres_conninfo(postgres_url)),
@@ -149,107 +171,48 @@ async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) ->
     await first.open(slots=1)
     await second.open(slots=1)
     try:
-        held = asyncio.Event()
-        release = asyncio.Event()
-
-        async def holder() -> None:
-            async with first.slot(7, global_cap=1, user_cap=1):
-                held.set()
-                await release.wait()
-
-        holding = asyncio.create_task(holder())
-        await asyncio.wait_for(held.wait(), 5)
-        waiter_in = asyncio.Event()
-
-        async def waiter() -> None:
-            async with second.slot(8, global_cap=1, user_cap=1):
-                waiter_in.set()
-
-        waiting = asyncio.create_task(waiter())
+        holder = occupy(first, 7)
+        await asyncio.wait_for(holder.inside.wait(), 5)
+        waiter = occupy(second, 8, stay=False)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter_in.wait()), 0.3)
+            await asyncio.wait_for(asyncio.shield(waiter.inside.wait()), 0.3)
         # The holder's process dies: the server ends its session, and the place is free.
         with psycopg.connect(postgres_conninfo(postgres_url), autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks"
                 " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
             )
-        await asyncio.wait_for(waiter_in.wait(), 10)
-        await asyncio.wait_for(waiting, 5)
-        release.set()
-        await asyncio.gather(holding, return_exceptions=True)
+        await asyncio.wait_for(waiter.inside.wait(), 10)
+        await asyncio.wait_for(waiter.task, 5)
+        holder.leave.set()
+        await asyncio.gather(holder.task, return_exceptions=True)
     finally:
         await first.close()
         await second.close()
 
 
-async def test_a_place_given_back_in_the_same_process_wakes_a_waiter(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("across_processes", [False, True], ids=["same process", "another"])
+async def test_a_place_given_back_wakes_a_waiter(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, across_processes: bool
 ) -> None:
-    # No poll within the test's deadline: only the wake-up can let the waiter in.
-    monkeypatch.setattr(pgqueue, "PLACE_POLL_SECONDS", 3600.0)
-    queue = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
-    await queue.open(slots=2)
-    try:
-        release = asyncio.Event()
-        held = asyncio.Event()
-
-        async def holder() -> None:
-            async with queue.slot(7, global_cap=1, user_cap=1):
-                held.set()
-                await release.wait()
-
-        holding = asyncio.create_task(holder())
-        await asyncio.wait_for(held.wait(), 5)
-        entered = asyncio.Event()
-
-        async def waiter() -> None:
-            async with queue.slot(8, global_cap=1, user_cap=1):
-                entered.set()
-
-        waiting = asyncio.create_task(waiter())
-        # It asked once, found the place taken, and sleeps on the wake-up.
-        await wait_until(lambda: len(queue._place_freed._waiters or ()) == 1, what="a waiter")
-        assert not entered.is_set()
-        release.set()
-        await asyncio.wait_for(entered.wait(), 10)
-        await asyncio.wait_for(asyncio.gather(holding, waiting), 5)
-    finally:
-        await queue.close()
-
-
-async def test_a_place_given_back_by_another_process_wakes_a_waiter_by_notification(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    # No poll within the test's deadline: only the wake-up (in the process, or a notification
+    # from another) can let the waiter in.
     monkeypatch.setattr(pgqueue, "PLACE_POLL_SECONDS", 3600.0)
     first = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
-    second = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
-    await first.open(slots=1)
-    await second.open(slots=1)
+    second = pgqueue.TicketQueue(postgres_conninfo(postgres_url)) if across_processes else first
+    await first.open(slots=2)
+    await second.open(slots=2)
     try:
-        release = asyncio.Event()
-        held = asyncio.Event()
-
-        async def holder() -> None:
-            async with first.slot(7, global_cap=1, user_cap=1):
-                held.set()
-                await release.wait()
-
-        holding = asyncio.create_task(holder())
-        await asyncio.wait_for(held.wait(), 5)
-        entered = asyncio.Event()
-
-        async def waiter() -> None:
-            async with second.slot(8, global_cap=1, user_cap=1):
-                entered.set()
-
-        waiting = asyncio.create_task(waiter())
-        await wait_until(lambda: len(second._place_freed._waiters or ()) == 1, what="a waiter")
-        woken = second._place_freed
-        release.set()
-        await asyncio.wait_for(entered.wait(), 10)
-        assert woken.is_set()  # by the notification, not by the (hour-long) poll
-        await asyncio.wait_for(asyncio.gather(holding, waiting), 5)
+        holder = occupy(first, 7)
+        await asyncio.wait_for(holder.inside.wait(), 5)
+        waiter = occupy(second, 8, stay=False)
+        # It asked once, found the place taken, and sleeps until woken.
+        await wait_until(lambda: second.place_waiters == 1, what="a waiter")
+        assert not waiter.inside.is_set()
+        holder.leave.set()
+        await asyncio.wait_for(waiter.inside.wait(), 10)
+        await asyncio.wait_for(asyncio.gather(holder.task, waiter.task), 5)
+        assert second.place_waiters == 0
     finally:
         await first.close()
         await second.close()
