@@ -539,9 +539,15 @@ class PostgresStore:
     # Jobs
 
     async def _insert_job(self, conn: Connection, job: NewJob) -> Job:
+        cursor = await self._send_insert_job(conn, job)
+        return job_from_row((await cursor.fetchall())[0])
+
+    async def _send_insert_job(
+        self, conn: Connection, job: NewJob
+    ) -> psycopg.AsyncCursor[TupleRow]:
+        """Send the INSERT of a queued job (RETURNING it); in pipeline mode, without waiting."""
         now = self._clock()
-        rows = await self._fetch(
-            conn,
+        return await conn.execute(
             "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
             " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
             " reserved_images, worker_id)"
@@ -563,7 +569,6 @@ class PostgresStore:
                 job.worker_id,
             ),
         )
-        return job_from_row(rows[0])
 
     async def _occupancy(
         self,
@@ -643,29 +648,31 @@ class PostgresStore:
         # A burst of commands in one server would otherwise hold every pooled connection
         # waiting for the server's lock, and stall every other query of this process.
         # Admissions of one server run one after the other, fleet-wide: in pipeline mode, the
-        # BEGIN and the locks travel with the occupancy read, so the section under the lock is
-        # three round trips (read, insert, COMMIT), four with the ticket.
+        # BEGIN and the locks travel with the occupancy read, and the INSERT with the COMMIT,
+        # so the section under the lock is two round trips (three with the ticket).
         keys = self._admission_keys(job.user_id, job.guild_id)
         async with (
             self._admitting.hold(keys),
             (self._admission_pool or self._pool).connection() as conn,
             conn.pipeline(),
-            conn.transaction(),
         ):
-            await self._admission_locks(conn, job.user_id, job.guild_id)
-            gate(
-                await self._occupancy(
-                    conn,
-                    user_id=job.user_id,
-                    guild_id=job.guild_id,
-                    user_window=user_window,
-                    guild_window=guild_window,
+            async with conn.transaction():
+                await self._admission_locks(conn, job.user_id, job.guild_id)
+                gate(
+                    await self._occupancy(
+                        conn,
+                        user_id=job.user_id,
+                        guild_id=job.guild_id,
+                        user_window=user_window,
+                        guild_window=guild_window,
+                    )
                 )
-            )
-            admitted = await self._insert_job(conn, job)
-            if job.dispatch:
-                await self.tickets.defer(conn, admitted.id, admitted.channel_id)
-            return admitted
+                inserted = await self._send_insert_job(conn, job)
+                if job.dispatch:
+                    admitted = job_from_row((await inserted.fetchall())[0])
+                    await self.tickets.defer(conn, admitted.id, admitted.channel_id)
+                    return admitted
+            return job_from_row((await inserted.fetchall())[0])
 
     async def readmit_job(
         self,
