@@ -621,6 +621,25 @@ class PostgresStore:
             guild_usd=float(guild_usd),
         )
 
+    async def _pass_gate(
+        self,
+        conn: Connection,
+        gate: AdmissionGate,
+        job: NewJob | Job,
+        user_window: Window,
+        guild_window: Window,
+    ) -> None:
+        """Let `gate` refuse the job (raising) on the occupancy of its member and server."""
+        gate(
+            await self._occupancy(
+                conn,
+                user_id=job.user_id,
+                guild_id=job.guild_id,
+                user_window=user_window,
+                guild_window=guild_window,
+            )
+        )
+
     @staticmethod
     def _admission_keys(user_id: int, guild_id: int | None) -> list[int]:
         keys = [lock_key("user", user_id)]
@@ -658,15 +677,7 @@ class PostgresStore:
         ):
             async with conn.transaction():
                 await self._admission_locks(conn, job.user_id, job.guild_id)
-                gate(
-                    await self._occupancy(
-                        conn,
-                        user_id=job.user_id,
-                        guild_id=job.guild_id,
-                        user_window=user_window,
-                        guild_window=guild_window,
-                    )
-                )
+                await self._pass_gate(conn, gate, job, user_window, guild_window)
                 inserted = await self._send_insert_job(conn, job)
                 if job.dispatch:
                     admitted = job_from_row((await inserted.fetchall())[0])
@@ -708,15 +719,7 @@ class PostgresStore:
             if not rows:
                 return None
             job = job_from_row(rows[0])
-            gate(
-                await self._occupancy(
-                    conn,
-                    user_id=job.user_id,
-                    guild_id=job.guild_id,
-                    user_window=user_window,
-                    guild_window=guild_window,
-                )
-            )
+            await self._pass_gate(conn, gate, job, user_window, guild_window)
             rows = await self._fetch(
                 conn,
                 "UPDATE jobs SET status = %s, queued_at = %s, error = NULL, started_at = NULL,"
