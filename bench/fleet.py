@@ -6,16 +6,20 @@ stand-ins (no delay before any event, no partials, the stand-in's small pictures
 measured is the bot and its database, not OpenAI. A throw-away PostgreSQL cluster is made from
 the system's binaries (/usr/lib/postgresql/*/bin), a fresh database per configuration.
 
-Per configuration, after warm-up turns:
+Every configuration's bot processes are up for the whole run (idle ones cost next to
+nothing). Per configuration, after the same warm-up turns per process:
 - throughput: a burst of /imagine commands spread over the processes' guilds and users, timed
   from the first command to the last job done (the ledger says done once the posting is
-  recorded); at least 3 repeats, min and median;
+  recorded); at least 3 repeats, min and median. The bursts take turns: one of each
+  configuration per round, so anything else the machine runs meanwhile weighs on every row;
 - claim latency: single turns one after another, each from its admission to its start
   (the ledger's `created_at` -> `started_at`: placing it, the ticket, fetching it, a place);
 - queue depth over time: the ledger's queued jobs, sampled every 0.1 s during a burst.
 
 The stand-ins run in this process and share the machine's cores with every bot process and
 the PostgreSQL server: on a 2-core machine, 2 or 3 bot processes compete for the same cores.
+The CPU each row reports is over its own bursts: bots, stand-ins, the PostgreSQL server, the
+whole machine, and what else ran on it.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class FleetResult:
     # Share of one core used during the bursts by the stand-ins (this process) and the bots.
     stand_in_cpu: float = 0.0
     bot_cpu: float = 0.0
+    # The benchmark's PostgreSQL server (0 with SQLite).
+    server_cpu: float = 0.0
     # The whole machine (bots, stand-ins, PostgreSQL, anything else), from /proc/stat.
     machine_cpu: float = 0.0
 
@@ -166,6 +172,23 @@ class PostgresCluster:
         with psycopg.connect(postgres_conninfo(self.url()), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far: its postmaster, the live backends and
+        helpers, and those that have exited (counted in the postmaster's children's time)."""
+        try:
+            pid = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+            ticks = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    if stat.parent.name == str(pid):
+                        ticks += sum(int(v) for v in fields[11:15])
+                    elif int(fields[1]) == pid:
+                        ticks += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
@@ -331,52 +354,73 @@ async def fleet_of(workdir: Path, url: str, processes: int) -> AsyncIterator[Fle
             await fleet.stop()
 
 
-async def measure(
-    config: FleetConfig, workdir: Path, url: str, backend: str, processes: int
-) -> FleetResult:
-    """Warm up, then the claim latency, then `repeats` timed bursts with the queue depth."""
-    result = FleetResult(backend, processes)
-    async with fleet_of(workdir, url, processes) as fleet:
-        ledger = Ledger(url)
-        try:
-            issued = 0
-            for i in range(config.warm_up * processes):
-                await fleet.imagine(i)
-            issued += config.warm_up * processes
-            await wait_done(ledger, issued, 120)
-            # Claim latency: one turn at a time, so no queueing is counted.
-            for i in range(config.latency_turns):
-                await fleet.imagine(i)
-                issued += 1
-                await wait_done(ledger, issued, 60)
-            rows = await asyncio.to_thread(
-                ledger.rows,
-                f"SELECT started_at - created_at FROM jobs ORDER BY id DESC LIMIT {config.latency_turns}",
-            )
-            result.claim_seconds = [float(r[0]) for r in rows]
-            cpu_here, cpu_bots = time.process_time(), fleet.bot_cpu_seconds()
-            busy_before = machine_busy_seconds()
-            bursts_started = time.monotonic()
-            for repeat in range(config.repeats):
-                started = time.monotonic()
-                await asyncio.gather(*(fleet.imagine(i) for i in range(config.burst)))
-                issued += config.burst
-                sampler = asyncio.create_task(sample_depth(ledger, started))
-                try:
-                    finished = await wait_done(ledger, issued, 300)
-                finally:
-                    sampler.cancel()
-                    samples = await asyncio.gather(sampler, return_exceptions=True)
-                result.turns_per_second.append(config.burst / (finished - started))
-                if repeat == 0 and isinstance(samples[0], list):
-                    result.depth = samples[0]
-            wall = time.monotonic() - bursts_started
-            result.stand_in_cpu = (time.process_time() - cpu_here) / wall
-            result.bot_cpu = (fleet.bot_cpu_seconds() - cpu_bots) / wall
-            result.machine_cpu = (machine_busy_seconds() - busy_before) / wall
-        finally:
-            ledger.close()
-    return result
+@dataclass
+class Running:
+    """One configuration's fleet, up for the whole run, and what its bursts have used so far."""
+
+    result: FleetResult
+    fleet: Fleet
+    ledger: Ledger
+    server: PostgresCluster | None = None
+    issued: int = 0
+    wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def cpu_now(self) -> dict[str, float]:
+        return {
+            "stand_in": time.process_time(),
+            "bot": self.fleet.bot_cpu_seconds(),
+            "server": self.server.cpu_seconds() if self.server is not None else 0.0,
+            "machine": machine_busy_seconds(),
+        }
+
+
+async def warm_up(config: FleetConfig, run: Running) -> None:
+    """Warm-up turns (the same number per process in every configuration), then the claim
+    latency: single turns one after another, so no queueing is counted."""
+    processes = run.result.processes
+    for i in range(config.warm_up * processes):
+        await run.fleet.imagine(i)
+    run.issued += config.warm_up * processes
+    await wait_done(run.ledger, run.issued, 120)
+    for i in range(config.latency_turns):
+        await run.fleet.imagine(i)
+        run.issued += 1
+        await wait_done(run.ledger, run.issued, 60)
+    rows = await asyncio.to_thread(
+        run.ledger.rows,
+        f"SELECT started_at - created_at FROM jobs ORDER BY id DESC LIMIT {config.latency_turns}",
+    )
+    run.result.claim_seconds = [float(r[0]) for r in rows]
+
+
+async def burst(config: FleetConfig, run: Running) -> None:
+    """One timed burst, with the queue depth (kept for the first) and the CPU it used."""
+    before = run.cpu_now()
+    started = time.monotonic()
+    await asyncio.gather(*(run.fleet.imagine(i) for i in range(config.burst)))
+    run.issued += config.burst
+    sampler = asyncio.create_task(sample_depth(run.ledger, started))
+    try:
+        finished = await wait_done(run.ledger, run.issued, 300)
+    finally:
+        sampler.cancel()
+        samples = await asyncio.gather(sampler, return_exceptions=True)
+    run.result.turns_per_second.append(config.burst / (finished - started))
+    if not run.result.depth and isinstance(samples[0], list):
+        run.result.depth = samples[0]
+    run.wall += time.monotonic() - started
+    for key, value in run.cpu_now().items():
+        run.cpu[key] = run.cpu.get(key, 0.0) + value - before[key]
+
+
+def settle_cpu(run: Running) -> None:
+    """The bursts' CPU as shares of a core over the bursts' wall time."""
+    wall = run.wall or 1.0
+    run.result.stand_in_cpu = run.cpu.get("stand_in", 0.0) / wall
+    run.result.bot_cpu = run.cpu.get("bot", 0.0) / wall
+    run.result.server_cpu = run.cpu.get("server", 0.0) / wall
+    run.result.machine_cpu = run.cpu.get("machine", 0.0) / wall
 
 
 async def sample_depth(ledger: Ledger, started: float) -> list[tuple[float, int]]:
@@ -401,6 +445,11 @@ def machine_busy_seconds() -> float:
     # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
     busy = sum(fields[:8]) - fields[3] - fields[4]
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu(result: FleetResult) -> float:
+    """Cores the machine spent on neither the bots, the stand-ins nor PostgreSQL."""
+    return max(0.0, result.machine_cpu - result.bot_cpu - result.stand_in_cpu - result.server_cpu)
 
 
 def depth_line(samples: Sequence[tuple[float, int]]) -> str:
@@ -449,8 +498,9 @@ def fleet_rows(results: Sequence[FleetResult]) -> list[Row]:
                     f"over {len(claim)} turns",
                     f"queue depth during the first burst: {depth_line(result.depth)}",
                     f"CPU during the bursts, in cores: bot processes {result.bot_cpu:.2f}, "
-                    f"stand-ins {result.stand_in_cpu:.2f}, the whole machine (PostgreSQL "
-                    f"included) {result.machine_cpu:.2f} (of {os.cpu_count()})",
+                    f"stand-ins {result.stand_in_cpu:.2f}, PostgreSQL server "
+                    f"{result.server_cpu:.2f}, the whole machine {result.machine_cpu:.2f} (of "
+                    f"{os.cpu_count()}; anything else on it: {other_cpu(result):.2f})",
                 ],
             )
         )
@@ -460,25 +510,38 @@ def fleet_rows(results: Sequence[FleetResult]) -> list[Row]:
 async def run_fleet(
     config: FleetConfig, workdir: Path, counts: Sequence[int] = (1, 2, 3)
 ) -> list[FleetResult]:
-    """Every configuration, SQLite first."""
-    results = [
-        await measure(
-            config,
-            workdir / "sqlite",
-            f"sqlite:///{(workdir / 'sqlite' / 'bot.db').resolve()}",
-            "SQLite",
-            1,
-        )
-    ]
-    print(f"  {results[-1].label}: {results[-1].median_tps:.1f} turns/s", flush=True)
-    with postgres_cluster() as cluster:
-        for count in counts:
-            result = await measure(
-                config, workdir / f"pg{count}", cluster.new_database(), "PostgreSQL", count
+    """Every configuration (SQLite first) up at once; then their bursts in turn, round after
+    round, so a change in the machine's load (anything else running) falls on all of them."""
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = stack.enter_context(postgres_cluster())
+        configurations: list[tuple[str, int, str, PostgresCluster | None]] = [
+            ("SQLite", 1, f"sqlite:///{(workdir / 'sqlite' / 'bot.db').resolve()}", None)
+        ]
+        configurations += [
+            ("PostgreSQL", count, cluster.new_database(), cluster) for count in counts
+        ]
+        runs: list[Running] = []
+        for backend, count, url, server in configurations:
+            folder = workdir / ("sqlite" if server is None else f"pg{count}")
+            fleet = await stack.enter_async_context(fleet_of(folder, url, count))
+            ledger = Ledger(url)
+            stack.callback(ledger.close)
+            run = Running(FleetResult(backend, count), fleet, ledger, server)
+            await warm_up(config, run)
+            runs.append(run)
+        for repeat in range(config.repeats):
+            for run in runs:
+                await burst(config, run)
+            print(
+                f"  round {repeat + 1}: "
+                + ", ".join(
+                    f"{r.result.label} {r.result.turns_per_second[-1]:.1f}/s" for r in runs
+                ),
+                flush=True,
             )
-            results.append(result)
-            print(f"  {result.label}: {result.median_tps:.1f} turns/s", flush=True)
-    return results
+        for run in runs:
+            settle_cpu(run)
+        return [run.result for run in runs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

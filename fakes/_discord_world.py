@@ -138,7 +138,11 @@ class World:
     def emit(self, event: str, data: Payload) -> None:
         """Dispatch a gateway event to every session that may see it."""
         # Frames are serialised later by the socket writers; a copy keeps later edits out of them.
-        self.gateway.dispatch(event, copy.deepcopy(data))
+        self._emit_own(event, copy.deepcopy(data))
+
+    def _emit_own(self, event: str, data: Payload) -> None:
+        """`emit` for a payload nothing else holds (a fresh copy already)."""
+        self.gateway.dispatch(event, data)
         self.notify()
 
     # -- builders -----------------------------------------------------------
@@ -851,7 +855,8 @@ class World:
         if record.ephemeral:
             self.notify()
             return
-        self.emit(event, self.message_payload(record, gateway=True))
+        # message_payload returns a copy of its own.
+        self._emit_own(event, self.message_payload(record, gateway=True))
 
     def message_payload(
         self, record: MessageRecord, *, nested: bool = False, gateway: bool = False

@@ -24,7 +24,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from storage import pgqueue
-from storage._keys import lock_key
+from storage._keys import KeyedLocks, lock_key
 from storage._rows import (
     ACTIVE,
     CONVERSATION_COLUMNS,
@@ -191,6 +191,12 @@ class PostgresStore:
         self._migrations = tuple(migrations) if migrations is not None else packaged_migrations()
         self._close_pool = close_pool
         self._ready = False
+        # Admissions of one user or server in this process wait for each other here, before
+        # taking a connection (see `_admission_locks`).
+        self._admitting = KeyedLocks()
+        # Connections of their own for admissions (set by `open`): one server's admissions run
+        # one at a time, and each must not queue for a connection behind every other query.
+        self._admission_pool: Pool | None = None
         # The shared job queue: every queued job has a ticket there, deferred in the
         # transaction that queues it (see storage/pgqueue.py).
         conninfo = pool.conninfo
@@ -236,11 +242,24 @@ class PostgresStore:
             name="imagine-store",
             timeout=30.0,
         )
+        store: PostgresStore | None = None
         try:
             await pool.open(wait=True, timeout=connect_timeout)
             store = cls(pool, clock=clock, close_pool=True)
+            store._admission_pool = AsyncConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=2,
+                kwargs={"autocommit": True},
+                open=False,
+                name="imagine-admissions",
+                timeout=30.0,
+            )
+            await store._admission_pool.open(wait=True, timeout=connect_timeout)
             await store.setup()
         except BaseException as exc:
+            if store is not None:
+                await store.close()
             await pool.close()
             if isinstance(exc, psycopg.Error | TimeoutError):
                 raise StorageError(f"cannot use {where}: {scrub(str(exc), database_url)}") from None
@@ -258,6 +277,9 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Close the pool if the store owns it (it does when made by `open`)."""
+        if self._admission_pool is not None:
+            await self._admission_pool.close()
+            self._admission_pool = None
         if self._close_pool:
             await self._pool.close()
 
@@ -517,9 +539,15 @@ class PostgresStore:
     # Jobs
 
     async def _insert_job(self, conn: Connection, job: NewJob) -> Job:
+        cursor = await self._send_insert_job(conn, job)
+        return job_from_row((await cursor.fetchall())[0])
+
+    async def _send_insert_job(
+        self, conn: Connection, job: NewJob
+    ) -> psycopg.AsyncCursor[TupleRow]:
+        """Send the INSERT of a queued job (RETURNING it); in pipeline mode, without waiting."""
         now = self._clock()
-        rows = await self._fetch(
-            conn,
+        return await conn.execute(
             "INSERT INTO jobs (kind, status, guild_id, channel_id, user_id, payload, locale,"
             " progress_message_id, attempts, created_at, queued_at, reserved_usd,"
             " reserved_images, worker_id)"
@@ -541,7 +569,6 @@ class PostgresStore:
                 job.worker_id,
             ),
         )
-        return job_from_row(rows[0])
 
     async def _occupancy(
         self,
@@ -594,16 +621,39 @@ class PostgresStore:
             guild_usd=float(guild_usd),
         )
 
+    async def _pass_gate(
+        self,
+        conn: Connection,
+        gate: AdmissionGate,
+        job: NewJob | Job,
+        user_window: Window,
+        guild_window: Window,
+    ) -> None:
+        """Let `gate` refuse the job (raising) on the occupancy of its member and server."""
+        gate(
+            await self._occupancy(
+                conn,
+                user_id=job.user_id,
+                guild_id=job.guild_id,
+                user_window=user_window,
+                guild_window=guild_window,
+            )
+        )
+
+    @staticmethod
+    def _admission_keys(user_id: int, guild_id: int | None) -> list[int]:
+        keys = [lock_key("user", user_id)]
+        if guild_id is not None:
+            keys.append(lock_key("guild", guild_id))
+        return keys
+
     async def _admission_locks(self, conn: Connection, user_id: int, guild_id: int | None) -> None:
         """Serialize admissions that share a user or a server, across every process.
 
         Held until the transaction ends, so the next admission reads an occupancy that already
         counts this one's reservation.
         """
-        keys = [lock_key("user", user_id)]
-        if guild_id is not None:
-            keys.append(lock_key("guild", guild_id))
-        await self._lock(conn, keys)
+        await self._lock(conn, self._admission_keys(user_id, guild_id))
 
     async def admit_job(
         self,
@@ -614,21 +664,26 @@ class PostgresStore:
         gate: AdmissionGate,
     ) -> Job:
         """Add a queued job with its reservation, atomically with the limit check."""
-        async with self._transaction() as conn:
-            await self._admission_locks(conn, job.user_id, job.guild_id)
-            gate(
-                await self._occupancy(
-                    conn,
-                    user_id=job.user_id,
-                    guild_id=job.guild_id,
-                    user_window=user_window,
-                    guild_window=guild_window,
-                )
-            )
-            admitted = await self._insert_job(conn, job)
-            if job.dispatch:
-                await self.tickets.defer(conn, admitted.id, admitted.channel_id)
-            return admitted
+        # A burst of commands in one server would otherwise hold every pooled connection
+        # waiting for the server's lock, and stall every other query of this process.
+        # Admissions of one server run one after the other, fleet-wide: in pipeline mode, the
+        # BEGIN and the locks travel with the occupancy read, and the INSERT with the COMMIT,
+        # so the section under the lock is two round trips (three with the ticket).
+        keys = self._admission_keys(job.user_id, job.guild_id)
+        async with (
+            self._admitting.hold(keys),
+            (self._admission_pool or self._pool).connection() as conn,
+            conn.pipeline(),
+        ):
+            async with conn.transaction():
+                await self._admission_locks(conn, job.user_id, job.guild_id)
+                await self._pass_gate(conn, gate, job, user_window, guild_window)
+                inserted = await self._send_insert_job(conn, job)
+                if job.dispatch:
+                    admitted = job_from_row((await inserted.fetchall())[0])
+                    await self.tickets.defer(conn, admitted.id, admitted.channel_id)
+                    return admitted
+            return job_from_row((await inserted.fetchall())[0])
 
     async def readmit_job(
         self,
@@ -664,15 +719,7 @@ class PostgresStore:
             if not rows:
                 return None
             job = job_from_row(rows[0])
-            gate(
-                await self._occupancy(
-                    conn,
-                    user_id=job.user_id,
-                    guild_id=job.guild_id,
-                    user_window=user_window,
-                    guild_window=guild_window,
-                )
-            )
+            await self._pass_gate(conn, gate, job, user_window, guild_window)
             rows = await self._fetch(
                 conn,
                 "UPDATE jobs SET status = %s, queued_at = %s, error = NULL, started_at = NULL,"

@@ -22,6 +22,7 @@ from bot.core.options import ImageOptions, TurnRequest
 from bot.core.runner import TurnRunner
 from bot.core.studio import Studio
 from storage import pgqueue
+from storage._keys import KeyedLocks
 from storage.base import Conversation, Job, NewJob, Occupancy, StorageError, Window
 from storage.postgres import PostgresStore
 from storage.urls import postgres_conninfo
@@ -49,6 +50,13 @@ def new_job(channel_id: int = 100, **changes: Any) -> NewJob:
         locale="en",
     )
     return dataclasses.replace(job, **changes)
+
+
+def job_statuses(url: str, ids: list[int]) -> list[str]:
+    """The ledger status of each job, in the order of `ids`."""
+    with psycopg.connect(postgres_conninfo(url)) as conn:
+        rows = dict(conn.execute("SELECT id, status FROM jobs WHERE id = ANY(%s)", (ids,)))
+    return [str(rows.get(i)) for i in ids]
 
 
 def tickets(url: str) -> list[tuple[str, str, int]]:
@@ -133,6 +141,28 @@ async def test_a_place_takes_one_lock_of_each_kind_and_gives_them_back(postgres_
         await queue.close()
 
 
+@dataclasses.dataclass
+class Occupant:
+    """A job that takes the only fleet place of a queue, and leaves when told."""
+
+    task: asyncio.Task[None]
+    inside: asyncio.Event
+    leave: asyncio.Event
+
+
+def occupy(queue: pgqueue.TicketQueue, user_id: int, *, stay: bool = True) -> Occupant:
+    inside, leave = asyncio.Event(), asyncio.Event()
+    if not stay:
+        leave.set()
+
+    async def occupant() -> None:
+        async with queue.slot(user_id, global_cap=1, user_cap=1):
+            inside.set()
+            await leave.wait()
+
+    return Occupant(asyncio.create_task(occupant()), inside, leave)
+
+
 async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) -> None:
     first, second = (
         pgqueue.TicketQueue(postgres_conninfo(postgres_url)),
@@ -141,38 +171,129 @@ async def test_a_fleet_place_is_freed_when_its_holder_dies(postgres_url: str) ->
     await first.open(slots=1)
     await second.open(slots=1)
     try:
-        held = asyncio.Event()
-        release = asyncio.Event()
-
-        async def holder() -> None:
-            async with first.slot(7, global_cap=1, user_cap=1):
-                held.set()
-                await release.wait()
-
-        holding = asyncio.create_task(holder())
-        await asyncio.wait_for(held.wait(), 5)
-        waiter_in = asyncio.Event()
-
-        async def waiter() -> None:
-            async with second.slot(8, global_cap=1, user_cap=1):
-                waiter_in.set()
-
-        waiting = asyncio.create_task(waiter())
+        holder = occupy(first, 7)
+        await asyncio.wait_for(holder.inside.wait(), 5)
+        waiter = occupy(second, 8, stay=False)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter_in.wait()), 0.3)
+            await asyncio.wait_for(asyncio.shield(waiter.inside.wait()), 0.3)
         # The holder's process dies: the server ends its session, and the place is free.
         with psycopg.connect(postgres_conninfo(postgres_url), autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks"
                 " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
             )
-        await asyncio.wait_for(waiter_in.wait(), 10)
-        await asyncio.wait_for(waiting, 5)
-        release.set()
-        await asyncio.gather(holding, return_exceptions=True)
+        await asyncio.wait_for(waiter.inside.wait(), 10)
+        await asyncio.wait_for(waiter.task, 5)
+        holder.leave.set()
+        await asyncio.gather(holder.task, return_exceptions=True)
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.parametrize("across_processes", [False, True], ids=["same process", "another"])
+async def test_a_place_given_back_wakes_a_waiter(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, across_processes: bool
+) -> None:
+    # No poll within the test's deadline: only the wake-up (in the process, or a notification
+    # from another) can let the waiter in.
+    monkeypatch.setattr(pgqueue, "PLACE_POLL_SECONDS", 3600.0)
+    first = pgqueue.TicketQueue(postgres_conninfo(postgres_url))
+    second = pgqueue.TicketQueue(postgres_conninfo(postgres_url)) if across_processes else first
+    await first.open(slots=2)
+    await second.open(slots=2)
+    try:
+        holder = occupy(first, 7)
+        await asyncio.wait_for(holder.inside.wait(), 5)
+        waiter = occupy(second, 8, stay=False)
+        # It asked once, found the place taken, and sleeps until woken.
+        await wait_until(lambda: second.place_waiters == 1, what="a waiter")
+        assert not waiter.inside.is_set()
+        holder.leave.set()
+        await asyncio.wait_for(waiter.inside.wait(), 10)
+        await asyncio.wait_for(asyncio.gather(holder.task, waiter.task), 5)
+        assert second.place_waiters == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_fetch_claims_several_tickets_in_order_one_per_lock(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    queue = store.tickets
+    try:
+        await queue.open(slots=1)
+        admit = {"user_window": WHOLE_TIME, "guild_window": WHOLE_TIME, "gate": allow_all}
+        jobs = [
+            await store.admit_job(new_job(channel_id=channel, user_id=10 + i), **admit)
+            for i, channel in enumerate([100, 100, 200, 300, 400])
+        ]
+        worker_id = await queue.app.job_manager.register_worker()
+        first = await queue.fetch(worker_id, 3)
+        # The thread 100's second ticket waits for its first: 100, 200, 300, oldest first.
+        assert [job.task_kwargs["job_id"] for job in first] == [jobs[i].id for i in (0, 2, 3)]
+        assert [job.lock for job in first] == ["channel:100", "channel:200", "channel:300"]
+        rest = await queue.fetch(worker_id, 3)
+        assert [job.task_kwargs["job_id"] for job in rest] == [jobs[4].id]
+        assert await queue.fetch(worker_id, 3) == []
+        assert [status for status, _l, _j in tickets(postgres_url)] == [
+            "doing", "todo", "doing", "doing", "doing"
+        ]  # fmt: skip
+    finally:
+        await queue.close()
+        await store.close()
+
+
+async def test_admissions_of_one_server_wait_in_the_process_not_on_a_connection() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def admit(name: str, keys: list[int]) -> None:
+        async with locks.hold(keys):
+            order.append(name)
+            if name == "first":
+                first_in.set()
+                await release.wait()
+
+    first = asyncio.create_task(admit("first", [3, 1]))
+    await asyncio.wait_for(first_in.wait(), 5)
+    # Same server (key 1), another user: it waits; another server and user go ahead.
+    second = asyncio.create_task(admit("second", [1, 2]))
+    other = asyncio.create_task(admit("other", [4, 5]))
+    await asyncio.wait_for(other, 5)
+    assert order == ["first", "other"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert order == ["first", "other", "second"]
+    assert len(locks) == 0  # nothing kept once no one holds or waits
+
+
+async def test_concurrent_admissions_in_one_server_keep_the_limit(postgres_url: str) -> None:
+    store = await PostgresStore.open(postgres_url)
+    try:
+
+        def at_most_three(occupancy: Occupancy) -> None:
+            if occupancy.guild_images >= 3:
+                raise StorageError("the server is full")
+
+        admit = {"user_window": WHOLE_TIME, "guild_window": WHOLE_TIME, "gate": at_most_three}
+        results = await asyncio.gather(
+            *(
+                store.admit_job(
+                    new_job(channel_id=100 + i, user_id=10 + i, reserved_images=1), **admit
+                )
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        admitted = [r for r in results if isinstance(r, Job)]
+        assert len(admitted) == 3
+        assert all(isinstance(r, StorageError) for r in results if not isinstance(r, Job))
+        assert len(tickets(postgres_url)) == 3
+    finally:
+        await store.close()
 
 
 async def test_the_tickets_of_a_silent_worker_go_back_to_the_queue(postgres_url: str) -> None:
@@ -299,7 +420,12 @@ async def thread(store: PostgresStore, channel_id: int = 200) -> None:
     )
 
 
-async def test_two_quick_messages_in_a_thread_chain_across_processes(processes: Any) -> None:
+async def test_two_quick_messages_in_a_thread_chain_across_processes(
+    processes: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll for tickets within the test: the second turn runs because the end of the first
+    # wakes whichever process may run it.
+    monkeypatch.setattr(pgqueue, "FETCH_POLL_SECONDS", 3600.0)
     a: Process = await processes("a")
     b: Process = await processes("b")
     await thread(a.store)
@@ -322,8 +448,11 @@ async def test_two_quick_messages_in_a_thread_chain_across_processes(processes: 
     assert turns["now at night"].parent_response_id == turns["a fox"].response_id
     head = await a.store.get_conversation(200)
     assert head is not None and head.latest_response_id == turns["now at night"].response_id
-    done = [await a.store.get_job(j.id) for j in (first, second)]
-    assert [j.status for j in done if j is not None] == ["done", "done"]
+    # The posting is recorded just after the sink shows it.
+    await wait_until(
+        lambda: job_statuses(postgres_url, [first.id, second.id]) == ["done", "done"],
+        what="both jobs done",
+    )
 
 
 async def test_cancel_on_one_process_stops_a_job_running_on_the_other(processes: Any) -> None:
