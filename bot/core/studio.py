@@ -1394,6 +1394,7 @@ class Studio:
         orphans = await self._store.adopt_orphans(
             self.worker_id, stale_after=self._stale_after, own=True
         )
+        self._say_adopted(orphans)
         settled = await self._settle(orphans)
         if self._shared is not None and self._worker is None and self._queue_concurrency > 0:
             log.info(
@@ -1442,9 +1443,7 @@ class Studio:
                     self.worker_id, stale_after=self._stale_after
                 )
                 if orphans.workers or orphans.running or orphans.saved or orphans.queued:
-                    log.warning(
-                        "took over the jobs of stopped worker(s) %s", ", ".join(orphans.workers)
-                    )
+                    self._say_adopted(orphans)
                     await self._settle(orphans)
                 if self._shared is not None:
                     # Tickets a silent process had fetched go back to the queue; run again,
@@ -1456,6 +1455,12 @@ class Studio:
                 raise
             except Exception:
                 log.exception("worker %s: heartbeat or settling failed", self.worker_id)
+
+    def _say_adopted(self, orphans: Orphans) -> None:
+        """Log which stopped workers' jobs this one took over (at start-up or later alike)."""
+        others = [w for w in orphans.workers if w != self.worker_id]
+        if others:
+            log.warning("took over the jobs of stopped worker(s) %s", ", ".join(others))
 
     async def _settle(self, orphans: Orphans) -> tuple[list[Job], list[Job], list[Job]]:
         """Handle adopted jobs as the ledger says; returns (interrupted, reposted, queued).
