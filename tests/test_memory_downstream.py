@@ -194,14 +194,26 @@ class _GatedMessage(_Message):
         return self
 
 
+def _gated_sink(channel: Any) -> tuple[DiscordTurnSink, _GatedMessage]:
+    job = SimpleNamespace(id=3, user_id=7, locale="en", channel_id=100)
+    spec = JobSpec(kind=JobKind.IMAGINE, prompt="a cat", parent=ParentMode.NONE)
+    sink = DiscordTurnSink(SimpleNamespace(), job, spec, channel=channel)  # type: ignore[arg-type]
+    message = _GatedMessage()
+    sink.message = message  # type: ignore[assignment]
+    return sink, message
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
 async def test_the_sink_keeps_a_preview_counted_until_its_upload_ends_or_a_newer_one_replaces_it() -> (
     None
 ):
-    job = SimpleNamespace(id=3, user_id=7, locale="en", channel_id=100)
-    spec = JobSpec(kind=JobKind.IMAGINE, prompt="a cat", parent=ParentMode.NONE)
-    sink = DiscordTurnSink(SimpleNamespace(), job, spec, channel=SimpleNamespace())  # type: ignore[arg-type]
-    message = _GatedMessage()
-    sink.message = message  # type: ignore[assignment]
+    sink, message = _gated_sink(SimpleNamespace())
     kept: list[int] = []
     given: list[int] = []
     decoded: list[int] = []
@@ -218,14 +230,8 @@ async def test_the_sink_keeps_a_preview_counted_until_its_upload_ends_or_a_newer
             give_back=lambda: given.append(index),
         )
 
-    async def until(condition: Any) -> None:
-        deadline = asyncio.get_running_loop().time() + 5
-        while not condition():
-            assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-            await asyncio.sleep(0.01)
-
     await sink.partial(preview(0))
-    await until(lambda: message.editing == 1)
+    await _until(lambda: message.editing == 1, "the upload did not start")
     # Uploading: held, not given back.
     assert kept == [0] and given == []
     await sink.partial(preview(1))
@@ -233,7 +239,7 @@ async def test_the_sink_keeps_a_preview_counted_until_its_upload_ends_or_a_newer
     # 1 waited and was replaced by 2 (latest wins): given back, never decoded.
     assert kept == [0, 1, 2] and given == [1] and decoded == [0]
     message.gate.set()
-    await until(lambda: message.editing == 2)
+    await _until(lambda: message.editing == 2, "the newest preview was not uploaded")
     assert given == [1, 0]
     message.gate.set()
     assert sink._uploader is not None
@@ -243,24 +249,15 @@ async def test_the_sink_keeps_a_preview_counted_until_its_upload_ends_or_a_newer
 
 
 async def test_a_preview_waiting_when_the_turn_ends_is_given_back() -> None:
-    job = SimpleNamespace(id=3, user_id=7, locale="en", channel_id=100)
-    spec = JobSpec(kind=JobKind.IMAGINE, prompt="a cat", parent=ParentMode.NONE)
-    sink = DiscordTurnSink(SimpleNamespace(), job, spec, channel=None)
-    message = _GatedMessage()
-    sink.message = message  # type: ignore[assignment]
+    sink, message = _gated_sink(None)
     given: list[int] = []
     await sink.partial(Partial(0, IMAGE, give_back=lambda: given.append(0)))
-    deadline = asyncio.get_running_loop().time() + 5
-    while message.editing < 1:
-        assert asyncio.get_running_loop().time() < deadline, "the upload did not start"
-        await asyncio.sleep(0.01)
+    await _until(lambda: message.editing == 1, "the upload did not start")
     await sink.partial(Partial(1, IMAGE, give_back=lambda: given.append(1)))
     assert given == []
     # The turn ends: the preview still waiting is dropped and given back at once...
-    ending = asyncio.ensure_future(sink.cancelled(job))  # type: ignore[arg-type]
-    while not given:
-        assert asyncio.get_running_loop().time() < deadline, "the waiting preview was kept"
-        await asyncio.sleep(0.01)
+    ending = asyncio.ensure_future(sink.cancelled(sink.job))
+    await _until(lambda: bool(given), "the waiting preview was kept")
     assert given == [1] and not ending.done()
     # ...and the one uploading when its upload ends.
     message.gate.set()
