@@ -34,7 +34,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_BUDGET_MB = 160
+DEFAULT_BUDGET_MB = 128
 # What a turn reserves before it knows an image's size: the largest of the last few seen.
 FIRST_ESTIMATE = 4 * MIB
 # How glibc is set up for image data (bench/memprofile.py, bench/results.md):
