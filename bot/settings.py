@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     queue_concurrency: int | None = Field(default=None, ge=0)
     # Image bytes (base64 read, images decoded) all turns may hold at once; a turn waits for
     # room before it reads an image, and the socket holds OpenAI back meanwhile.
-    image_memory_budget_mb: int = Field(default=160, ge=16)
+    image_memory_budget_mb: int = Field(default=128, ge=16)
     user_concurrency: int = 1
     user_daily_usd: float | None = None
     user_daily_images: int | None = None

@@ -184,9 +184,19 @@ class DiscordTurnSink:
     async def partial(self, event: Partial) -> None:
         if self._final:
             return
+        # Counted in the memory budget until its upload ends or a newer preview replaces it
+        # (each path below releases it).
+        event.hold()
+        self._drop_pending()
         self._pending = event
         if self._uploader is None or self._uploader.done():
             self._uploader = asyncio.create_task(self._drain())
+
+    def _drop_pending(self) -> None:
+        """Forget the preview waiting to upload (a newer one or the final replaces it)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.release()
 
     async def _drain(self) -> None:
         """Upload the newest partial, then any newer one that arrived meanwhile."""
@@ -251,7 +261,7 @@ class DiscordTurnSink:
         channel is gone; PostingFailed when Discord refuses for now. Returns the message id and
         its first attachment's URL."""
         self._final = True
-        self._pending = None
+        self._drop_pending()
         if self._uploader is not None:
             # An upload in flight finishes first (it cannot be recalled); then the final replaces it.
             await asyncio.gather(self._uploader, return_exceptions=True)
@@ -492,7 +502,7 @@ class DiscordTurnSink:
     async def cancelled(self, job: Job) -> None:
         """Replace the progress with a note that the job was cancelled, at no cost."""
         self._final = True
-        self._pending = None
+        self._drop_pending()
         if self._uploader is not None:
             await asyncio.gather(self._uploader, return_exceptions=True)
         content = clip(self._header() + "\n" + t(self.locale, "discord.cancelled"), 2000)
@@ -511,7 +521,7 @@ class DiscordTurnSink:
         from cogs.buttons import retry_view
 
         self._final = True
-        self._pending = None
+        self._drop_pending()
         if self._uploader is not None:
             await asyncio.gather(self._uploader, return_exceptions=True)
         if event.detail:

@@ -32,6 +32,13 @@ def make_client(fake: FakeOpenAI, *, retries: int = 0, budget: ImageMemoryBudget
     return OpenAIImageClient(config, budget=budget)
 
 
+def budgeted(fake: FakeOpenAI, capacity: int) -> tuple[ImageMemoryBudget, OpenAIImageClient]:
+    """A client whose streams share a budget of `capacity` bytes; events sent without delay."""
+    budget = ImageMemoryBudget(capacity)
+    fake.set_timeline(Timeline(0.0, 0.0, 0.0))
+    return budget, make_client(fake, budget=budget)
+
+
 @pytest.fixture
 async def client(fake_openai: FakeOpenAI) -> AsyncIterator[OpenAIImageClient]:
     image_client = make_client(fake_openai, budget=ImageMemoryBudget(64 * 1024 * 1024))
@@ -141,9 +148,7 @@ async def test_a_spent_budget_holds_the_stream_back_until_an_image_is_freed(
     fake_openai: FakeOpenAI,
 ) -> None:
     # Room for one image: the second turn waits while the first turn's preview is alive.
-    budget = ImageMemoryBudget(1)
-    client = make_client(fake_openai, budget=budget)
-    fake_openai.set_timeline(Timeline(0.0, 0.0, 0.0))
+    budget, client = budgeted(fake_openai, 1)
     try:
         first = client.stream_responses(REQUEST)
         held = [e async for e in first if isinstance(e, Partial | Completed)]
@@ -236,3 +241,58 @@ async def test_the_body_is_read_from_aiohttp_as_it_arrives(
 
     assert isinstance(events[-1], Completed)
     assert len(readers) == 1
+
+
+async def test_a_held_preview_stays_counted_after_the_turn_reads_on_until_it_is_released(
+    fake_openai: FakeOpenAI,
+) -> None:
+    budget, client = budgeted(fake_openai, 64 * 1024 * 1024)
+    try:
+        stream = client.stream_responses(REQUEST)
+        first = await anext(e async for e in stream if isinstance(e, Partial))
+        alone = budget.used
+        assert alone > 0
+        # The consumer keeps the first preview (say, it is still uploading) while the turn
+        # reads its next image: both are counted.
+        first.hold()
+        second = await anext(stream)
+        assert isinstance(second, Partial)
+        both = budget.used
+        assert both > alone
+        first.release()
+        assert budget.used == both - alone
+        # Releasing twice gives nothing back twice.
+        first.release()
+        assert budget.used == both - alone
+        rest = [e async for e in stream]
+        assert isinstance(rest[-1], Completed)
+        del first, second, rest
+        gc.collect()
+        await until(lambda: budget.used == 0)
+    finally:
+        await client.close()
+
+
+async def test_turns_whose_consumers_never_release_still_finish_on_a_spent_budget(
+    fake_openai: FakeOpenAI,
+) -> None:
+    # Room for one image, four turns at once, and consumers that keep each turn's last event
+    # (as a loop variable does) without ever releasing it: every turn still gets to its end.
+    budget, client = budgeted(fake_openai, 1)
+
+    async def consume() -> bool:
+        last: object = None
+        async for event in client.stream_responses(REQUEST):
+            last = event
+        return isinstance(last, Completed)
+
+    try:
+        # The budget starts spent, so that the turns queue up behind each other.
+        blocker = await budget.acquire(1)
+        turns = asyncio.gather(*(consume() for _ in range(4)))
+        await until(lambda: budget.stats.waits >= 1)
+        blocker.release()
+        finished = await asyncio.wait_for(turns, 30)
+        assert finished == [True] * 4
+    finally:
+        await client.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from bot.core.lean_stream import (
     SpanBuffers,
     StreamProtocolError,
     events_of,
+    unfilled,
 )
 
 ITEM = "ig_68c589526ff88196987aebdd12e1230d"
@@ -413,3 +416,24 @@ def test_the_repeat_is_skipped_even_when_it_shares_a_chunk_with_its_first_copy()
     assert parser.skipped_bytes == len(final_b64)
     span = got[-1].span(got[-1].data["response"]["output"][0]["result"])
     assert span is not None and span.skipped
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_fresh_span_buffer_is_not_written_until_text_reaches_it() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("resident pages from /proc")
+    size = 64 * 1024 * 1024
+    before = _resident_bytes()
+    buffer = unfilled(size)
+    untouched = _resident_bytes() - before
+    assert len(buffer) == size
+    # Zero-filled at once (bytearray(size)) all 64 MiB would be resident here.
+    assert untouched < size // 8
+    buffer[size - 3 :] = b"end"
+    assert buffer[-3:] == b"end"
+    del buffer
+    assert unfilled(0) == bytearray()

@@ -176,3 +176,91 @@ async def test_the_responses_body_is_what_the_sdk_would_have_sent() -> None:
         assert await async_maybe_transform(params, expected) == params
     finally:
         await client.close()
+
+
+class _GatedMessage(_Message):
+    """A progress message whose edits (uploads) finish only when the test lets them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.editing = 0
+
+    async def edit(self, **fields: Any) -> _GatedMessage:
+        self.editing += 1
+        await self.gate.wait()
+        self.gate.clear()
+        await super().edit(**fields)
+        return self
+
+
+def _gated_sink(channel: Any) -> tuple[DiscordTurnSink, _GatedMessage]:
+    job = SimpleNamespace(id=3, user_id=7, locale="en", channel_id=100)
+    spec = JobSpec(kind=JobKind.IMAGINE, prompt="a cat", parent=ParentMode.NONE)
+    sink = DiscordTurnSink(SimpleNamespace(), job, spec, channel=channel)  # type: ignore[arg-type]
+    message = _GatedMessage()
+    sink.message = message  # type: ignore[assignment]
+    return sink, message
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_the_sink_keeps_a_preview_counted_until_its_upload_ends_or_a_newer_one_replaces_it() -> (
+    None
+):
+    sink, message = _gated_sink(SimpleNamespace())
+    kept: list[int] = []
+    given: list[int] = []
+    decoded: list[int] = []
+
+    def preview(index: int) -> Partial:
+        def source() -> bytes:
+            decoded.append(index)
+            return IMAGE
+
+        return Partial(
+            index,
+            source=source,
+            keep=lambda: kept.append(index),
+            give_back=lambda: given.append(index),
+        )
+
+    await sink.partial(preview(0))
+    await _until(lambda: message.editing == 1, "the upload did not start")
+    # Uploading: held, not given back.
+    assert kept == [0] and given == []
+    await sink.partial(preview(1))
+    await sink.partial(preview(2))
+    # 1 waited and was replaced by 2 (latest wins): given back, never decoded.
+    assert kept == [0, 1, 2] and given == [1] and decoded == [0]
+    message.gate.set()
+    await _until(lambda: message.editing == 2, "the newest preview was not uploaded")
+    assert given == [1, 0]
+    message.gate.set()
+    assert sink._uploader is not None
+    await asyncio.wait_for(sink._uploader, 5)
+    assert given == [1, 0, 2] and decoded == [0, 2]
+    assert message.uploaded == [IMAGE, IMAGE]
+
+
+async def test_a_preview_waiting_when_the_turn_ends_is_given_back() -> None:
+    sink, message = _gated_sink(None)
+    given: list[int] = []
+    await sink.partial(Partial(0, IMAGE, give_back=lambda: given.append(0)))
+    await _until(lambda: message.editing == 1, "the upload did not start")
+    await sink.partial(Partial(1, IMAGE, give_back=lambda: given.append(1)))
+    assert given == []
+    # The turn ends: the preview still waiting is dropped and given back at once...
+    ending = asyncio.ensure_future(sink.cancelled(sink.job))
+    await _until(lambda: bool(given), "the waiting preview was kept")
+    assert given == [1] and not ending.done()
+    # ...and the one uploading when its upload ends.
+    message.gate.set()
+    await asyncio.wait_for(ending, 5)
+    assert given == [1, 0]
+    assert message.uploaded == [IMAGE]

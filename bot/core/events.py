@@ -61,7 +61,7 @@ class Partial:
     so that a preview the sink drops for a newer one (latest wins) is never decoded at all.
     """
 
-    __slots__ = ("__weakref__", "_image", "_source", "format", "index")
+    __slots__ = ("__weakref__", "_give_back", "_image", "_keep", "_source", "format", "index")
 
     def __init__(
         self,
@@ -70,6 +70,8 @@ class Partial:
         format: str = "png",
         *,
         source: Callable[[], bytes] | None = None,
+        keep: Callable[[], object] | None = None,
+        give_back: Callable[[], object] | None = None,
     ) -> None:
         if (image is None) == (source is None):
             raise TypeError("a Partial takes either the image or its source")
@@ -77,6 +79,10 @@ class Partial:
         self.format = format
         self._image = image
         self._source = source
+        # The preview's share of the image memory budget (bot/core/memory_budget.py): `keep`
+        # takes it over from the stream, `give_back` returns it.
+        self._keep = keep
+        self._give_back = give_back
 
     @property
     def image(self) -> bytes:
@@ -101,6 +107,17 @@ class Partial:
         """Whether the bytes exist yet (False: nobody has looked at this preview)."""
         return self._image is not None
 
+    def hold(self) -> None:
+        """Keep this preview counted in the memory budget until `release()`.
+
+        For a consumer that always calls `release()` when done with the preview (shown, lost or
+        replaced by a newer one) without waiting for the turn's next event. Without it, the
+        turn's next image takes the preview's place in the budget while it may still upload.
+        """
+        keep, self._keep = self._keep, None
+        if keep is not None:
+            keep()
+
     def release(self) -> None:
         """Drop the bytes once the preview was shown (`image` is then empty).
 
@@ -109,6 +126,10 @@ class Partial:
         """
         self._image = b""
         self._source = None
+        self._keep = None
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Partial):

@@ -4,12 +4,17 @@ A turn reserves room before it reads an image's bytes off the socket; while the 
 spent it waits, reads nothing, and TCP holds the sender back. Its reservation then follows the
 image: it is tied to the event that carries it (`Partial`, `Completed`) and returned when that
 event is freed (the upload is done and nothing holds it), or when the same turn starts reading
-a newer image (the sink keeps only the newest preview; an older one still uploading is not
-counted: at most one per turn).
+a newer image.
 
 Why a waiting turn gives its older image back first: a turn's last delivered event is held by
 its consumers' loop variables until its next event arrives. If a waiting turn kept its
 reservation, every turn could wait on the others' reservations at once.
+
+A consumer that promises to let go of a preview on its own (the Discord sink: when the upload
+ends, or when a newer preview replaces it) takes the preview's reservation over
+(`Partial.hold()`, `TurnAllowance.hand_over`): the preview stays counted while it waits and
+uploads, and is returned by `Partial.release()`. Those releases do not depend on the stream
+reading on, so no turn waits on a reservation that only its own progress would return.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_BUDGET_MB = 160
+DEFAULT_BUDGET_MB = 128
 # What a turn reserves before it knows an image's size: the largest of the last few seen.
 FIRST_ESTIMATE = 4 * MIB
 # How glibc is set up for image data (bench/memprofile.py, bench/results.md):
@@ -268,6 +273,22 @@ class TurnAllowance:
         self._budget.observe(size)
         if self._lease is not None:
             self._lease.resize(min(size, self._budget.capacity))
+
+    @property
+    def lease(self) -> Lease | None:
+        """The reservation for this turn's newest image (None before the first)."""
+        return self._lease
+
+    def hand_over(self, lease: Lease | None) -> bool:
+        """A consumer keeps `lease` until it releases it: the turn's next image no longer gives it back.
+
+        Only the turn's newest image can be handed over (an older one's was already given back);
+        False when `lease` is not that, or was released.
+        """
+        if lease is None or lease is not self._lease or lease.released:
+            return False
+        self._lease = None
+        return True
 
     def attach(self, owner: object) -> None:
         """Give the reservation back when `owner` (the event carrying the image) is freed."""

@@ -388,7 +388,14 @@ class OpenAIImageClient:
                 budget.stats.partials_decoded += 1
             return _decode_span(span)
 
-        partial = Partial(index, format=fmt, source=source)
+        lease = allowance.lease
+        partial = Partial(
+            index,
+            format=fmt,
+            source=source,
+            keep=(lambda: allowance.hand_over(lease)) if lease is not None else None,
+            give_back=lease.release if lease is not None else None,
+        )
         allowance.attach(partial)
         # A preview dropped undecoded gives its text's buffer back too.
         weakref.finalize(partial, span.release)
