@@ -867,9 +867,6 @@ class PostgresStore:
         billed: Sequence[NewUsageEntry] = (),
         advance: bool,
     ) -> list[Turn]:
-        """The head moves (to the first image) only if it is still the one the job started
-        from (compare-and-set); otherwise the turns are a branch and say so in
-        `result["branched"]`."""
         """Save every image of a job, their usage, the head and the job in one transaction."""
         if not images:
             raise ValueError("save_results needs at least one image")
