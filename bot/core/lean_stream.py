@@ -176,8 +176,6 @@ class Span:
         if end > len(data):
             # Longer than its buffer: move to one with room (growth copies once, not per chunk).
             grown = self.pool.take(end) if self.pool is not None else unfilled(end + end // 4)
-            if len(grown) < end:
-                grown = unfilled(end + end // 4)
             grown[: self.length] = memoryview(data)[: self.length]
             self._give_back()
             self.data = data = grown
@@ -367,14 +365,9 @@ class LeanSSEParser:
             and bytes(line[5:6]) in (b" ", b"{")
             and bytes(line[5:]).lstrip(b" ").startswith(_REPEATS)
         )
-        if skip:
-            self._span = Span(key=name, data=None)
-        elif self._buffers is not None:
-            # Its buffer is taken when its first bytes come: a stream paused here (waiting for
-            # memory) holds none.
-            self._span = Span(key=name, pool=self._buffers)
-        else:
-            self._span = Span(key=name)
+        # A kept span's pooled buffer is taken when its first bytes come: a stream paused here
+        # (waiting for memory) holds none.
+        self._span = Span(key=name, data=None) if skip else Span(key=name, pool=self._buffers)
         self._value_start = best + len(key)
         if not skip:
             self.span_opened = True
