@@ -212,8 +212,16 @@ class ImageMemoryBudget:
         self.stats.peak = max(self.stats.peak, self.used)
         if delta < 0:
             self._wake()
-        if self._on_idle is not None and self._loop is not None and not self._loop.is_closed():
-            # Leases may be given back from another thread (a freed event's finalizer).
+        if (
+            self._on_idle is not None
+            and (self.used == 0 or self._idle_timer is not None)
+            and self._loop is not None
+            and not self._loop.is_closed()
+        ):
+            # Only when the idle timer is to start or stop: while images are held and no timer
+            # runs there is nothing to do, and each call wakes the loop's selector. Leases may
+            # be given back from another thread (a freed event's finalizer); `_idle` checks
+            # again before it trims.
             self._loop.call_soon_threadsafe(self._watch_idle)
 
     def _watch_idle(self) -> None:
